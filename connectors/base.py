@@ -1,0 +1,262 @@
+"""What every connector shares: the Record it yields, the categories of the privacy policy,
+the Connector protocol, and the small parsers (emails, times, card-number patterns) that
+classification needs.
+
+A connector reads an upstream system and reports *that* a category of personal data is
+held, never its value: the values are read, classified and dropped here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class Category(StrEnum):
+    """The categories of personal data the privacy policy names."""
+
+    NAME = "name"
+    EMAIL = "email"
+    PHONE = "phone"
+    BILLING_ADDRESS = "billing_address"
+    DELIVERY_ADDRESS = "delivery_address"
+    PAYMENT_METHOD_TYPE = "payment_method_type"
+    CARD_LAST4 = "card_last4"
+    IP_ADDRESS = "ip_address"
+    USER_AGENT = "user_agent"
+    ORDER_HISTORY = "order_history"
+    MARKETING_CONSENT = "marketing_consent"
+    ACCOUNT = "account"
+    FREE_TEXT = "free_text"
+    LOCATION = "location"
+    # A full card number anywhere is itself a breach of the policy.
+    CARD_NUMBER = "card_number"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One upstream record, as the ledger sees it: identifiers, categories and times only."""
+
+    record_type: str
+    external_id: str
+    email: str | None
+    categories: frozenset[Category]
+    status: str | None = None
+    created_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    modified_at: datetime | None = None
+    # Upstream id of the record this one belongs to (an order's customer, a charge's customer).
+    parent_id: str | None = None
+    anonymised: bool = False
+    # Non-personal facts worth showing, e.g. "card number pattern in customer_note".
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Key:
+    """A record's identity upstream, as a cheap key listing returns it."""
+
+    record_type: str
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A record that could not be read, with why (no personal values in the reason)."""
+
+    record_type: str
+    external_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A slice of a pull. `cursor`, when set, may be committed together with this batch:
+    everything up to it is in this batch or an earlier one. `complete` marks the last batch
+    of a pull that listed everything it was asked for."""
+
+    records: Sequence[Record]
+    cursor: str | None = None
+    skipped: Sequence[Skip] = ()
+    complete: bool = False
+    # Set on a full pull: the record types the pull listed completely, for reconciliation.
+    listed_types: frozenset[str] = frozenset()
+    # Keys the connector knows were deleted upstream (e.g. from an event feed).
+    gone: Sequence[Key] = ()
+
+
+@dataclass(frozen=True)
+class KeyBatch:
+    keys: Sequence[Key]
+    complete: bool = False
+    listed_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a connector reports while pulling, for progress bars and STATUS lines."""
+
+    record_type: str
+    done: int
+    total: int | None
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """The contract every upstream module fulfils. `source` is the ledger's source name
+    (`woo:<shop>`, `stripe`, `mailchimp:<audience>` or `mailchimp`)."""
+
+    source: str
+    kind: str
+
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        """Records changed since `cursor` (everything when None), in batches."""
+        ...
+
+    def list_keys(self) -> Iterator[KeyBatch]:
+        """Every record key that exists upstream now, for reconciliation."""
+        ...
+
+    def lookup(self, email: str) -> list[dict[str, Any]]:
+        """The live records about one person, as the system holds them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalise_email(value: object) -> str | None:
+    """Lower-cased, trimmed email, or None when the value is not an email at all."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    return email if _EMAIL.match(email) else None
+
+
+def has_value(value: object) -> bool:
+    """True when an upstream field actually holds something (not empty, not only blanks,
+    not an empty object, not WooCommerce's anonymised zeros)."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str):
+        stripped = value.strip()
+        return bool(stripped) and set(stripped) - set("0 +-()") != set()
+    if isinstance(value, dict):
+        return any(has_value(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_value(v) for v in value)
+    return True
+
+
+_ZERO_DATES = {"", "0000-00-00 00:00:00", "0000-00-00T00:00:00", "0"}
+
+
+def parse_time(value: object, *, naive_is_utc: bool = True) -> datetime | None:
+    """A timezone-aware UTC datetime from ISO 8601 text, unix seconds (int or digit string),
+    or None for empty, zero or unparseable values. Naive text is taken as UTC (WooCommerce's
+    `*_gmt` fields carry no offset)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if value <= 0:
+            return None
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text in _ZERO_DATES:
+        return None
+    if text.isdigit():
+        return parse_time(int(text))
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        if not naive_is_utc:
+            return None
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_gmt(moment: datetime) -> str:
+    """ISO 8601 in UTC without offset, the form WooCommerce's `*_gmt` filters expect."""
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `18m`, `6y`, `12h`, `30min`, `45s` → timedelta (months are 30 days, years 365).
+    Raises ValueError naming the value when it has no unit or is negative."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*(s|min|h|d|w|m|y)\s*", str(text))
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a period: write a whole number and a unit, "
+            "e.g. 45s, 30min, 12h, 90d, 8w, 18m, 6y"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount < 0:
+        raise ValueError(f"{text!r} is negative: a period must be zero or more")
+    days = {"d": 1, "w": 7, "m": 30, "y": 365}
+    if unit in days:
+        return timedelta(days=amount * days[unit])
+    return timedelta(seconds=amount * {"s": 1, "min": 60, "h": 3600}[unit])
+
+
+_DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if index % 2 == 1:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def contains_card_number(text: object) -> bool:
+    """True when the text holds a Luhn-valid run of 13–19 digits (spaces or dashes allowed
+    between digits), i.e. something that looks like a full card number."""
+    if not isinstance(text, str) or len(text) < 13:
+        return False
+    for match in _DIGIT_RUN.finditer(text):
+        digits = re.sub(r"[ -]", "", match.group(0))
+        if 13 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:
+            return True
+    return False
+
+
+def scan_text(field_name: str, value: object, categories: set[Category],
+              evidence: list[str]) -> None:
+    """Classify a free-text field: any content is `free_text`; a card-number pattern adds
+    `card_number` with evidence naming the field (never the digits)."""
+    if not has_value(value):
+        return
+    if isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            scan_text(field_name, item, categories, evidence)
+        return
+    categories.add(Category.FREE_TEXT)
+    if contains_card_number(str(value)):
+        categories.add(Category.CARD_NUMBER)
+        note = f"card number pattern in {field_name}"
+        if note not in evidence:
+            evidence.append(note)

@@ -1,0 +1,495 @@
+"""The TOML config file → validated, typed settings, once, at the edge.
+
+Every problem in a file is reported at once, each naming the file and the key
+(`config.toml: woocommerce[allmyink].consumer_key: …`). Secrets are written as references
+(`env:NAME`, `file:/path`, `credential:NAME`) and resolved here only; inside the program a
+secret is a `SecretStr` whose repr is `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from connectors import mailchimp as mailchimp_connector
+from connectors import stripe as stripe_connector
+from connectors import woocommerce as woocommerce_connector
+from connectors.base import parse_duration
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, with every problem found, each in one line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class SecretSources:
+    """Where secret references are looked up; the process environment by default."""
+
+    environ: Mapping[str, str]
+    credentials_dir: Path | None
+
+    @classmethod
+    def from_process(cls) -> SecretSources:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        return cls(environ=dict(os.environ), credentials_dir=Path(directory) if directory else None)
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{what}: {path} does not exist") from None
+    except PermissionError:
+        raise ValueError(f"{what}: {path} is not readable by this user") from None
+    except OSError as exc:
+        raise ValueError(f"{what}: {path} cannot be read ({exc.strerror})") from None
+    if not value:
+        raise ValueError(f"{what}: {path} is empty")
+    return value
+
+
+def resolve_secret(reference: str, sources: SecretSources) -> str:
+    """The secret a reference points at. Errors name the reference, never a value."""
+    kind, _, name = reference.partition(":")
+    if kind == "env" and name:
+        value = sources.environ.get(name, "")
+        if not value:
+            raise ValueError(f"secret {reference}: environment variable {name} is not set")
+        return value
+    if kind == "file" and name:
+        return _read_secret_file(Path(name), f"secret {reference}")
+    if kind == "credential" and name:
+        if sources.credentials_dir is None:
+            raise ValueError(
+                f"secret {reference}: $CREDENTIALS_DIRECTORY is not set; under systemd add "
+                f"LoadCredential={name}:/path/to/file to the unit, or use file:/path")
+        if "/" in name or name in (".", ".."):
+            raise ValueError(f"secret {reference}: a credential name cannot contain '/'")
+        return _read_secret_file(sources.credentials_dir / name, f"secret {reference}")
+    raise ValueError(
+        "write secrets as a reference — env:NAME, file:/path or credential:NAME — "
+        "never the value itself in the config file")
+
+
+def _secret(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, SecretStr):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a secret reference is text such as env:NAME")
+    sources = (info.context or {}).get("secrets") or SecretSources.from_process()
+    return SecretStr(resolve_secret(value.strip(), sources))
+
+
+def _period(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} has no unit: write e.g. \"{value}d\" or \"{value}s\"")
+    return parse_duration(str(value))
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_secret)]
+Period = Annotated[timedelta, BeforeValidator(_period)]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerSettings(_Section):
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "/var/lib/privacy-ledger")),
+        description="Directory for the SQLite ledger and the lock file (systemd's "
+                    "StateDirectory= sets $STATE_DIRECTORY, used when this key is absent).",
+        examples=["/var/lib/privacy-ledger"],
+    )
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger. Absent: a SQLite file ledger.db in state_dir. "
+                    "PostgreSQL for large estates or several daemons: postgresql+psycopg://…",
+        examples=["postgresql+psycopg://privacy_ledger@db.internal/privacy_ledger"],
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000,
+                            description="Records upserted per transaction.", examples=[500])
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("the ledger runs on SQLite (sqlite:///path) or PostgreSQL "
+                             "(postgresql+psycopg://user@host/db)")
+        return value
+
+    @property
+    def database_url(self) -> str:
+        return self.url or f"sqlite:///{self.state_dir / 'ledger.db'}"
+
+
+class WooCommerceSettings(_Section):
+    name: str = Field(description="Short name of the shop, used in the ledger as woo:<name>.",
+                      examples=["allmyink"])
+    url: str = Field(description="The shop's address (the API is at <url>/wp-json/wc/v3). "
+                                 "HTTPS uses HTTP Basic; plain HTTP uses OAuth 1.0a signatures.",
+                     examples=["https://allmyink.example"])
+    consumer_key: Secret = Field(description="REST API consumer key (read permission is "
+                                             "enough for auditing).",
+                                 examples=["credential:allmyink-key"])
+    consumer_secret: Secret = Field(description="REST API consumer secret.",
+                                    examples=["credential:allmyink-secret"])
+    per_page: int = Field(default=100, ge=1, le=100, description="Records per page (≤ 100).",
+                          examples=[100])
+    concurrency: int = Field(default=4, ge=1, le=16,
+                             description="Pages fetched at once from this shop.", examples=[4])
+    timeout: Period = Field(default=timedelta(seconds=30),
+                            description="How long to wait for one answer.", examples=["30s"])
+    overlap: Period = Field(default=timedelta(minutes=10),
+                            description="Incremental syncs re-read this much before the last "
+                                        "cursor, so that nothing modified during a run is missed.",
+                            examples=["10min"])
+
+    @field_validator("name")
+    @classmethod
+    def _short_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r}: use lower-case letters, digits, - and _ (max 63)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) address")
+        return value.rstrip("/")
+
+    def to_connector(self) -> woocommerce_connector.Settings:
+        return woocommerce_connector.Settings(
+            name=self.name, url=self.url,
+            consumer_key=self.consumer_key.get_secret_value(),
+            consumer_secret=self.consumer_secret.get_secret_value(),
+            per_page=self.per_page, concurrency=self.concurrency,
+            timeout=self.timeout.total_seconds(), overlap=self.overlap,
+        )
+
+
+class StripeSettings(_Section):
+    api_key: Secret = Field(description="A restricted key with read access to Customers, "
+                                        "Charges and Events (rk_live_…).",
+                            examples=["credential:stripe-key"])
+    base_url: str = Field(default="https://api.stripe.com", description="API address.",
+                          examples=["https://api.stripe.com"])
+    requests_per_second: float = Field(default=20.0, gt=0, le=100,
+                                       description="Read requests per second, well under "
+                                                   "Stripe's limit.", examples=[20])
+    timeout: Period = Field(default=timedelta(seconds=30), description="Answer timeout.",
+                            examples=["30s"])
+    overlap: Period = Field(default=timedelta(minutes=10),
+                            description="Re-read window before the last cursor.",
+                            examples=["10min"])
+
+    def to_connector(self) -> stripe_connector.Settings:
+        return stripe_connector.Settings(
+            api_key=self.api_key.get_secret_value(), base_url=self.base_url.rstrip("/"),
+            requests_per_second=self.requests_per_second,
+            timeout=self.timeout.total_seconds(), overlap=self.overlap,
+        )
+
+
+class MailchimpSettings(_Section):
+    api_key: Secret = Field(description="Marketing API key; its suffix (…-us6) names the "
+                                        "data centre.", examples=["credential:mailchimp-key"])
+    base_url: str | None = Field(default=None,
+                                 description="API address; absent: from the key's suffix.",
+                                 examples=["https://us6.api.mailchimp.com/3.0"])
+    audiences: list[str] = Field(default_factory=list,
+                                 description="Audience ids or names to audit; empty: all.",
+                                 examples=[["Newsletter"]])
+    page_size: int = Field(default=500, ge=1, le=1000, description="Members per page (≤ 1000).",
+                           examples=[500])
+    concurrency: int = Field(default=8, ge=1, le=10,
+                             description="Simultaneous connections (Mailchimp allows 10).",
+                             examples=[8])
+    timeout: Period = Field(default=timedelta(seconds=120), description="Answer timeout.",
+                            examples=["120s"])
+    overlap: Period = Field(default=timedelta(minutes=10),
+                            description="Re-read window before the last cursor.",
+                            examples=["10min"])
+
+    @model_validator(mode="after")
+    def _routable(self) -> MailchimpSettings:
+        if self.base_url is None:
+            mailchimp_connector.data_centre_url(self.api_key.get_secret_value())
+        return self
+
+    def to_connector(self) -> mailchimp_connector.Settings:
+        return mailchimp_connector.Settings(
+            api_key=self.api_key.get_secret_value(),
+            base_url=self.base_url.rstrip("/") if self.base_url else None,
+            audiences=tuple(self.audiences), page_size=self.page_size,
+            concurrency=self.concurrency, timeout=self.timeout.total_seconds(),
+            overlap=self.overlap,
+        )
+
+
+class RetentionSettings(_Section):
+    """How long each kind of record may be kept. Periods take a unit: d, w, m (30 days),
+    y (365 days)."""
+
+    inactive_accounts: Period = Field(
+        default=timedelta(days=730),
+        description="Shop accounts with no order and no login for this long are deleted "
+                    "(WooCommerce: delete inactive accounts).", examples=["2y"])
+    pending_orders: Period = Field(
+        default=timedelta(days=30),
+        description="Unpaid pending orders: nothing to keep once abandoned.", examples=["30d"])
+    failed_orders: Period = Field(
+        default=timedelta(days=30),
+        description="Failed orders: kept only to investigate the failure.", examples=["30d"])
+    cancelled_orders: Period = Field(
+        default=timedelta(days=90),
+        description="Cancelled orders: long enough to answer questions.", examples=["90d"])
+    on_hold_orders: Period = Field(
+        default=timedelta(days=90),
+        description="On-hold orders that never went further.", examples=["90d"])
+    trashed_orders: Period = Field(
+        default=timedelta(days=90),
+        description="Orders in the trash still hold every personal field until it is "
+                    "emptied.", examples=["90d"])
+    completed_orders: Period = Field(
+        default=timedelta(days=6 * 365),
+        description="Completed orders are accounting records: UK businesses keep them for "
+                    "six years, then anonymise.", examples=["6y"])
+    refunded_orders: Period = Field(
+        default=timedelta(days=6 * 365),
+        description="Refunded orders, as completed ones (accounting records).", examples=["6y"])
+    network_data: Period = Field(
+        default=timedelta(days=365),
+        description="IP address and user agent on orders: useful against fraud for a "
+                    "while, not for the six years of accounting.", examples=["1y"])
+    processor_copies: Period = Field(
+        default=timedelta(days=30),
+        description="Grace for Stripe or Mailchimp to hold someone no shop holds any more.",
+        examples=["30d"])
+    stripe_customers: Period = Field(
+        default=timedelta(days=730),
+        description="A Stripe customer with no charge for this long is no longer needed.",
+        examples=["2y"])
+    mailchimp_contacts: Period = Field(
+        default=timedelta(days=365),
+        description="Unsubscribed, cleaned or archived contacts are still personal data.",
+        examples=["1y"])
+    sync_stale: Period = Field(
+        default=timedelta(days=2),
+        description="A source with no successful sync for this long leaves the ledger blind.",
+        examples=["2d"])
+
+
+class Settings(_Section):
+    """The whole config file."""
+
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    woocommerce: list[WooCommerceSettings] = Field(default_factory=list)
+    stripe: StripeSettings | None = None
+    mailchimp: MailchimpSettings | None = None
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    timezone: str = Field(default="Europe/London",
+                          description="Local time zone for schedules and the email.",
+                          examples=["Europe/London"])
+
+    @field_validator("woocommerce")
+    @classmethod
+    def _unique_shops(cls, shops: list[WooCommerceSettings]) -> list[WooCommerceSettings]:
+        names = [shop.name for shop in shops]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"shop names must be unique: {', '.join(doubled)} appear twice")
+        return shops
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone (e.g. Europe/London)") from None
+        return value
+
+    def secret_values(self) -> list[str]:
+        """Every resolved secret, so that logs can redact them."""
+        found: list[str] = []
+
+        def walk(model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+                elif isinstance(value, BaseModel):
+                    walk(value)
+                elif isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, BaseModel):
+                            walk(item)
+
+        walk(self)
+        return found
+
+    @property
+    def source_names(self) -> list[str]:
+        names = [f"woo:{shop.name}" for shop in self.woocommerce]
+        if self.stripe:
+            names.append("stripe")
+        if self.mailchimp:
+            names.append("mailchimp")
+        return names
+
+
+def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    """`woocommerce[allmyink].consumer_key` from pydantic's ('woocommerce', 0, 'consumer_key')."""
+    parts: list[str] = []
+    node: Any = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = str(item)
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, Mapping) and isinstance(node.get("name"), str):
+                    label = node["name"]
+            parts[-1:] = [f"{parts[-1]}[{label}]"] if parts else [f"[{label}]"]
+            continue
+        if isinstance(item, str) and item.startswith(("function-", "function_")):
+            continue
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, Mapping) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    text = str(error.get("msg", "invalid"))
+    text = text.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return "unknown key (a typo? config/example.toml lists every key)"
+    if error.get("type") == "missing":
+        return "missing: this key is required"
+    return text
+
+
+def parse_settings(raw: Mapping[str, Any], *, origin: str = "config",
+                   secrets: SecretSources | None = None) -> Settings:
+    """Validate a parsed TOML document. Raises ConfigError listing every problem."""
+    try:
+        return Settings.model_validate(
+            raw, context={"secrets": secrets or SecretSources.from_process()})
+    except ValidationError as exc:
+        problems = [f"{origin}: {_location(raw, tuple(err['loc']))}: {_message(err)}"
+                    for err in exc.errors(include_input=False, include_url=False)]
+        raise ConfigError(problems) from None
+
+
+def load_settings(path: Path, *, secrets: SecretSources | None = None) -> Settings:
+    """Read, parse and validate a config file. Raises ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file (start from config/example.toml)"]) \
+            from None
+    except PermissionError:
+        raise ConfigError([f"{path}: not readable by this user"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_settings(raw, origin=str(path), secrets=secrets)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, timedelta):
+        return _toml_value(f"{int(value.total_seconds())}s")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _section_lines(model: type[BaseModel]) -> list[str]:
+    lines: list[str] = []
+    for name, info in model.model_fields.items():
+        lines.extend(f"# {part}" for part in _wrap(info.description or name))
+        # Factory defaults depend on the environment ($STATE_DIRECTORY): not shown.
+        if not info.is_required() and info.default_factory is None and info.default is not None:
+            lines.append(f"# default: {_toml_value(info.default)}")
+        if not info.is_required() and not info.examples:
+            lines.append(f"# {name} =")
+        else:
+            lines.append(f"{name} = {_toml_value(info.examples[0])}")
+        lines.append("")
+    return lines
+
+
+def _wrap(text: str, width: int = 88) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+def example_toml() -> str:
+    """config/example.toml, generated from the models: every key, its description and an
+    example. A test fails when the checked-in file is stale."""
+    out = ["# privacy-ledger configuration: every key, with what it means and an example.",
+           "# Generated by `privacy-ledger config-example` from daemon/config.py; edit there.",
+           "# Secrets are references: env:NAME, file:/path or credential:NAME (a file in",
+           "# $CREDENTIALS_DIRECTORY, as systemd's LoadCredential= provides).", ""]
+    tables: list[tuple[str, type[BaseModel], bool]] = []
+    for name, info in Settings.model_fields.items():
+        annotation = info.annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        inner = args[0] if args else annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            tables.append((name, inner, getattr(annotation, "__origin__", None) is list))
+            continue
+        out.extend(f"# {part}" for part in _wrap(info.description or name))
+        out.append(f"{name} = {_toml_value(info.examples[0] if info.examples else info.default)}")
+        out.append("")
+    for name, model, is_list in tables:
+        doc = (model.__doc__ or "").strip()
+        out.append(f"[[{name}]]" if is_list else f"[{name}]")
+        if doc and model is not _Section:
+            out.extend(f"# {part}" for part in _wrap(" ".join(doc.split())))
+        out.append("")
+        out.extend(_section_lines(model))
+    return "\n".join(out).rstrip() + "\n"

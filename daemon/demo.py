@@ -1,0 +1,61 @@
+"""`privacy-ledger demo`: the sandbox estate on 127.0.0.1, synced into a fresh ledger, and a
+summary of what was found and where to look next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from connectors.base import utcnow
+from daemon.config import load_settings
+from daemon.ledger import Holding, Ledger, Source, Subject
+from daemon.sources import sync_configured
+from sandbox.demo import RunningEstate
+from sandbox.estate import EstateSpec, build_estate
+
+
+def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
+    """Start the estate, sync it into a fresh ledger under `out`, and say what was found."""
+    out = out.resolve()
+    for stale in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
+        (out / stale).unlink(missing_ok=True)
+    spec = EstateSpec(seed=seed, people=people, now=utcnow().replace(microsecond=0))
+    estate = build_estate(spec)
+    yield (f"Sandbox estate (seed {seed}): {len(spec.shops)} WooCommerce shops, Stripe and "
+           f"Mailchimp, {people} people, on 127.0.0.1.")
+    with RunningEstate(estate) as running:
+        config = running.write_config(out)
+        settings = load_settings(config)
+        ledger = Ledger.open(settings.ledger.database_url)
+        try:
+            for result in sync_configured(ledger, settings, full=True):
+                yield (f"  synced {result.source:<28} {result.status:<8} "
+                       f"{result.seen:>6,} records"
+                       + (f"  ({result.error})" if result.error else ""))
+            yield from summary(ledger)
+        finally:
+            ledger.close()
+    sample = next((p.email for p in estate.people
+                   if p.account_shops and p.in_stripe and p.in_mailchimp), estate.people[0].email)
+    yield ""
+    yield f"Ledger: {settings.ledger.database_url}"
+    yield "Look next:"
+    yield f"  .venv/bin/privacy-ledger --config {config} where {sample}"
+    yield f"  .venv/bin/privacy-ledger --config {config} sync --source stripe"
+
+
+def summary(ledger: Ledger) -> Iterator[str]:
+    """People held, and live holdings per source and record type."""
+    with ledger.sessions() as session:
+        people = session.scalar(select(func.count()).select_from(Subject))
+        rows = session.execute(
+            select(Source.name, Holding.record_type, func.count())
+            .join(Holding, Holding.source_id == Source.id)
+            .where(Holding.gone_at.is_(None))
+            .group_by(Source.name, Holding.record_type)
+            .order_by(Source.name, Holding.record_type)).all()
+    yield f"The ledger holds {people:,} people:"
+    for source, record_type, count in rows:
+        yield f"  {source:<28} {count:>6,} {record_type}s"

@@ -1,0 +1,84 @@
+"""The ledger itself: schema from migrations, private SQLite file, timestamps, the trail."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from daemon import trail
+from daemon.ledger import Base, Ledger, LedgerError, Subject
+
+
+def test_migrations_match_the_models(ledger: Ledger) -> None:
+    with ledger.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_sqlite_ledger_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "ledger.db"
+    ledger = Ledger.open(f"sqlite:///{path}")
+    with ledger.session() as session:
+        ledger.source(session, "stripe", "stripe")
+    ledger.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for extra in path.parent.glob("ledger.db-*"):
+        assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0
+
+
+def test_sqlite_ledger_uses_wal(tmp_path: Path) -> None:
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'l.db'}")
+    with ledger.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    ledger.close()
+
+
+def test_times_come_back_aware_utc(ledger: Ledger) -> None:
+    moment = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=2)))
+    with ledger.session() as session:
+        session.add(Subject(email="a@example.com", first_seen=moment, last_seen=moment))
+    with ledger.sessions() as session:
+        subject = session.query(Subject).one()
+    assert subject.first_seen == moment and subject.first_seen.tzinfo is UTC
+
+
+def test_naive_times_are_refused(ledger: Ledger) -> None:
+    with pytest.raises(Exception, match="naive"), ledger.session() as session:
+        naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+        session.add(Subject(email="a@example.com", first_seen=naive, last_seen=naive))
+
+
+def test_unreachable_ledger_is_a_clear_error() -> None:
+    with pytest.raises(LedgerError, match="cannot open the ledger at postgresql"):
+        Ledger.open("postgresql+psycopg://nobody:secretpw@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_unreachable_ledger_message_hides_the_password() -> None:
+    with pytest.raises(LedgerError) as caught:
+        Ledger.open("postgresql+psycopg://nobody:secretpw@127.0.0.1:1/none?connect_timeout=2")
+    assert "secretpw" not in str(caught.value)
+
+
+def test_trail_verifies_and_names_the_altered_entry(ledger: Ledger) -> None:
+    for n in range(4):
+        trail.record(ledger, "daemon", "sync", {"source": "stripe", "n": n})
+    assert trail.verify(ledger).ok
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE audit_log SET detail = '{\"n\": 99}' WHERE id = 3"))
+    result = trail.verify(ledger)
+    assert not result.ok and result.first_bad_id == 3 and "altered" in result.problem
+
+
+def test_trail_names_the_entry_after_a_removed_one(ledger: Ledger) -> None:
+    for n in range(4):
+        trail.record(ledger, "daemon", "sync", {"n": n})
+    with ledger.engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_log WHERE id = 2"))
+    result = trail.verify(ledger)
+    assert not result.ok and result.first_bad_id == 3
