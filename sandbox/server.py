@@ -158,6 +158,9 @@ class Twin:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle + delayed ACK add
+    # 40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -288,7 +291,9 @@ class TwinServer:
             raise ValueError("twins listen on loopback only")
         self.twin = twin
         self._server = _Server(twin, host, port)
+        # A short poll interval: stop() waits up to one interval, once per test.
         self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
                                         name=f"twin-{twin.name}", daemon=True)
 
     @property

@@ -1,0 +1,653 @@
+"""Mailchimp Marketing API v3: every audience is a ledger source (`mailchimp:<list id>`)
+whose members are classified into the privacy policy's categories.
+
+Unsubscribed, cleaned and archived contacts are still held (only a permanent deletion ends
+that), so every status is listed, archived ones explicitly. Members page by count/offset,
+which lets pages be fetched in parallel — never more than Mailchimp's ten simultaneous
+connections — and which can skip or repeat members when the audience changes while it is
+read: listings de-duplicate, and a listing that saw fewer members than the audience says
+it has is reported incomplete so that nothing is marked gone on its word.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+
+from connectors.base import (
+    Batch,
+    Category,
+    Key,
+    KeyBatch,
+    Record,
+    Skip,
+    contains_card_number,
+    has_value,
+    normalise_email,
+    parse_time,
+    scan_text,
+    utcnow,
+)
+from connectors.http import APIError, FatalAPIError, HttpClient, RetryPolicy
+
+log = structlog.get_logger("connectors.mailchimp")
+
+KIND = "mailchimp"
+RECORD_TYPE = "member"
+MAX_PAGE_SIZE = 1000
+# Mailchimp answers 429 beyond ten simultaneous connections per user.
+MAX_CONCURRENCY = 10
+STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
+
+# Only what classification needs: whole members are slow to page and can time out.
+MEMBER_FIELDS = ",".join([
+    *(f"members.{name}" for name in (
+        "id", "email_address", "status", "full_name", "merge_fields", "ip_signup", "ip_opt",
+        "timestamp_signup", "timestamp_opt", "last_changed", "location",
+        "marketing_permissions", "last_note", "unsubscribe_reason",
+    )),
+    "total_items",
+])
+KEY_FIELDS = "members.id,total_items"
+LIST_FIELDS = "lists.id,lists.name,total_items"
+
+# The default listing and the archived one: whether the first includes archived contacts
+# is not something to rely on, so they are asked for by name and de-duplicated.
+LISTINGS: tuple[Mapping[str, str], ...] = ({}, {"status": "archived"})
+
+_DATA_CENTRE = re.compile(r"[a-z]{2,}[0-9]+")
+
+
+def data_centre_url(api_key: str) -> str:
+    """The API address a key routes to: its suffix after the last `-` names the data centre
+    (`…-us6` → https://us6.api.mailchimp.com/3.0). Raises ValueError (never quoting the key)
+    when the key has no such suffix."""
+    prefix, dash, centre = (api_key or "").strip().rpartition("-")
+    if not dash or not prefix or not _DATA_CENTRE.fullmatch(centre):
+        raise ValueError(
+            "the Mailchimp API key has no data-centre suffix (a key ends in something like "
+            "'-us6', which names the server to call): paste the whole key from Mailchimp "
+            "(Profile → Extras → API keys), or set base_url")
+    return f"https://{centre}.api.mailchimp.com/3.0"
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member id: the MD5 hex digest of the lower-cased address."""
+    return hashlib.md5(email.strip().lower().encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str = field(repr=False)
+    # None: derived from the key's data-centre suffix.
+    base_url: str | None = None
+    # Audience ids or names; empty: every audience of the account.
+    audiences: tuple[str, ...] = ()
+    page_size: int = 500
+    timeout: float = 120.0
+    concurrency: int = 8
+    overlap: timedelta = timedelta(minutes=10)
+    retry_attempts: int = 5
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "audiences", tuple(self.audiences))
+        if not isinstance(self.api_key, str) or not self.api_key.strip():
+            raise ValueError("api_key is empty: set the Mailchimp Marketing API key")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE} "
+                             f"(Mailchimp's largest page), not {self.page_size}")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}: "
+                f"Mailchimp allows at most {MAX_CONCURRENCY} simultaneous connections per user "
+                "and answers 429 beyond that")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be more than 0 seconds, not {self.timeout}")
+        if self.retry_attempts < 1:
+            raise ValueError(f"retry_attempts must be at least 1, not {self.retry_attempts}")
+        if self.overlap < timedelta(0):
+            raise ValueError("overlap must not be negative")
+        if self.base_url is None:
+            data_centre_url(self.api_key)
+        else:
+            check_base_url(self.base_url)
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or data_centre_url(self.api_key)).rstrip("/")
+
+
+def check_base_url(url: str) -> None:
+    """Raises ValueError unless the URL is https, or plain http to this machine (a twin)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"base_url {url!r} is not an http(s) address, e.g. "
+                         "https://us6.api.mailchimp.com/3.0")
+    # The key travels in every request: plain HTTP only to a twin on this machine.
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"base_url {url!r} is plain HTTP: the API key would cross the network "
+                         "unencrypted; use https://")
+
+
+@dataclass(frozen=True)
+class AudienceInfo:
+    id: str
+    name: str
+
+
+def describe_problem(response: requests.Response) -> str | None:
+    """Mailchimp's own words from its problem JSON (`title: detail`)."""
+    body = response.json()
+    if not isinstance(body, dict):
+        return None
+    title = str(body.get("title") or "").strip()
+    detail = str(body.get("detail") or "").strip().rstrip(".")
+    text = ": ".join(part for part in (title, detail) if part)
+    return text or None
+
+
+def classify_member(member: object) -> Record | Skip:
+    """A member as the ledger sees it: which categories it holds, never their values."""
+    if not isinstance(member, dict):
+        return Skip(RECORD_TYPE, None, "member entry is not an object")
+    member_id = member.get("id")
+    if not isinstance(member_id, str) or not member_id.strip():
+        return Skip(RECORD_TYPE, None, "member without an id")
+    categories: set[Category] = set()
+    evidence: list[str] = []
+    raw_email = member.get("email_address")
+    if has_value(raw_email):
+        categories.add(Category.EMAIL)
+    if has_value(member.get("full_name")):
+        categories.add(Category.NAME)
+        _card_check("full_name", member.get("full_name"), categories, evidence)
+    merge = member.get("merge_fields")
+    for tag, value in (merge.items() if isinstance(merge, dict) else ()):
+        if not has_value(value):
+            continue
+        name = str(tag).upper()
+        where = f"merge field {tag}"
+        if name in ("FNAME", "LNAME"):
+            categories.add(Category.NAME)
+            _card_check(where, value, categories, evidence)
+        elif name == "ADDRESS":
+            if isinstance(value, dict | str):
+                categories.add(Category.BILLING_ADDRESS)
+                _card_check(where, value, categories, evidence)
+            else:
+                scan_text(where, value, categories, evidence)
+        elif name == "PHONE":
+            categories.add(Category.PHONE)
+        else:
+            # A merge field the account defined itself: personal data of unknown kind.
+            scan_text(where, value, categories, evidence)
+    if has_value(member.get("ip_signup")) or has_value(member.get("ip_opt")):
+        categories.add(Category.IP_ADDRESS)
+    if _has_location(member.get("location")):
+        categories.add(Category.LOCATION)
+    status = member.get("status") if isinstance(member.get("status"), str) else None
+    permissions = member.get("marketing_permissions")
+    if (isinstance(permissions, list) and permissions) or status in ("subscribed", "pending"):
+        categories.add(Category.MARKETING_CONSENT)
+    note = member.get("last_note")
+    scan_text("last_note", note.get("note") if isinstance(note, dict) else note,
+              categories, evidence)
+    scan_text("unsubscribe_reason", member.get("unsubscribe_reason"), categories, evidence)
+    last_changed = parse_time(member.get("last_changed"))
+    opted = parse_time(member.get("timestamp_opt"))
+    return Record(
+        record_type=RECORD_TYPE,
+        external_id=member_id.strip(),
+        email=normalise_email(raw_email),
+        categories=frozenset(categories),
+        status=status,
+        created_at=parse_time(member.get("timestamp_signup")) or opted,
+        last_activity_at=last_changed or opted,
+        modified_at=last_changed,
+        evidence=tuple(evidence),
+    )
+
+
+def _card_check(where: str, value: object, categories: set[Category],
+                evidence: list[str]) -> None:
+    # Names and addresses are not free text, but a card number typed into one is a breach.
+    values = value.values() if isinstance(value, dict) else (value,)
+    if any(contains_card_number(item) for item in values):
+        categories.add(Category.CARD_NUMBER)
+        note = f"card number pattern in {where}"
+        if note not in evidence:
+            evidence.append(note)
+
+
+def _has_location(location: object) -> bool:
+    if not isinstance(location, dict):
+        return False
+    for axis in ("latitude", "longitude"):
+        value = location.get(axis)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value != 0:
+            return True
+    return has_value(location.get("country_code"))
+
+
+def _member_id(item: object) -> str | None:
+    if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"].strip():
+        return item["id"].strip()
+    return None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def make_cursor(last_changed: datetime) -> str:
+    """The incremental cursor: the latest `last_changed` the ledger has committed."""
+    return json.dumps({"last_changed": _iso(last_changed)})
+
+
+def read_cursor(cursor: str | None) -> datetime | None:
+    if cursor is None:
+        return None
+    try:
+        data = json.loads(cursor)
+    except ValueError:
+        return None
+    return parse_time(data.get("last_changed")) if isinstance(data, dict) else None
+
+
+@dataclass
+class _Page:
+    offset: int
+    items: list[Any]
+    total: int | None
+
+
+@dataclass
+class _Tally:
+    """What one offset listing saw of the audience's size, to judge it complete."""
+
+    first_total: int | None = None
+    max_total: int = 0
+    unknown_total: bool = False
+    # total_items differed between pages: the audience changed while it was read.
+    changed: bool = False
+
+    def note(self, total: int | None) -> None:
+        if total is None:
+            self.unknown_total = True
+            return
+        if self.first_total is None:
+            self.first_total = total
+        elif total != self.first_total:
+            self.changed = True
+        self.max_total = max(self.max_total, total)
+
+
+class MailchimpAccount:
+    """One Mailchimp account (one API key): lists its audiences and hands out a connector
+    per audience. All of them share one connection pool and one cap on simultaneous
+    requests, so several audiences synced at once still respect Mailchimp's limit."""
+
+    family = KIND
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = HttpClient(
+            KIND, settings.url,
+            auth=("privacy-ledger", settings.api_key),
+            timeout=settings.timeout,
+            retry=RetryPolicy(attempts=settings.retry_attempts),
+            pool_size=settings.concurrency,
+            secrets=(settings.api_key,),
+            describe_error=describe_problem,
+            sleep=settings.sleep,
+        )
+        self._slots = threading.BoundedSemaphore(settings.concurrency)
+        # Set by connectors(): True when the audience listing saw every audience, so that
+        # sources of audiences missing from it may be taken as deleted.
+        self.listing_complete = False
+        self.found: list[AudienceInfo] = []
+
+    def get(self, source: str, path: str, params: Mapping[str, Any] | None = None,
+            *, ok: tuple[int, ...] = ()) -> tuple[Any, requests.Response]:
+        """GET JSON holding one of the account's connection slots; errors name `source`."""
+        with self._slots:
+            try:
+                return self.client.get_json(path, params, ok=ok)
+            except APIError as exc:
+                if exc.source == source:
+                    raise
+                raise type(exc)(source, exc.message, status=exc.status) from exc
+
+    def list_audiences(self) -> tuple[list[AudienceInfo], bool]:
+        """Every audience (id, name) and whether the listing is known to be complete."""
+        size = self.settings.page_size
+        found: dict[str, AudienceInfo] = {}
+        tally = _Tally()
+        offset = 0
+        while True:
+            body, _ = self.get(KIND, "lists",
+                               {"count": size, "offset": offset, "fields": LIST_FIELDS})
+            lists = body.get("lists") if isinstance(body, dict) else None
+            if not isinstance(lists, list):
+                raise FatalAPIError(KIND, "the audience listing (GET /lists) answered without "
+                                          "a list of audiences: is base_url the Marketing "
+                                          "API address (…/3.0)?")
+            total = body.get("total_items")
+            tally.note(total if isinstance(total, int) and not isinstance(total, bool)
+                       else None)
+            for item in lists:
+                audience_id = _member_id(item)
+                if audience_id is not None and audience_id not in found:
+                    found[audience_id] = AudienceInfo(audience_id, str(item.get("name") or ""))
+            if not lists or (len(lists) < size and offset + len(lists) >= tally.max_total):
+                break
+            offset += len(lists)
+        complete = not tally.unknown_total and len(found) >= tally.max_total
+        if not complete:
+            log.warning("mailchimp.audiences_incomplete", found=len(found),
+                        expected=tally.max_total)
+        return list(found.values()), complete
+
+    def connectors(self) -> list[MailchimpAudienceConnector]:
+        """A connector per audience (those named in the settings, or all). Raises
+        FatalAPIError when a configured audience does not exist."""
+        found, complete = self.list_audiences()
+        self.found = found
+        self.listing_complete = complete
+        chosen: list[AudienceInfo] = []
+        missing: list[str] = []
+        for wanted in self.settings.audiences:
+            matches = [a for a in found if a.id == wanted] or [
+                a for a in found if a.name.strip().casefold() == wanted.strip().casefold()]
+            if not matches:
+                direct = self._audience_by_id(wanted)
+                matches = [direct] if direct is not None else []
+            if not matches:
+                missing.append(wanted)
+            elif len(matches) > 1:
+                raise FatalAPIError(
+                    KIND, f"the audience name {wanted!r} in the configuration matches "
+                          f"{len(matches)} audiences ({', '.join(a.id for a in matches)}): "
+                          "name it by its id instead")
+            elif matches[0] not in chosen:
+                chosen.append(matches[0])
+        if missing:
+            have = ", ".join(f"{a.name!r} ({a.id})" for a in found) or "none"
+            raise FatalAPIError(
+                KIND, f"audience {', '.join(repr(m) for m in missing)} named in the "
+                      f"configuration does not exist in this Mailchimp account (its audiences: "
+                      f"{have}); it may have been deleted, or the key belongs to another "
+                      "account")
+        return [MailchimpAudienceConnector(self, audience)
+                for audience in (chosen if self.settings.audiences else found)]
+
+    def _audience_by_id(self, audience_id: str) -> AudienceInfo | None:
+        # The listing may have missed it (audiences changing while listed): ask directly.
+        if not re.fullmatch(r"[0-9A-Za-z]+", audience_id):
+            return None
+        body, response = self.get(KIND, f"lists/{audience_id}", {"fields": "id,name"},
+                                  ok=(404,))
+        if response.status_code == 404 or _member_id(body) is None:
+            return None
+        return AudienceInfo(body["id"], str(body.get("name") or ""))
+
+    def close(self) -> None:
+        # Closes pooled connections; the session reopens them if used again.
+        self.client.close()
+
+
+class MailchimpAudienceConnector:
+    """One audience's members as a ledger source."""
+
+    kind = KIND
+
+    def __init__(self, account: MailchimpAccount, audience: AudienceInfo) -> None:
+        self.account = account
+        self.settings = account.settings
+        self.audience_id = audience.id
+        self.audience_name = audience.name
+        self.source = f"{KIND}:{audience.id}"
+
+    def __repr__(self) -> str:
+        return f"MailchimpAudienceConnector({self.source!r}, {self.audience_name!r})"
+
+    # -- the Connector protocol ----------------------------------------------------------
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        """Every member (cursor None: default listing + archived, de-duplicated; complete
+        only when the distinct members add up to total_items) or those changed since the
+        cursor, less the overlap. The cursor, on the last batch only, is
+        `{"last_changed": "<ISO 8601 UTC>"}`."""
+        started = utcnow()
+        since = read_cursor(cursor)
+        if cursor is not None and since is None:
+            log.warning("mailchimp.cursor_unreadable", source=self.source)
+        if since is None:
+            return self._full_pull(started)
+        return self._incremental_pull(since)
+
+    def list_keys(self) -> Iterator[KeyBatch]:
+        """Every member id (default listing + archived), complete only when every page came
+        back and the distinct ids add up to total_items."""
+        seen: set[str] = set()
+        unreadable = 0
+        expected = 0
+        known = True
+        held: list[Key] | None = None
+        for listing in LISTINGS:
+            tally = _Tally()
+            for page in self._pages({**listing, "fields": KEY_FIELDS}, tally):
+                keys: list[Key] = []
+                for item in page.items:
+                    member_id = _member_id(item)
+                    if member_id is None:
+                        unreadable += 1
+                    elif member_id not in seen:
+                        seen.add(member_id)
+                        keys.append(Key(RECORD_TYPE, member_id))
+                if keys:
+                    if held:
+                        yield KeyBatch(held)
+                    held = keys
+            expected += tally.max_total
+            known = known and not tally.unknown_total
+        complete = self._judge(known, len(seen) + unreadable, expected)
+        yield KeyBatch(held or [], complete=complete,
+                       listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
+
+    def lookup(self, email: str) -> list[dict[str, Any]]:
+        """The member with this address, as Mailchimp holds it (archived ones too)."""
+        address = normalise_email(email)
+        if address is None:
+            return []
+        member_hash = subscriber_hash(address)
+        body, response = self._get(f"lists/{self.audience_id}/members/{member_hash}",
+                                   {"exclude_fields": "_links"}, ok=(404,))
+        if response.status_code == 404 or not isinstance(body, dict):
+            return []
+        return [{"record_type": RECORD_TYPE, "external_id": str(body.get("id") or member_hash),
+                 "source": self.source, "audience": self.audience_name, "data": body}]
+
+    def close(self) -> None:
+        self.account.close()
+
+    # -- pulls ---------------------------------------------------------------------------
+    def _full_pull(self, started: datetime) -> Iterator[Batch]:
+        seen: set[str] = set()
+        unreadable = 0
+        expected = 0
+        known = True
+        latest: datetime | None = None
+        held: tuple[list[Record], list[Skip]] | None = None
+        for listing in LISTINGS:
+            tally = _Tally()
+            for page in self._pages({**listing, "fields": MEMBER_FIELDS}, tally):
+                records: list[Record] = []
+                skipped: list[Skip] = []
+                for item in page.items:
+                    member_id = _member_id(item)
+                    if member_id is None:
+                        unreadable += 1
+                    elif member_id in seen:
+                        continue
+                    else:
+                        seen.add(member_id)
+                    latest = self._take(item, records, skipped, latest)
+                if records or skipped:
+                    # The last batch is held back to carry the pull's verdict and cursor.
+                    if held is not None:
+                        yield Batch(held[0], skipped=held[1])
+                    held = (records, skipped)
+            expected += tally.max_total
+            known = known and not tally.unknown_total
+        complete = self._judge(known, len(seen) + unreadable, expected)
+        # Changes made while the pull ran may sit on pages already read: never start the
+        # next window later than this pull's start. An incomplete pull leaves no cursor, so
+        # the next run lists everything again.
+        cursor = None
+        if complete:
+            cursor = make_cursor(min(latest, started) if latest else started)
+        records, skipped = held or ([], [])
+        yield Batch(records, skipped=skipped, cursor=cursor, complete=complete,
+                    listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
+
+    def _incremental_pull(self, since: datetime) -> Iterator[Batch]:
+        params = {"fields": MEMBER_FIELDS,
+                  "since_last_changed": _iso(since - self.settings.overlap),
+                  "sort_field": "last_changed", "sort_dir": "ASC"}
+        seen: set[str] = set()
+        shifted = False
+        latest: datetime | None = None
+        held: tuple[list[Record], list[Skip]] | None = None
+        for listing in LISTINGS:
+            tally = _Tally()
+            for page in self._pages({**listing, **params}, tally):
+                records: list[Record] = []
+                skipped: list[Skip] = []
+                in_page: set[str] = set()
+                for item in page.items:
+                    member_id = _member_id(item)
+                    if member_id is not None:
+                        if member_id in in_page:
+                            continue
+                        in_page.add(member_id)
+                        # Seen on an earlier page: it changed while we paged and moved to
+                        # the end, shifting the offsets after it (one member may be skipped).
+                        shifted = shifted or member_id in seen
+                        seen.add(member_id)
+                    latest = self._take(item, records, skipped, latest)
+                if records or skipped:
+                    # The last batch is held back to carry the pull's verdict and cursor.
+                    if held is not None:
+                        yield Batch(held[0], skipped=held[1])
+                    held = (records, skipped)
+            shifted = shifted or tally.changed or tally.unknown_total
+        if shifted:
+            log.info("mailchimp.cursor_kept", source=self.source,
+                     reason="audience changed while it was read")
+        moved = latest is not None and not shifted and latest > since
+        records, skipped = held or ([], [])
+        yield Batch(records, skipped=skipped, complete=True,
+                    cursor=make_cursor(latest if moved and latest else since))
+
+    def _take(self, item: object, records: list[Record], skipped: list[Skip],
+              latest: datetime | None) -> datetime | None:
+        result = classify_member(item)
+        if isinstance(result, Skip):
+            skipped.append(result)
+            return latest
+        records.append(result)
+        if result.modified_at and (latest is None or result.modified_at > latest):
+            return result.modified_at
+        return latest
+
+    def _judge(self, known: bool, counted: int, expected: int) -> bool:
+        complete = known and counted >= expected
+        if not complete:
+            log.warning("mailchimp.listing_incomplete", source=self.source, seen=counted,
+                        expected=expected)
+        return complete
+
+    # -- paging --------------------------------------------------------------------------
+    def _get(self, path: str, params: Mapping[str, Any] | None = None,
+             *, ok: tuple[int, ...] = ()) -> tuple[Any, requests.Response]:
+        try:
+            return self.account.get(self.source, path, params, ok=ok)
+        except FatalAPIError as exc:
+            if exc.status != 404:
+                raise
+            raise FatalAPIError(
+                self.source, f"audience {self.audience_name!r} ({self.audience_id}) was not "
+                             "found (404): it was deleted in Mailchimp, or the API key "
+                             "belongs to another account", status=404) from exc
+
+    def _page(self, params: Mapping[str, Any], offset: int) -> _Page:
+        size = self.settings.page_size
+        path = f"lists/{self.audience_id}/members"
+        body, _ = self._get(path, {**params, "count": size, "offset": offset})
+        if not isinstance(body, dict) or not isinstance(body.get("members"), list):
+            raise FatalAPIError(
+                self.source, f"the member listing of audience {self.audience_name!r} answered "
+                             "without a list of members: is base_url the Marketing API "
+                             "address (…/3.0)?")
+        total = body.get("total_items")
+        known = isinstance(total, int) and not isinstance(total, bool)
+        return _Page(offset, body["members"], total if known else None)
+
+    def _pages(self, params: Mapping[str, Any], tally: _Tally) -> Iterator[_Page]:
+        """Pages of one listing in offset order, up to `concurrency` fetched at once and
+        no more than that held in memory."""
+        size = self.settings.page_size
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency,
+                                  thread_name_prefix=f"mailchimp-{self.audience_id}")
+        pending: deque[Future[_Page]] = deque()
+        next_offset = 0
+        # Until the first page says how many there are, ask for one page only.
+        target = size
+        try:
+            while True:
+                while len(pending) < self.settings.concurrency and next_offset < target:
+                    # Each worker runs in a copy of the caller's context (log bindings).
+                    context = contextvars.copy_context()
+                    pending.append(pool.submit(context.run, self._page, params, next_offset))
+                    next_offset += size
+                if not pending:
+                    return
+                page = pending.popleft().result()
+                tally.note(page.total)
+                target = max(target, page.total or 0)
+                yield page
+                if len(page.items) >= size and not pending and next_offset >= target:
+                    # A full last page: members were added while we read; look further.
+                    target = next_offset + size
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def audiences(settings: Settings) -> list[AudienceInfo]:
+    """Every audience of the account the key belongs to."""
+    account = MailchimpAccount(settings)
+    try:
+        return account.list_audiences()[0]
+    finally:
+        account.close()
+
+
+def connect(settings: Settings) -> MailchimpAccount:
+    return MailchimpAccount(settings)

@@ -1,0 +1,567 @@
+"""Stripe connector: reads customers and charges through Stripe's read API and reports which
+categories of personal data each one holds (never the values).
+
+Stripe has no "updated since" filter. An incremental pull therefore lists new objects by
+`created` and catches changes and deletions of older customers and charges through
+`GET /v1/events`, which Stripe keeps for 30 days only; the weekly full pull reconciles
+anything else, and a cursor older than 29 days makes the pull list everything again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import requests
+import structlog
+
+from connectors.base import (
+    Batch,
+    Category,
+    Key,
+    KeyBatch,
+    Record,
+    Skip,
+    has_value,
+    normalise_email,
+    parse_time,
+    scan_text,
+    utcnow,
+)
+from connectors.http import FatalAPIError, HttpClient, RetryPolicy, redact
+
+log = structlog.get_logger("connectors.stripe")
+
+# Pinned so that a change of the account's default API version never changes what we read.
+STRIPE_VERSION = "2026-10-28.endive"
+
+RECORD_TYPES = frozenset({"customer", "charge"})
+
+# Event types that tell of a change to a customer or a charge after it was created.
+EVENT_TYPES = (
+    "customer.created", "customer.updated", "customer.deleted",
+    "charge.updated", "charge.succeeded", "charge.failed", "charge.pending",
+    "charge.captured", "charge.refunded", "charge.expired",
+)
+
+# Stripe keeps events for 30 days; a day of margin for clock differences and slow runs.
+EVENT_RETENTION = timedelta(days=29)
+
+# Which Dashboard permission a path needs, for the owner's words on a 403.
+_PERMISSION_FOR = (("/v1/customers", "Customers"), ("/v1/charges", "Charges"),
+                   ("/v1/events", "Events"))
+
+# Live, test and restricted keys, whole or masked the way Stripe echoes them in errors.
+_KEY_PATTERN = re.compile(r"\b[spr]k_(?:live|test)_[A-Za-z0-9*]*")
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str = field(repr=False)
+    base_url: str = "https://api.stripe.com"
+    page_size: int = 100
+    timeout: float = 30.0
+    # Re-read this much before the cursor: Stripe's `created` has one-second resolution and
+    # objects created while a pull pages are only seen by the next one.
+    overlap: timedelta = timedelta(minutes=10)
+    requests_per_second: float = 20.0
+    retry_attempts: int = 5
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+
+def connect(settings: Settings) -> StripeConnector:
+    return StripeConnector(settings)
+
+
+class TokenBucket:
+    """At most `rate` requests a second on average, bursts up to one second's worth. A request
+    that finds the bucket empty takes a token on credit and sleeps until it is paid back."""
+
+    def __init__(self, rate: float, sleep: Callable[[float], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.sleep = sleep
+        self.clock = clock
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self.tokens -= 1.0
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+
+
+def redact_keys(text: str) -> str:
+    """The text with anything shaped like a Stripe secret or restricted key (also the masked
+    `sk_live_****1234` form Stripe puts in its own error messages) replaced."""
+    return _KEY_PATTERN.sub("[key]", text)
+
+
+def describe_error(response: requests.Response) -> str | None:
+    """Stripe's own words from an error body `{"error": {"type", "code", "message"}}`, with
+    the request id Stripe support asks for."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None
+    kinds = [str(error[k]) for k in ("type", "code") if isinstance(error.get(k), str)]
+    text = str(error.get("message") or "no message")
+    if kinds:
+        text += f" ({', '.join(kinds)})"
+    request_id = response.headers.get("Request-Id")
+    if request_id:
+        text += f"; request {request_id}"
+    return redact_keys(text)
+
+
+@dataclass(frozen=True)
+class _Page:
+    items: list[Any]
+    last: bool
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """Where the next incremental pull starts: for each list, the `created` (Stripe's clock,
+    unix seconds) of its newest object seen, and when that pull started (our clock)."""
+
+    customer: int | None
+    charge: int | None
+    event: int | None
+    at: int
+
+    def dump(self) -> str:
+        return json.dumps({"v": 1, "customer": self.customer, "charge": self.charge,
+                           "event": self.event, "at": self.at}, sort_keys=True,
+                          separators=(",", ":"))
+
+    @classmethod
+    def load(cls, text: str) -> _Cursor | None:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("v") != 1:
+                return None
+            marks = [data.get(k) for k in ("customer", "charge", "event")]
+            if not all(m is None or isinstance(m, int) for m in marks):
+                return None
+            if not isinstance(data.get("at"), int):
+                return None
+            return cls(marks[0], marks[1], marks[2], data["at"])
+        except (TypeError, ValueError):
+            return None
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _id(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    ident = item.get("id")
+    return ident if isinstance(ident, str) and ident else None
+
+
+def _created(item: object) -> int | None:
+    value = _obj(item).get("created")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _scan_metadata(metadata: object, categories: set[Category], evidence: list[str]) -> None:
+    if not isinstance(metadata, dict):
+        # Not Stripe's shape, but whatever text is there is still held.
+        scan_text("metadata", metadata, categories, evidence)
+        return
+    for key, value in metadata.items():
+        scan_text(f"metadata.{str(key)[:40]}", value, categories, evidence)
+
+
+def _contact(holder: Mapping[str, Any], categories: set[Category], address: Category) -> None:
+    if has_value(holder.get("name")):
+        categories.add(Category.NAME)
+    if has_value(holder.get("phone")):
+        categories.add(Category.PHONE)
+    if has_value(holder.get("email")):
+        categories.add(Category.EMAIL)
+    if has_value(holder.get("address")):
+        categories.add(address)
+
+
+def classify_customer(item: dict[str, Any]) -> Record:
+    """A Stripe customer as the ledger sees it. A Stripe customer is a payment profile, not a
+    shop login, so it carries no `account` category."""
+    categories: set[Category] = set()
+    evidence: list[str] = []
+    _contact(item, categories, Category.BILLING_ADDRESS)
+    _contact(_obj(item.get("shipping")), categories, Category.DELIVERY_ADDRESS)
+    scan_text("description", item.get("description"), categories, evidence)
+    _scan_metadata(item.get("metadata"), categories, evidence)
+    invoice = _obj(item.get("invoice_settings"))
+    scan_text("invoice_settings.footer", invoice.get("footer"), categories, evidence)
+    fields = invoice.get("custom_fields")
+    if isinstance(fields, list):
+        scan_text("invoice_settings.custom_fields",
+                  [_obj(f).get("value") for f in fields], categories, evidence)
+    return Record(
+        record_type="customer",
+        external_id=str(item["id"]),
+        email=normalise_email(item.get("email")),
+        categories=frozenset(categories),
+        created_at=parse_time(item.get("created")),
+        evidence=tuple(evidence),
+    )
+
+
+def classify_charge(item: dict[str, Any]) -> Record:
+    """A Stripe charge: billing details, shipping, payment method and free text. A charge
+    without a customer belongs to the person of its billing (or receipt) email; one with
+    neither is still held (it carries card data) with no email."""
+    categories: set[Category] = set()
+    evidence: list[str] = []
+    billing = _obj(item.get("billing_details"))
+    _contact(billing, categories, Category.BILLING_ADDRESS)
+    if has_value(item.get("receipt_email")):
+        categories.add(Category.EMAIL)
+    _contact(_obj(item.get("shipping")), categories, Category.DELIVERY_ADDRESS)
+    details = _obj(item.get("payment_method_details"))
+    if has_value(details.get("type")):
+        categories.add(Category.PAYMENT_METHOD_TYPE)
+    for kind in ("card", "card_present", "interac_present"):
+        card = _obj(details.get(kind))
+        if has_value(card.get("brand")):
+            categories.add(Category.PAYMENT_METHOD_TYPE)
+        if has_value(card.get("last4")):
+            categories.add(Category.CARD_LAST4)
+    _legacy_source(_obj(item.get("source")), categories)
+    scan_text("description", item.get("description"), categories, evidence)
+    _scan_metadata(item.get("metadata"), categories, evidence)
+    customer = item.get("customer")
+    parent = customer if isinstance(customer, str) else _id(customer)
+    created = parse_time(item.get("created"))
+    status = item.get("status")
+    return Record(
+        record_type="charge",
+        external_id=str(item["id"]),
+        email=normalise_email(billing.get("email")) or normalise_email(item.get("receipt_email")),
+        categories=frozenset(categories),
+        status=status if isinstance(status, str) else None,
+        created_at=created,
+        last_activity_at=created,
+        parent_id=parent or None,
+        evidence=tuple(evidence),
+    )
+
+
+def _legacy_source(source: dict[str, Any], categories: set[Category]) -> None:
+    """Charges made before PaymentMethods carry a card or source object with its own owner."""
+    if source.get("object") == "card":
+        if has_value(source.get("brand")):
+            categories.add(Category.PAYMENT_METHOD_TYPE)
+        if has_value(source.get("last4")):
+            categories.add(Category.CARD_LAST4)
+        if has_value(source.get("name")):
+            categories.add(Category.NAME)
+        if any(has_value(v) for k, v in source.items()
+               if k.startswith("address_") and not k.endswith("_check")):
+            categories.add(Category.BILLING_ADDRESS)
+    elif source.get("object") == "source":
+        if has_value(source.get("type")):
+            categories.add(Category.PAYMENT_METHOD_TYPE)
+        _contact(_obj(source.get("owner")), categories, Category.BILLING_ADDRESS)
+
+
+_CLASSIFY = {"customer": classify_customer, "charge": classify_charge}
+
+
+class StripeConnector:
+    """Reads one Stripe account."""
+
+    kind = "stripe"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.source = "stripe"
+        self.page_size = max(1, min(100, settings.page_size))
+        self.bucket = TokenBucket(settings.requests_per_second, settings.sleep)
+        self.last_request_id: str | None = None
+        self.http = HttpClient(
+            self.source,
+            settings.base_url,
+            headers={"Authorization": f"Bearer {settings.api_key}",
+                     "Stripe-Version": STRIPE_VERSION},
+            timeout=settings.timeout,
+            retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
+            secrets=(settings.api_key,),
+            describe_error=describe_error,
+            signer=self._pace,
+            sleep=settings.sleep,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- pulls --------------------------------------------------------------------------------
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        started = int(utcnow().timestamp())
+        state = _Cursor.load(cursor) if cursor else None
+        if cursor and state is None:
+            log.warning("stripe.cursor_unreadable", source=self.source, action="full listing")
+        if state is None:
+            log.info("stripe.pull", source=self.source, mode="full")
+            yield from self._full(started, None)
+        elif started - state.at > EVENT_RETENTION.total_seconds():
+            # Events between the last run and 30 days ago are gone: list everything instead.
+            log.info("stripe.pull", source=self.source, mode="full", reason="cursor too old")
+            yield from self._full(started, state)
+        else:
+            log.info("stripe.pull", source=self.source, mode="incremental")
+            yield from self._incremental(started, state)
+
+    def _full(self, started: int, previous: _Cursor | None) -> Iterator[Batch]:
+        # The newest event now: the next pull reads events from here on.
+        event_mark = _max(previous.event if previous else None,
+                          self._newest("/v1/events"))
+        marks: dict[str, int | None] = {
+            "customer": previous.customer if previous else None,
+            "charge": previous.charge if previous else None,
+        }
+        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
+            for page in self._pages(path, {}):
+                records, skipped, gone, newest = self._classify_page(record_type, page.items)
+                marks[record_type] = _max(marks[record_type], newest)
+                if page.last and record_type == "charge":
+                    cursor = _Cursor(marks["customer"], marks["charge"], event_mark, started)
+                    yield Batch(records, cursor=cursor.dump(), skipped=skipped, complete=True,
+                                listed_types=RECORD_TYPES, gone=gone)
+                else:
+                    yield Batch(records, skipped=skipped, gone=gone)
+
+    def _incremental(self, started: int, state: _Cursor) -> Iterator[Batch]:
+        overlap = int(self.settings.overlap.total_seconds())
+        marks: dict[str, int | None] = {"customer": state.customer, "charge": state.charge}
+        seen: set[tuple[str, str]] = set()
+        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
+            mark = marks[record_type]
+            params = {} if mark is None else {"created[gte]": mark - overlap}
+            for page in self._pages(path, params):
+                records, skipped, gone, newest = self._classify_page(record_type, page.items)
+                marks[record_type] = _max(marks[record_type], newest)
+                seen.update((r.record_type, r.external_id) for r in records)
+                yield Batch(records, skipped=skipped, gone=gone)
+        # Changes and deletions of objects created before the window, newest event first:
+        # the first event seen for an object is its latest state.
+        event_mark = state.event
+        event_params: dict[str, Any] = {"types[]": list(EVENT_TYPES)}
+        if state.event is not None:
+            event_params["created[gte]"] = state.event - overlap
+        for page in self._pages("/v1/events", event_params):
+            records: list[Record] = []
+            skipped: list[Skip] = []
+            gone: list[Key] = []
+            for event in page.items:
+                event_mark = _max(event_mark, _created(event))
+                self._apply_event(event, seen, records, skipped, gone)
+            if page.last:
+                cursor = _Cursor(marks["customer"], marks["charge"], event_mark, started)
+                yield Batch(records, cursor=cursor.dump(), skipped=skipped, complete=True,
+                            gone=gone)
+            else:
+                yield Batch(records, skipped=skipped, gone=gone)
+
+    def _apply_event(self, event: object, seen: set[tuple[str, str]], records: list[Record],
+                     skipped: list[Skip], gone: list[Key]) -> None:
+        event = _obj(event)
+        kind = str(event.get("type") or "")
+        item = _obj(_obj(event.get("data")).get("object"))
+        record_type = item.get("object")
+        ident = _id(item)
+        if record_type not in RECORD_TYPES:
+            return
+        if ident is None:
+            skipped.append(Skip(str(record_type), None,
+                                f"{record_type} in a {kind or 'Stripe'} event without an id"))
+            return
+        key = (str(record_type), ident)
+        if kind == "customer.deleted" or item.get("deleted") is True:
+            # A deletion is always the latest thing that happened to a customer.
+            if Key(*key) not in gone:
+                gone.append(Key(*key))
+            seen.add(key)
+            return
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            records.append(_CLASSIFY[str(record_type)](item))
+        except (TypeError, ValueError, AttributeError) as exc:
+            skipped.append(Skip(str(record_type), ident, f"{record_type} {ident} in a {kind} "
+                                f"event could not be read ({type(exc).__name__})"))
+
+    def _classify_page(self, record_type: str, items: list[Any]
+                       ) -> tuple[list[Record], list[Skip], list[Key], int | None]:
+        records: list[Record] = []
+        skipped: list[Skip] = []
+        gone: list[Key] = []
+        newest: int | None = None
+        classify = _CLASSIFY[record_type]
+        for item in items:
+            ident = _id(item)
+            if ident is None:
+                what = "not an object" if not isinstance(item, dict) else "without an id"
+                skipped.append(Skip(record_type, None, f"{record_type} in Stripe's list {what}"))
+                continue
+            newest = _max(newest, _created(item))
+            if item.get("deleted") is True:
+                gone.append(Key(record_type, ident))
+                continue
+            try:
+                records.append(classify(item))
+            except (TypeError, ValueError, AttributeError) as exc:
+                skipped.append(Skip(record_type, ident,
+                                    f"{record_type} {ident} could not be read "
+                                    f"({type(exc).__name__})"))
+        return records, skipped, gone, newest
+
+    def _newest(self, path: str) -> int | None:
+        body = self._get(path, {"limit": 1})
+        data = _obj(body).get("data")
+        return _created(data[0]) if isinstance(data, list) and data else None
+
+    # -- keys and lookups ---------------------------------------------------------------------
+    def list_keys(self) -> Iterator[KeyBatch]:
+        """Every customer and charge id; the last batch is complete only after both lists
+        ended with `has_more: false`."""
+        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
+            for page in self._pages(path, {}):
+                keys = [Key(record_type, ident) for ident in map(_id, page.items)
+                        if ident is not None]
+                if page.last and record_type == "charge":
+                    yield KeyBatch(keys, complete=True, listed_types=RECORD_TYPES)
+                else:
+                    yield KeyBatch(keys)
+
+    def lookup(self, email: str) -> list[dict[str, Any]]:
+        """Everything Stripe holds about one email: customers with that email (Stripe matches
+        exactly and case-sensitively, so the form given and the normalised form are both
+        tried), their charges, and every charge whose billing or receipt email is theirs.
+        Stripe has no filter on a charge's billing email, so the charges are listed."""
+        target = normalise_email(email)
+        forms = [f for f in dict.fromkeys((email, email.strip(), target)) if f]
+        found: list[dict[str, Any]] = []
+        customers: dict[str, dict[str, Any]] = {}
+        for form in forms:
+            for page in self._pages("/v1/customers", {"email": form}):
+                for item in page.items:
+                    ident = _id(item)
+                    if ident is not None and ident not in customers:
+                        customers[ident] = item
+        found.extend({"record_type": "customer", "external_id": ident, "data": item}
+                     for ident, item in customers.items())
+        charges: dict[str, dict[str, Any]] = {}
+        for customer_id in customers:
+            for page in self._pages("/v1/charges", {"customer": customer_id}):
+                for item in page.items:
+                    ident = _id(item)
+                    if ident is not None:
+                        charges.setdefault(ident, item)
+        if target is not None:
+            for page in self._pages("/v1/charges", {}):
+                for item in page.items:
+                    ident = _id(item)
+                    if ident is None or ident in charges:
+                        continue
+                    billing = _obj(item.get("billing_details"))
+                    if target in (normalise_email(billing.get("email")),
+                                  normalise_email(item.get("receipt_email"))):
+                        charges[ident] = item
+        found.extend({"record_type": "charge", "external_id": ident, "data": item}
+                     for ident, item in charges.items())
+        return found
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _pace(self, method: str, url: str, params: dict[str, Any]
+              ) -> tuple[str, dict[str, Any] | None]:
+        # Called by HttpClient before every attempt, retries included.
+        self.bucket.take()
+        return url, params
+
+    def _pages(self, path: str, params: Mapping[str, Any]) -> Iterator[_Page]:
+        """A Stripe list, newest first, one page at a time (`starting_after` the last id)."""
+        after: str | None = None
+        while True:
+            query = dict(params, limit=self.page_size)
+            if after is not None:
+                query["starting_after"] = after
+            body = self._get(path, query)
+            data = _obj(body).get("data")
+            if _obj(body).get("object") != "list" or not isinstance(data, list):
+                raise FatalAPIError(
+                    self.source,
+                    f"{path} did not answer with a Stripe list (request "
+                    f"{self.last_request_id or 'unknown'}): is base_url the Stripe API?",
+                )
+            has_more = _obj(body).get("has_more") is True
+            yield _Page(data, last=not has_more)
+            if not has_more:
+                return
+            ids = [ident for ident in map(_id, data) if ident is not None]
+            if not ids:
+                raise FatalAPIError(
+                    self.source,
+                    f"{path} said there is more to list but gave no id to continue from "
+                    f"(request {self.last_request_id or 'unknown'})",
+                )
+            after = ids[-1]
+
+    def _get(self, path: str, params: Mapping[str, Any]) -> Any:
+        body, response = self.http.get_json(path, params, ok=(401, 403))
+        self.last_request_id = response.headers.get("Request-Id")
+        if response.status_code in (401, 403):
+            raise self._refused(path, response)
+        return body
+
+    def _refused(self, path: str, response: requests.Response) -> FatalAPIError:
+        said = describe_error(response)
+        said = redact(f" Stripe said: {said}", (self.settings.api_key,)) if said else ""
+        if response.status_code == 401:
+            message = (
+                "Stripe refused the API key (401 Unauthorized): it is wrong, expired or "
+                "revoked. Configure a secret key, or better a restricted key with Read on "
+                f"Customers, Charges and Events, for this source.{said}"
+            )
+        else:
+            resource = next((name for prefix, name in _PERMISSION_FOR
+                             if path.startswith(prefix)), "this resource")
+            message = (
+                f"Stripe refused the key for {path} (403 Forbidden): the restricted key "
+                f"lacks Read permission on {resource}. In the Stripe Dashboard (Developers → "
+                "API keys) give the key Read on Customers, Charges and Events."
+                f"{said}"
+            )
+        return FatalAPIError(self.source, redact_keys(message), status=response.status_code)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

@@ -1,0 +1,93 @@
+"""Parsers every connector relies on: emails, times, periods, card-number patterns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from connectors.base import (
+    Category,
+    contains_card_number,
+    has_value,
+    normalise_email,
+    parse_duration,
+    parse_time,
+    scan_text,
+)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("Ada@Example.COM", "ada@example.com"),
+    ("  ada@example.com \n", "ada@example.com"),
+    ("not an email", None),
+    ("ada @example.com", None),
+    ("", None),
+    (None, None),
+    (42, None),
+])
+def test_normalise_email_lowercases_and_trims_or_refuses(raw: object, expected: str) -> None:
+    assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("2017-03-22T16:28:02", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    ("2017-03-22T16:28:02Z", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    ("2017-03-22T18:28:02+02:00", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    ("2017-03-22 16:28:02", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    (1490200082, datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    ("1490200082", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
+    ("0000-00-00 00:00:00", None),
+    ("", None),
+    ("yesterday", None),
+    (None, None),
+    (0, None),
+    (True, None),
+])
+def test_parse_time_reads_odd_forms_or_gives_none(raw: object, expected: object) -> None:
+    assert parse_time(raw) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("90d", timedelta(days=90)), ("18m", timedelta(days=540)), ("6y", timedelta(days=2190)),
+    ("12h", timedelta(hours=12)), ("30min", timedelta(minutes=30)), ("0d", timedelta(0)),
+])
+def test_parse_duration_reads_units(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["90", "-5d", "6 years", "", "d"])
+def test_parse_duration_refuses_missing_units_and_negatives(text: str) -> None:
+    with pytest.raises(ValueError, match=repr(text)):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("card 4111 1111 1111 1111 exp 12/29", True),
+    ("4111-1111-1111-1111", True),
+    ("5555555555554444", True),
+    ("4111 1111 1111 1112", False),       # fails Luhn
+    ("order 123456789012", False),        # too short
+    ("phone +44 7700 900123", False),
+    ("0000000000000000", False),          # all one digit is no card
+    ("", False),
+])
+def test_contains_card_number_needs_a_luhn_valid_run(text: str, expected: bool) -> None:
+    assert contains_card_number(text) is expected
+
+
+def test_scan_text_names_the_field_never_the_digits() -> None:
+    categories: set[Category] = set()
+    evidence: list[str] = []
+    scan_text("customer_note", "please use 4111 1111 1111 1111", categories, evidence)
+    assert categories == {Category.FREE_TEXT, Category.CARD_NUMBER}
+    assert evidence == ["card number pattern in customer_note"]
+    assert not any(char.isdigit() for char in evidence[0])
+
+
+def test_has_value_treats_blank_and_anonymised_zeros_as_empty() -> None:
+    assert not has_value("  ")
+    assert not has_value("0000000000")
+    assert not has_value({"a": "", "b": None})
+    assert has_value({"a": "", "b": "x"})
+    assert has_value("+44 7700 900123")

@@ -1,0 +1,135 @@
+"""Config: validated once, every problem named with file and key, secrets by reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from daemon.cli import main
+from daemon.config import (
+    ConfigError,
+    SecretSources,
+    example_toml,
+    load_settings,
+    parse_settings,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CANARY = "ck_CANARY_7f3a9e"
+
+
+def sources(tmp_path: Path, **env: str) -> SecretSources:
+    return SecretSources(environ=env, credentials_dir=tmp_path)
+
+
+def shop(**overrides: object) -> dict[str, object]:
+    return {"name": "allmyink", "url": "https://allmyink.example",
+            "consumer_key": "env:KEY", "consumer_secret": "env:SECRET", **overrides}
+
+
+def test_example_config_is_current() -> None:
+    assert (REPO / "config" / "example.toml").read_text(encoding="utf-8") == example_toml(), \
+        "config/example.toml is stale: run `privacy-ledger config-example > config/example.toml`"
+
+
+def test_example_config_validates_when_its_credentials_exist(tmp_path: Path) -> None:
+    for name in ("allmyink-key", "allmyink-secret", "stripe-key", "mailchimp-key",
+                 "smtp-password"):
+        (tmp_path / name).write_text("value-of-" + name + "-us6\n")
+    settings = load_settings(REPO / "config" / "example.toml", secrets=sources(tmp_path))
+    assert settings.woocommerce[0].name == "allmyink"
+
+
+def test_secret_references_resolve_from_env_file_and_credentials(tmp_path: Path) -> None:
+    (tmp_path / "secret-file").write_text("from-file\n")
+    (tmp_path / "cred").write_text("from-credential\n")
+    settings = parse_settings(
+        {"woocommerce": [shop(consumer_key="env:KEY",
+                              consumer_secret=f"file:{tmp_path / 'secret-file'}")],
+         "stripe": {"api_key": "credential:cred"}},
+        secrets=sources(tmp_path, KEY=CANARY))
+    assert settings.woocommerce[0].consumer_key.get_secret_value() == CANARY
+    assert settings.woocommerce[0].consumer_secret.get_secret_value() == "from-file"
+    assert settings.stripe is not None
+    assert settings.stripe.api_key.get_secret_value() == "from-credential"
+    assert CANARY not in repr(settings) and CANARY not in str(settings)
+    assert CANARY in settings.secret_values()
+
+
+def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"woocommerce": [shop(url="ftp://x", per_page=500)],
+                        "retention": {"completed_orders": "6", "network_data": "-1d"},
+                        "timezone": "Mars/Olympus"},
+                       origin="/etc/pl.toml", secrets=sources(tmp_path))
+    problems = caught.value.problems
+    joined = "\n".join(problems)
+    assert all(p.startswith("/etc/pl.toml: ") for p in problems)
+    assert "woocommerce[allmyink].url" in joined
+    assert "woocommerce[allmyink].per_page" in joined
+    assert "woocommerce[allmyink].consumer_key: secret env:KEY: environment variable KEY " \
+           "is not set" in joined
+    assert "retention.completed_orders: '6' is not a period" in joined
+    assert "retention.network_data: '-1d' is negative" in joined
+    assert "timezone: 'Mars/Olympus' is not a time zone" in joined
+
+
+def test_secret_values_written_into_the_file_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="write secrets as a reference") as caught:
+        parse_settings({"stripe": {"api_key": CANARY}}, secrets=sources(tmp_path))
+    assert CANARY not in str(caught.value)
+
+
+def test_missing_credential_names_the_reference(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"secret credential:nope: .*nope does not exist"):
+        parse_settings({"stripe": {"api_key": "credential:nope"}}, secrets=sources(tmp_path))
+
+
+def test_credential_without_credentials_directory_says_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="LoadCredential=stripe"):
+        parse_settings({"stripe": {"api_key": "credential:stripe"}},
+                       secrets=SecretSources(environ={}, credentials_dir=None))
+
+
+def test_unknown_keys_are_typos(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"woocommerce\[allmyink\].consumer_kee: unknown key"):
+        parse_settings({"woocommerce": [shop(consumer_kee="x")]},
+                       secrets=sources(tmp_path, KEY="k", SECRET="s"))
+
+
+def test_shop_names_must_be_unique(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="allmyink appear twice"):
+        parse_settings({"woocommerce": [shop(), shop()]},
+                       secrets=sources(tmp_path, KEY="k", SECRET="s"))
+
+
+def test_mailchimp_key_without_data_centre_needs_base_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mailchimp"):
+        parse_settings({"mailchimp": {"api_key": "env:MC"}},
+                       secrets=sources(tmp_path, MC="0123456789abcdef"))
+    settings = parse_settings({"mailchimp": {"api_key": "env:MC",
+                                             "base_url": "http://127.0.0.1:9/3.0"}},
+                              secrets=sources(tmp_path, MC="0123456789abcdef"))
+    assert settings.mailchimp is not None
+
+
+def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ledger\nurl = 3\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: not valid TOML"):
+        load_settings(bad)
+
+
+def test_cli_prints_one_line_per_problem_and_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[[woocommerce]]\nname = "Bad Name"\nurl = "x"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "sync"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert all(line.startswith(f"config error: {path}: ") for line in lines)
+    assert len(lines) == 4
+    assert "Traceback" not in result.output
