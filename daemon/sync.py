@@ -29,6 +29,8 @@ from daemon.ledger import Holding, Ledger, Source, Subject, SyncRun, categories_
 log = structlog.get_logger("daemon.sync")
 
 INTERRUPTED = "interrupted: the process stopped before the run finished"
+# A run ended between batches because the daemon was asked to stop; the next run resumes.
+STOPPED = "stopped"
 
 _COMPARED = ("subject_id", "categories", "status", "anonymised", "parent_id", "created_at",
              "last_activity_at", "modified_at", "evidence")
@@ -52,6 +54,7 @@ class SyncResult:
 
 
 ProgressCallback = Callable[[str, int], None]
+StopCheck = Callable[[], bool]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -78,6 +81,25 @@ def _subject_ids(session: Session, emails: set[str], now: datetime) -> dict[str,
             found.update(session.execute(
                 select(Subject.email, Subject.id).where(Subject.email.in_(chunk)))
                 .tuples().all())
+    return found
+
+
+def _parent_subjects(session: Session, source_id: int, records: Iterable[Record],
+                     subjects: dict[str, int]) -> dict[str, int]:
+    """Subjects of the customers that records without an email belong to: a charge or order
+    that carries no email of its own is still that customer's personal data."""
+    wanted = {r.parent_id for r in records if not r.email and r.parent_id}
+    if not wanted:
+        return {}
+    found = {r.external_id: subjects[r.email] for r in records
+             if r.record_type == "customer" and r.external_id in wanted and r.email in subjects}
+    missing = sorted(wanted - found.keys())
+    for chunk in _chunks(missing, 500):
+        found.update(session.execute(
+            select(Holding.external_id, Holding.subject_id)
+            .where(Holding.source_id == source_id, Holding.record_type == "customer",
+                   Holding.external_id.in_(chunk), Holding.subject_id.is_not(None))
+        ).tuples().all())
     return found
 
 
@@ -126,11 +148,14 @@ def upsert_records(session: Session, source_id: int, records: Sequence[Record],
             .where(Holding.source_id == source_id, Holding.external_id.in_(chunk))
         ):
             existing[(row.record_type, row.external_id)] = row
+    parents = _parent_subjects(session, source_id, latest.values(), subjects)
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     unchanged: list[int] = []
     for key, record in latest.items():
-        values = _row(record, source_id, subjects.get(record.email) if record.email else None)
+        subject_id = subjects.get(record.email) if record.email else \
+            parents.get(record.parent_id or "")
+        values = _row(record, source_id, subject_id)
         old = existing.get(key)
         if old is None:
             inserts.append({**values, "first_seen": now, "last_seen": now, "gone_at": None})
@@ -244,23 +269,48 @@ def _finish_run(ledger: Ledger, run_id: int, status: str, error: str | None) -> 
 
 
 def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,
-                progress: ProgressCallback | None = None) -> SyncResult:
+                progress: ProgressCallback | None = None,
+                should_stop: StopCheck | None = None) -> SyncResult:
     """Pull one source into the ledger. Upstream failures end the run as failed (recorded,
-    returned); anything else is a bug and is raised after the run is recorded."""
+    returned); anything else is a bug and is raised after the run is recorded.
+    `should_stop`, asked after each committed batch, ends the run early as failed with
+    STOPPED: what was committed stays, and the cursor points no further than that."""
     mode = "full" if full else "incremental"
     started = utcnow()
     source_id, run_id, cursor = _start_run(ledger, connector, mode, started)
+    # Every line logged during the run (HTTP retries too) names the source and the run.
+    context = structlog.contextvars.bind_contextvars(source=connector.source, run_id=run_id)
+    try:
+        return _pull_into(ledger, connector, source_id, run_id, cursor, mode=mode,
+                          started=started, progress=progress, should_stop=should_stop)
+    finally:
+        structlog.contextvars.reset_contextvars(**context)
+
+
+def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int,
+               cursor: str | None, *, mode: str, started: datetime,
+               progress: ProgressCallback | None, should_stop: StopCheck | None) -> SyncResult:
+    full = mode == "full"
     bound = log.bind(source=connector.source, run_id=run_id, mode=mode)
     bound.info("sync.start")
     counts = _Counts()
     complete = False
     try:
-        for batch in connector.pull(None if full else cursor):
+        batches = connector.pull(None if full else cursor)
+        for batch in batches:
             _commit_batch(ledger, source_id, run_id, batch, full=full, started=started,
                           counts=counts)
             complete = complete or batch.complete
             if progress is not None:
                 progress(connector.source, counts.seen)
+            if should_stop is not None and not batch.complete and should_stop():
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+                _finish_run(ledger, run_id, "failed", STOPPED)
+                bound.info("sync.stopped", seen=counts.seen)
+                return SyncResult(connector.source, run_id, mode, "failed", counts.seen,
+                                  counts.changed, counts.skipped, counts.gone, STOPPED)
     except APIError as exc:
         _finish_run(ledger, run_id, "failed", exc.message)
         bound.error("sync.failed", error=exc.message, seen=counts.seen)

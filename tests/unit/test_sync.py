@@ -212,3 +212,15 @@ def test_vanished_audience_source_is_retired_with_its_holdings(ledger: Ledger) -
     assert retire_sources(ledger, "mailchimp:", ["mailchimp:a"]) == ["mailchimp:b"]
     state = holdings(ledger)
     assert state["m2"][2] is True and state["m1"][2] is False
+
+
+def test_record_without_email_belongs_to_its_parent_customers_subject(ledger: Ledger) -> None:
+    customer = rec("cus_1", "ada@example.com", record_type="customer")
+    charge = Record(record_type="charge", external_id="ch_1", email=None,
+                    categories=frozenset({Category.CARD_LAST4}), parent_id="cus_1")
+    sync_source(ledger, FakeConnector([customer, charge], page=1))
+    later = Record(record_type="charge", external_id="ch_2", email=None,
+                   categories=frozenset({Category.CARD_LAST4}), parent_id="cus_1")
+    sync_source(ledger, FakeConnector([customer, charge, later], page=3))
+    state = holdings(ledger)
+    assert state["ch_1"][3] == state["cus_1"][3] == state["ch_2"][3] is not None

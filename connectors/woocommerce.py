@@ -1,0 +1,750 @@
+"""WooCommerce connector: reads a shop's customers (every role) and orders (every status,
+the trash included) through the REST API v3 and reports who is held there and which
+categories of personal data each record holds, never the values.
+
+HTTPS shops are read with HTTP Basic; plain-HTTP shops with OAuth 1.0a one-legged signatures
+(the official `woocommerce` package signs, afresh on every attempt because a nonce must never
+repeat). Listings are ordered by id and paged by offset with one record of overlap between
+pages, which proves that no page boundary skipped a record; pages are fetched in parallel and
+yielded in order.
+
+Cursor (opaque to the engine), a JSON object:
+    {"v": 1, "orders_since": "2026-11-01T06:00:00Z" | null, "max_customer_id": 123 | null}
+`orders_since` is the time (our clock) the last pull that listed orders completely started;
+`max_customer_id` the highest customer id seen by a complete customers listing. Null means
+"unknown": the next incremental pull reads that whole collection again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+import structlog
+from woocommerce.oauth import OAuth
+
+from connectors.base import (
+    Batch,
+    Category,
+    Key,
+    KeyBatch,
+    Record,
+    Skip,
+    contains_card_number,
+    format_gmt,
+    has_value,
+    normalise_email,
+    parse_time,
+    scan_text,
+    utcnow,
+)
+from connectors.http import FatalAPIError, HttpClient, RetryPolicy
+
+log = structlog.get_logger("connectors.woocommerce")
+
+API_PATH = "/wp-json/wc/v3"
+CUSTOMER = "customer"
+ORDER = "order"
+RECORD_TYPES = frozenset({CUSTOMER, ORDER})
+AUTH_METHODS = ("auto", "basic", "oauth")
+# `status=any` leaves the trash out, and trashed orders still hold every personal field.
+ORDER_LISTINGS = ("any", "trash")
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One shop. `url` is the shop's address; the API lives at <url>/wp-json/wc/v3."""
+
+    name: str
+    url: str
+    consumer_key: str = field(repr=False)
+    consumer_secret: str = field(repr=False)
+    per_page: int = 100
+    timeout: float = 30.0
+    concurrency: int = 4
+    overlap: timedelta = timedelta(minutes=10)
+    retry_attempts: int = 5
+    # "auto": Basic over HTTPS, OAuth 1.0a over HTTP; "oauth" also behind TLS-terminating
+    # proxies where WordPress thinks it is plain HTTP; "basic" is refused over plain HTTP.
+    auth: str = "auto"
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    clock: Callable[[], datetime] = field(default=utcnow, compare=False, repr=False)
+
+
+def connect(settings: Settings) -> WooCommerceConnector:
+    """A connector for one shop. Raises ValueError for settings that cannot work (not an
+    http(s) address, or keys that would travel as Basic auth over plain HTTP)."""
+    return WooCommerceConnector(settings)
+
+
+# -- the upstream's error body ---------------------------------------------------------------
+
+_HINTS = {
+    "invalid timestamp": " (this machine's clock and the shop's differ by more than 15 "
+                         "minutes)",
+    "nonce has already been used": " (an OAuth nonce was sent twice)",
+    "consumer key is invalid": " (no key with this consumer key exists on the shop)",
+}
+
+
+def describe_error(response: requests.Response) -> str | None:
+    """WordPress/WooCommerce error bodies are {"code", "message", "data": {"status"}}:
+    `code: message`, plus a hint for the OAuth failures that are really clock problems."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    code, message = body.get("code"), body.get("message")
+    if not isinstance(code, str) and not isinstance(message, str):
+        return None
+    text = ": ".join(str(part) for part in (code, message) if part)
+    text = re.sub(r"<[^>]+>", "", text).strip()[:300].rstrip(".")
+    for marker, hint in _HINTS.items():
+        if marker in text.lower():
+            text += hint
+            break
+    return text
+
+
+# -- the cursor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    orders_since: datetime | None
+    max_customer_id: int | None
+
+    def dump(self) -> str:
+        since = None
+        if self.orders_since is not None:
+            since = format_gmt(self.orders_since) + "Z"
+        return json.dumps({"v": 1, "orders_since": since,
+                           "max_customer_id": self.max_customer_id}, sort_keys=True)
+
+    @classmethod
+    def load(cls, text: str) -> _Cursor | None:
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("v") != 1:
+            return None
+        since = data.get("orders_since")
+        top = data.get("max_customer_id")
+        moment = parse_time(since) if since is not None else None
+        if since is not None and moment is None:
+            return None
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool)):
+            return None
+        return cls(moment, top)
+
+
+# -- classification --------------------------------------------------------------------------
+
+_ADDRESS = ("address_1", "address_2", "city", "state", "postcode")
+_NAME = ("first_name", "last_name")
+# Text fields of an address where a card number typed by mistake would sit.
+_TYPED = ("first_name", "last_name", "company", "address_1", "address_2", "city")
+# What WooCommerce's anonymiser (wp_privacy_anonymize_data) writes in place of the values.
+_PLACEHOLDERS = frozenset({"[deleted]", "deleted@site.invalid", "https://site.invalid",
+                           "this content was deleted by the author."})
+# Meta that WooCommerce or its extensions write, never a person's words.
+_INTERNAL_META = frozenset({"wc_last_active", "is_vat_exempt", "paying_customer", "last_update",
+                            "mailchimp_woocommerce_is_subscribed"})
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _held(value: object) -> bool:
+    """A field holds something personal: not blank, not zeros, not an anonymiser
+    placeholder."""
+    if isinstance(value, str) and value.strip().lower() in _PLACEHOLDERS:
+        return False
+    return has_value(value)
+
+
+def _ip_held(value: object, anonymised: bool) -> bool:
+    if not isinstance(value, str) or value.strip() in ("0.0.0.0", "::", ""):  # noqa: S104
+        return False
+    # wp_privacy_anonymize_ip keeps the network part and zeroes the host part.
+    if anonymised and (value.strip().endswith(".0") or value.strip().endswith("::")):
+        return False
+    return _held(value)
+
+
+def _ident(data: object) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    value = data.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return str(value)
+    if isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+        return str(int(value))
+    return None
+
+
+def _int_id(data: object) -> int | None:
+    ident = _ident(data)
+    return int(ident) if ident is not None else None
+
+
+def _meta(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    items = data.get("meta_data")
+    if not isinstance(items, list):
+        return []
+    return [(str(item.get("key", "")), item.get("value")) for item in items
+            if isinstance(item, dict)]
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+_PROSE = re.compile(r"[^\W\d_]{2,}\W+\S")
+# Meta keys are schema names written by plugins; only plain ones are repeated in evidence.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[Category],
+               evidence: list[str], *, free_text: bool = True) -> None:
+    """Meta values: a card number anywhere counts; free text only in meta that is not
+    WooCommerce's own bookkeeping (keys starting with `_`, flags like "yes"/"1")."""
+    for key, value in entries:
+        texts = list(_strings(value))
+        if any(contains_card_number(text) for text in texts):
+            named = f"{where}[{key}]" if _PLAIN_KEY.fullmatch(key) else where
+            scan_text(named, " ".join(texts), categories, evidence)
+        elif free_text and not key.startswith("_") and key not in _INTERNAL_META and any(
+                _PROSE.search(text) and _held(text) for text in texts):
+            categories.add(Category.FREE_TEXT)
+
+
+def _scan_address(where: str, address: Mapping[str, Any], categories: set[Category],
+                  evidence: list[str]) -> None:
+    for name in _TYPED:
+        if contains_card_number(address.get(name)):
+            categories.add(Category.CARD_NUMBER)
+            note = f"card number pattern in {where}.{name}"
+            if note not in evidence:
+                evidence.append(note)
+
+
+def _skip(record_type: str, data: object) -> Skip | None:
+    if not isinstance(data, dict):
+        return Skip(record_type, None, f"{record_type} entry is not a JSON object")
+    if _ident(data) is None:
+        return Skip(record_type, None, f"{record_type} entry without a valid id")
+    return None
+
+
+def classify_customer(data: object) -> Record | Skip:
+    """A customer (any role) → Record: an account always; email, name, addresses, phone,
+    free text and card numbers when held; last activity from the `wc_last_active` meta."""
+    skipped = _skip(CUSTOMER, data)
+    if skipped is not None:
+        return skipped
+    assert isinstance(data, dict)  # noqa: S101 - checked by _skip
+    ident = _ident(data)
+    assert ident is not None  # noqa: S101 - checked by _skip
+    try:
+        billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
+        categories: set[Category] = {Category.ACCOUNT}
+        evidence: list[str] = []
+        if _held(data.get("email")) or _held(billing.get("email")):
+            categories.add(Category.EMAIL)
+        if any(_held(part.get(n)) for part in (data, billing, shipping) for n in _NAME):
+            categories.add(Category.NAME)
+        if any(_held(billing.get(n)) for n in _ADDRESS):
+            categories.add(Category.BILLING_ADDRESS)
+        if any(_held(shipping.get(n)) for n in _ADDRESS):
+            categories.add(Category.DELIVERY_ADDRESS)
+        if _held(billing.get("phone")) or _held(shipping.get("phone")):
+            categories.add(Category.PHONE)
+        meta = _meta(data)
+        _scan_meta("meta_data", meta, categories, evidence)
+        _scan_address("billing", billing, categories, evidence)
+        _scan_address("shipping", shipping, categories, evidence)
+        last_active = next((value for key, value in meta if key == "wc_last_active"), None)
+        role = data.get("role")
+        return Record(
+            record_type=CUSTOMER,
+            external_id=ident,
+            email=_email(data.get("email")) or _email(billing.get("email")),
+            categories=frozenset(categories),
+            status=role if isinstance(role, str) and role else None,
+            created_at=parse_time(data.get("date_created_gmt")),
+            last_activity_at=parse_time(last_active),
+            modified_at=parse_time(data.get("date_modified_gmt")),
+            evidence=tuple(evidence),
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        return Skip(CUSTOMER, ident, f"customer {ident} could not be read ({type(exc).__name__})")
+
+
+def _email(value: object) -> str | None:
+    email = normalise_email(value)
+    return None if email in _PLACEHOLDERS else email
+
+
+def classify_order(data: object) -> Record | Skip:
+    """An order (any status) → Record: order history always; contact, addresses, payment
+    method type, network data, notes when held. An order WooCommerce anonymised keeps only
+    what the anonymiser left."""
+    skipped = _skip(ORDER, data)
+    if skipped is not None:
+        return skipped
+    assert isinstance(data, dict)  # noqa: S101 - checked by _skip
+    ident = _ident(data)
+    assert ident is not None  # noqa: S101 - checked by _skip
+    try:
+        billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
+        meta = _meta(data)
+        anonymised = any(key == "_anonymized" and value == "yes" for key, value in meta)
+        categories: set[Category] = {Category.ORDER_HISTORY}
+        evidence: list[str] = []
+        if _held(billing.get("email")):
+            categories.add(Category.EMAIL)
+        if any(_held(part.get(n)) for part in (billing, shipping) for n in _NAME):
+            categories.add(Category.NAME)
+        if any(_held(billing.get(n)) for n in _ADDRESS):
+            categories.add(Category.BILLING_ADDRESS)
+        if any(_held(shipping.get(n)) for n in _ADDRESS):
+            categories.add(Category.DELIVERY_ADDRESS)
+        if _held(billing.get("phone")) or _held(shipping.get("phone")):
+            categories.add(Category.PHONE)
+        if _held(data.get("payment_method")) or _held(data.get("payment_method_title")):
+            categories.add(Category.PAYMENT_METHOD_TYPE)
+        if _ip_held(data.get("customer_ip_address"), anonymised):
+            categories.add(Category.IP_ADDRESS)
+        if _held(data.get("customer_user_agent")):
+            categories.add(Category.USER_AGENT)
+        note = data.get("customer_note")
+        if _held(note):
+            scan_text("customer_note", note, categories, evidence)
+        _scan_meta("meta_data", meta, categories, evidence)
+        for item in data.get("line_items") or ():
+            if isinstance(item, dict):
+                _scan_meta("line_items meta_data", _meta(item), categories, evidence,
+                           free_text=False)
+        _scan_address("billing", billing, categories, evidence)
+        _scan_address("shipping", shipping, categories, evidence)
+        modified = parse_time(data.get("date_modified_gmt"))
+        customer_id = data.get("customer_id")
+        owner = _ident({"id": customer_id})
+        status = data.get("status")
+        return Record(
+            record_type=ORDER,
+            external_id=ident,
+            email=_email(billing.get("email")),
+            categories=frozenset(categories),
+            status=status if isinstance(status, str) and status else None,
+            created_at=parse_time(data.get("date_created_gmt")),
+            last_activity_at=(parse_time(data.get("date_completed_gmt"))
+                              or parse_time(data.get("date_paid_gmt")) or modified),
+            modified_at=modified,
+            parent_id=owner,
+            anonymised=anonymised,
+            evidence=tuple(evidence),
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        return Skip(ORDER, ident, f"order {ident} could not be read ({type(exc).__name__})")
+
+
+def _split(results: Iterable[Record | Skip]) -> tuple[list[Record], list[Skip]]:
+    records: list[Record] = []
+    skipped: list[Skip] = []
+    for result in results:
+        if isinstance(result, Record):
+            records.append(result)
+        else:
+            skipped.append(result)
+    return records, skipped
+
+
+# -- paging ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Page:
+    offset: int
+    items: list[Any]
+    total: int | None
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for i in (_int_id(item) for item in self.items) if i is not None]
+
+
+class _Listing:
+    """One listing ordered by id, read by offset with one record of overlap between pages.
+
+    The overlap proves the listing whole: when each page starts at or before the id where
+    the previous one ended, every record that existed for the whole run was returned, even if
+    others were deleted or added meanwhile. When a deletion shifted a page past a record,
+    `connected` turns False and the caller must not trust the listing as complete.
+    Pages after the first are fetched by up to `concurrency` threads and yielded in order;
+    at most `concurrency` pages are held at once."""
+
+    def __init__(self, fetch: Callable[[str, dict[str, Any]], tuple[Any, requests.Response]],
+                 source: str, path: str, params: Mapping[str, Any], *, per_page: int,
+                 concurrency: int, descending: bool = False) -> None:
+        self._fetch_json = fetch
+        self.source = source
+        self.path = path
+        self.params = dict(params)
+        self.per_page = per_page
+        # What the shop really returns per page (some hosts cap per_page below 100).
+        self.page_size = per_page
+        self.step = per_page - 1
+        self.concurrency = max(1, concurrency)
+        self.descending = descending
+        self.connected = True
+        self.pages_read = 0
+
+    def _fetch(self, offset: int) -> _Page:
+        body, response = self._fetch_json(
+            self.path, {**self.params, "per_page": self.per_page, "offset": offset})
+        if not isinstance(body, list):
+            raise FatalAPIError(
+                self.source, f"/{self.path} answered with a JSON {type(body).__name__} where "
+                "the API returns a list: is something in front of the shop's REST API?")
+        total = response.headers.get("X-WP-Total", "")
+        return _Page(offset, body, int(total) if total.strip().isdigit() else None)
+
+    def _ended(self, page: _Page) -> bool:
+        if page.total is not None:
+            return page.offset + len(page.items) >= page.total or not page.items
+        return len(page.items) < self.page_size
+
+    def _joins(self, before: _Page, after: _Page) -> bool:
+        """True when `after` starts at or before the id `before` ended on."""
+        left, right = before.ids, after.ids
+        if not left:
+            return True
+        if not right:
+            return False
+        return right[0] >= left[-1] if self.descending else right[0] <= left[-1]
+
+    def _planned(self, page: _Page) -> int:
+        """Index of the last page the first page's total asks for."""
+        if page.total is None or page.total <= self.page_size:
+            return 1
+        return max(1, math.ceil((page.total - self.page_size) / self.step))
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        first = self._fetch(0)
+        self.pages_read = 1
+        yield first.items
+        if self._ended(first):
+            return
+        if len(first.items) < self.per_page:
+            log.warning("woocommerce.per_page_capped", source=self.source, path=self.path,
+                        asked=self.per_page, returned=len(first.items))
+            self.page_size, self.step = len(first.items), max(1, len(first.items) - 1)
+        last_planned = self._planned(first)
+        previous = first
+        pending: deque[tuple[int, Future[_Page]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                  thread_name_prefix=f"{self.source}-pages")
+        try:
+            index = 1
+            while True:
+                while len(pending) < self.concurrency and index <= last_planned:
+                    pending.append((index, pool.submit(self._fetch, index * self.step)))
+                    index += 1
+                if not pending:
+                    break
+                number, future = pending.popleft()
+                page = future.result()
+                self.pages_read += 1
+                if page.items and page.ids == previous.ids:
+                    raise FatalAPIError(
+                        self.source, f"/{self.path} answered the same records for offsets "
+                        f"{previous.offset} and {page.offset}: the shop ignores the `offset` "
+                        "parameter (is a cache or security plugin rewriting REST API "
+                        "requests?), so its listings cannot be read whole")
+                if not self._joins(previous, page):
+                    self.connected = False
+                    log.warning("woocommerce.listing_shifted", source=self.source,
+                                path=self.path, offset=page.offset)
+                seen = set(previous.ids)
+                fresh = [item for item in page.items if _int_id(item) not in seen]
+                yield fresh
+                if self._ended(page):
+                    break
+                if not fresh:
+                    # Nothing new on a full page: stop rather than read on forever.
+                    self.connected = False
+                    break
+                previous = page
+                if number == last_planned:
+                    # Records were added meanwhile: read on until a page reaches the end.
+                    last_planned += 1
+        finally:
+            for _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# -- the connector ---------------------------------------------------------------------------
+
+
+class WooCommerceConnector:
+    """Pulls one shop. See the module docstring for the cursor."""
+
+    kind = "woocommerce"
+
+    def __init__(self, settings: Settings) -> None:
+        parts = urlsplit(settings.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"woo:{settings.name}: url {settings.url!r} is not an http(s) "
+                             "address such as https://shop.example")
+        if settings.auth not in AUTH_METHODS:
+            raise ValueError(f"woo:{settings.name}: auth must be one of "
+                             f"{', '.join(AUTH_METHODS)}, not {settings.auth!r}")
+        if settings.auth == "basic" and parts.scheme == "http":
+            raise ValueError(
+                f"woo:{settings.name}: refusing to send the consumer key and secret as HTTP "
+                f"Basic auth over plain HTTP ({parts.scheme}://{parts.hostname}): anyone on the "
+                "way could read them. Use the shop's https:// address, or OAuth signatures "
+                "(auth = \"auto\" or \"oauth\").")
+        if not 1 <= settings.per_page <= 100:
+            raise ValueError(f"woo:{settings.name}: per_page must be between 1 and 100")
+        self.settings = settings
+        self.source = f"woo:{settings.name}"
+        # Pages overlap by one record, so a page must hold at least two.
+        self.per_page = max(2, settings.per_page)
+        self.concurrency = max(1, settings.concurrency)
+        self.oauth = settings.auth == "oauth" or (settings.auth == "auto"
+                                                  and parts.scheme == "http")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            log.warning("woocommerce.plain_http", source=self.source,
+                        detail="customer data crosses the network unencrypted; use https")
+        self.client = HttpClient(
+            self.source,
+            settings.url.rstrip("/") + API_PATH,
+            auth=None if self.oauth else (settings.consumer_key, settings.consumer_secret),
+            timeout=settings.timeout,
+            retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
+            pool_size=self.concurrency,
+            secrets=(settings.consumer_key, settings.consumer_secret),
+            describe_error=describe_error,
+            signer=self._sign if self.oauth else None,
+            sleep=settings.sleep,
+        )
+
+    def __repr__(self) -> str:
+        return f"WooCommerceConnector({self.source}, {'oauth' if self.oauth else 'basic'})"
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _sign(self, method: str, url: str, params: dict[str, Any]) -> tuple[str, None]:
+        """OAuth 1.0a one-legged, HMAC-SHA256, signature in the query string; a new nonce and
+        timestamp every call (HttpClient calls this once per attempt)."""
+        query = urlencode({key: _text(value) for key, value in params.items()})
+        signed = OAuth(url=f"{url}?{query}" if query else url,
+                       consumer_key=self.settings.consumer_key,
+                       consumer_secret=self.settings.consumer_secret,
+                       version="wc/v3", method=method).get_oauth_url()
+        return signed, None
+
+    def _listing(self, path: str, params: Mapping[str, Any], *, descending: bool = False,
+                 concurrency: int | None = None) -> _Listing:
+        return _Listing(self.client.get_json, self.source, path, params,
+                        per_page=self.per_page,
+                        concurrency=self.concurrency if concurrency is None else concurrency,
+                        descending=descending)
+
+    def _customers(self, **params: Any) -> _Listing:
+        return self._listing("customers", {"role": "all", "orderby": "id",
+                                           "order": "asc", **params})
+
+    def _orders(self, status: str, **params: Any) -> _Listing:
+        return self._listing("orders", {"status": status, "orderby": "id", "order": "asc",
+                                        **params})
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        """Everything when `cursor` is None (last batch: complete, listed types and a
+        cursor); otherwise orders modified since the cursor (less the overlap), accounts
+        created since, and the accounts of customers whose orders changed."""
+        state = _Cursor.load(cursor) if cursor else None
+        if cursor and state is None:
+            log.warning("woocommerce.cursor_unreadable", source=self.source,
+                        detail="reading everything again")
+        return self._full() if state is None else self._incremental(state)
+
+    def _full(self) -> Iterator[Batch]:
+        started = self.settings.clock()
+        customers = self._customers()
+        top = 0
+        with closing(iter(customers)) as pages:
+            for items in pages:
+                records, skipped = _split(classify_customer(item) for item in items)
+                top = max([top, *(int(r.external_id) for r in records)])
+                yield Batch(records, skipped=skipped)
+        orders_whole = True
+        for status in ORDER_LISTINGS:
+            listing = self._orders(status)
+            with closing(iter(listing)) as pages:
+                for items in pages:
+                    records, skipped = _split(classify_order(item) for item in items)
+                    yield Batch(records, skipped=skipped)
+            orders_whole = orders_whole and listing.connected
+        listed = {CUSTOMER} if customers.connected else set()
+        if orders_whole:
+            listed.add(ORDER)
+        cursor = _Cursor(started if orders_whole else None,
+                         top if customers.connected else None)
+        yield Batch((), cursor=cursor.dump(), complete=True, listed_types=frozenset(listed))
+
+    def _incremental(self, state: _Cursor) -> Iterator[Batch]:
+        started = self.settings.clock()
+        window: dict[str, str] = {}
+        if state.orders_since is not None:
+            window = {"modified_after": format_gmt(state.orders_since - self.settings.overlap),
+                      "dates_are_gmt": "true"}
+        owners: set[int] = set()
+        orders_whole = True
+        for status in ORDER_LISTINGS:
+            listing = self._orders(status, **window)
+            with closing(iter(listing)) as pages:
+                for items in pages:
+                    records, skipped = _split(classify_order(item) for item in items)
+                    owners.update(int(r.parent_id) for r in records if r.parent_id)
+                    yield Batch(records, skipped=skipped)
+            orders_whole = orders_whole and listing.connected
+        # Customers have no modified filter. New accounts: newest first down to the highest
+        # id already known. Changed accounts: those whose orders changed in this window.
+        # Profile edits without an order, wc_last_active moving and deletions wait for the
+        # weekly full pull (or reconciliation), which reads every customer.
+        seen: set[int] = set()
+        known = state.max_customer_id
+        if known is None:
+            listing = self._customers()
+        else:
+            listing = self._listing("customers", {"role": "all", "orderby": "id",
+                                                  "order": "desc"},
+                                    descending=True, concurrency=1)
+        top = known or 0
+        with closing(iter(listing)) as pages:
+            for items in pages:
+                fresh = [item for item in items if known is None
+                         or (_int_id(item) or known + 1) > known]
+                records, skipped = _split(classify_customer(item) for item in fresh)
+                ids = [int(r.external_id) for r in records]
+                seen.update(ids)
+                top = max([top, *ids])
+                yield Batch(records, skipped=skipped)
+                if len(fresh) < len(items):
+                    # Reached an account the ledger already holds: older ones are known too.
+                    break
+        customers_whole = listing.connected
+        for chunk in _chunks(sorted(owners - seen), self.per_page):
+            included = self._customers(include=",".join(str(i) for i in chunk))
+            with closing(iter(included)) as pages:
+                for items in pages:
+                    records, skipped = _split(classify_customer(item) for item in items)
+                    yield Batch(records, skipped=skipped)
+        cursor = _Cursor(started if orders_whole else state.orders_since,
+                         top if customers_whole else known)
+        yield Batch((), cursor=cursor.dump(), complete=True)
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    def list_keys(self) -> Iterator[KeyBatch]:
+        """Every customer and order id (`_fields=id,date_modified_gmt`); the last batch is
+        complete and lists the types whose listing provably missed nothing."""
+        fields = {"_fields": "id,date_modified_gmt"}
+        listed: set[str] = set()
+        customers = self._customers(**fields)
+        with closing(iter(customers)) as pages:
+            for items in pages:
+                yield KeyBatch([Key(CUSTOMER, i) for i in map(_ident, items) if i])
+        if customers.connected:
+            listed.add(CUSTOMER)
+        orders_whole = True
+        for status in ORDER_LISTINGS:
+            listing = self._orders(status, **fields)
+            with closing(iter(listing)) as pages:
+                for items in pages:
+                    yield KeyBatch([Key(ORDER, i) for i in map(_ident, items) if i])
+            orders_whole = orders_whole and listing.connected
+        if orders_whole:
+            listed.add(ORDER)
+        yield KeyBatch((), complete=True, listed_types=frozenset(listed))
+
+    # -- access requests ----------------------------------------------------------------------
+
+    def lookup(self, email: str) -> list[dict[str, Any]]:
+        """The shop's live customers and orders about one email address (orders matched on
+        the billing email, and every order of a matching account), the trash included."""
+        wanted = normalise_email(email)
+        if wanted is None:
+            return []
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        accounts: list[int] = []
+        for items in self._listing("customers", {"email": wanted, "role": "all"},
+                                   concurrency=1):
+            for item in items:
+                ident = _ident(item)
+                if ident and (_email(item.get("email")) == wanted):
+                    found[(CUSTOMER, ident)] = item
+                    accounts.append(int(ident))
+        for status in ORDER_LISTINGS:
+            queries = [{"search": wanted}] + [{"customer": a} for a in accounts]
+            for query in queries:
+                for items in self._orders(status, **query):
+                    for item in items:
+                        ident = _ident(item)
+                        if not ident:
+                            continue
+                        by_email = _email(_obj(item.get("billing")).get("email")) == wanted
+                        if by_email or "customer" in query:
+                            found[(ORDER, ident)] = item
+        return [{"record_type": kind, "external_id": ident, "data": data}
+                for (kind, ident), data in sorted(found.items(),
+                                                  key=lambda k: (k[0][0], int(k[0][1])))]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple | set):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,1301 @@
+"""Loopback twin of a WooCommerce shop's REST API v3 (customers and orders), answering as the
+reference docs and WooCommerce's controllers do: the documented fields and types (dates in
+the site's timezone and as GMT), page/per_page/offset paging with X-WP-Total,
+X-WP-TotalPages and Link headers, the list filters an auditor uses (status with `any` leaving
+the trash out, role with `customer` by default, modified_after/before, include, email, search,
+customer, _fields), WordPress's error bodies, and authentication as
+class-wc-rest-authentication.php does it: OAuth 1.0a signatures (HMAC-SHA1/SHA256, 15-minute
+timestamp window, nonces never reused) and HTTP Basic (standing in for HTTPS).
+
+State lives in memory; `seeded()` builds a shop from the people of sandbox.estate with the
+planted retention breaches, `bulk()` builds large shops for benchmarks, and the mutators
+(also reachable through the control API) change it as WooCommerce would.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+from zoneinfo import ZoneInfo
+
+from connectors.base import normalise_email, parse_time
+from sandbox.estate import (
+    AGENTS,
+    CARD_IN_NOTE,
+    CITIES,
+    FIRST,
+    INACTIVE_ACCOUNT,
+    LAST,
+    OLD_COMPLETED_ORDER,
+    OLD_NETWORK_DATA,
+    OLD_UNPAID_ORDER,
+    STREETS,
+    EstateSpec,
+    Person,
+    Planted,
+    rng_for,
+)
+from sandbox.server import Reply, Twin
+
+API = "/wp-json/wc/v3"
+ORDER_STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded",
+                  "failed", "trash")
+ROLES = ("all", "administrator", "editor", "author", "contributor", "subscriber", "customer",
+         "shop_manager")
+CUSTOMER_ORDERBY = ("id", "include", "name", "registered_date")
+# `modified` is accepted by WooCommerce's CRUD controllers though the docs list it not.
+ORDER_ORDERBY = ("date", "id", "include", "title", "slug", "modified")
+OAUTH_PARAMS = ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature",
+                "oauth_signature_method")
+OAUTH_WINDOW = 15 * 60
+PAID = ("processing", "completed", "refunded")
+# What WooCommerce's anonymiser writes (wp_privacy_anonymize_data and its own filter).
+DELETED_TEXT = "[deleted]"
+DELETED_EMAIL = "deleted@site.invalid"
+CARD_NOTE = "Please charge my card 4111 1111 1111 1111 exp 09/29, the checkout kept failing"
+CLEAN_NOTE = "Please leave it with the neighbour at no. 12, door code 4417 2291"
+
+PRODUCTS = ((93, "Black Ink Cartridge XL", "SKU-INK-BK", "24.99"),
+            (94, "Colour Ink Multipack", "SKU-INK-CMY", "39.50"),
+            (95, "A4 Premium Paper (500 sheets)", "SKU-PAP-A4", "12.00"),
+            (96, "Photo Paper Gloss 10x15", "SKU-PAP-PH", "8.75"),
+            (97, "Fountain Pen Refills", "SKU-PEN-RF", "6.20"),
+            (98, "Kraft Envelopes (50)", "SKU-ENV-50", "9.90"))
+PAYMENT = (("stripe", "Credit Card (Stripe)"), ("stripe", "Credit Card (Stripe)"),
+           ("ppcp-gateway", "PayPal"), ("bacs", "Direct bank transfer"))
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+
+def _gmt(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19]
+
+
+def _same(given: object, expected: str) -> bool:
+    """Constant-time comparison, as WooCommerce's hash_equals (any text, not only ASCII)."""
+    return hmac.compare_digest(str(given).encode(), expected.encode())
+
+
+def _error(status: int, code: str, message: str, **data: Any) -> Reply:
+    return Reply(status, {"code": code, "message": message, "data": {"status": status, **data}})
+
+
+def _rawurlencode(text: str) -> str:
+    """PHP's rawurlencode: everything but A-Z a-z 0-9 - _ . ~ percent-encoded."""
+    return quote(text, safe="~")
+
+
+def _wp_list(items: Iterable[str]) -> str:
+    """WordPress's `%l` list: "a and b", "a, b, and c"."""
+    words = list(items)
+    if len(words) <= 2:
+        return " and ".join(words)
+    return ", ".join(words[:-1]) + ", and " + words[-1]
+
+
+def _parse_list(value: str | list[str]) -> list[str]:
+    """wp_parse_list: an array as is, a string split on commas and spaces."""
+    if isinstance(value, list):
+        parts: list[str] = []
+        for item in value:
+            parts.extend(_parse_list(item))
+        return parts
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:\d{2})?)?$"
+
+
+def _address(person: Person | None, *, email: bool) -> dict[str, str]:
+    blank = {"first_name": "", "last_name": "", "company": "", "address_1": "",
+             "address_2": "", "city": "", "state": "", "postcode": "", "country": ""}
+    if email:
+        blank.update({"email": "", "phone": ""})
+    if person is None:
+        return blank
+    filled = dict(blank, first_name=person.first_name, last_name=person.last_name,
+                  address_1=person.address_1, city=person.city, postcode=person.postcode,
+                  country=person.country)
+    if email:
+        filled.update(email=person.email, phone=person.phone)
+    return filled
+
+
+def _fields_tree(fields: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path in fields:
+        node = tree
+        parts = path.split(".")
+        for index, part in enumerate(parts):
+            if node.get(part) is True:
+                break
+            if index == len(parts) - 1:
+                node[part] = True
+            else:
+                node = node.setdefault(part, {})
+    return tree
+
+
+def _trim(data: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """rest_filter_response_fields: keep only the requested (possibly nested) fields."""
+    kept: dict[str, Any] = {}
+    for key, sub in tree.items():
+        if key not in data:
+            continue
+        if sub is True or not isinstance(data[key], dict):
+            kept[key] = data[key]
+        else:
+            kept[key] = _trim(data[key], sub)
+    return kept
+
+
+class _Invalid(Exception):
+    """A request parameter WordPress's schema validation would refuse."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__(", ".join(errors))
+
+
+class WooCommerceTwin(Twin):
+    """One shop. `now` is the shop's clock for what it records (dates created/modified);
+    OAuth timestamps are checked against `oauth_clock` (wall-clock seconds by default), as
+    the server checks a client's real clock."""
+
+    name = "woocommerce"
+
+    def __init__(self, shop: str = "shop", consumer_key: str | None = None,
+                 consumer_secret: str | None = None,
+                 now: Callable[[], datetime] | None = None, *,
+                 permissions: str = "read_write", timezone: str = "Europe/London") -> None:
+        super().__init__()
+        self.shop = shop
+        self.consumer_key = consumer_key or f"ck_sandbox_{shop}"
+        self.consumer_secret = consumer_secret or f"cs_sandbox_{shop}"
+        self.permissions = permissions
+        self.now: Callable[[], datetime] = now or (lambda: datetime.now(UTC))
+        self.oauth_clock: Callable[[], float] = time.time
+        self.tz = ZoneInfo(timezone)
+        self.customers: dict[int, dict[str, Any]] = {}
+        self.orders: dict[int, dict[str, Any]] = {}
+        self._next_customer = 2  # user 1 is the site's administrator
+        self._next_order = 100
+        self._next_meta = 1000
+        self._trashed_from: dict[int, str] = {}
+        self._nonces: dict[str, float] = {}
+        self._version = 0
+        self._selections: dict[tuple[Any, ...], tuple[int, list[int]]] = {}
+
+    @property
+    def source(self) -> str:
+        return f"woo:{self.shop}"
+
+    # -- dates --------------------------------------------------------------------------------
+
+    def _local(self, moment: datetime) -> str:
+        return moment.astimezone(self.tz).isoformat(timespec="seconds")[:19]
+
+    def _set_date(self, record: dict[str, Any], name: str, moment: datetime | None) -> None:
+        record[name] = None if moment is None else self._local(moment)
+        record[f"{name}_gmt"] = None if moment is None else _gmt(moment)
+
+    def _meta_entry(self, key: str, value: Any) -> dict[str, Any]:
+        self._next_meta += 1
+        return {"id": self._next_meta, "key": key, "value": value}
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._selections.clear()
+
+    # -- building records ---------------------------------------------------------------------
+
+    def _new_customer(self, ident: int, moment: datetime) -> dict[str, Any]:
+        record: dict[str, Any] = {"id": ident}
+        self._set_date(record, "date_created", moment)
+        self._set_date(record, "date_modified", moment)
+        record.update({"email": "", "first_name": "", "last_name": "", "role": "customer",
+                       "username": f"user{ident}", "billing": _address(None, email=True),
+                       "shipping": _address(None, email=False), "is_paying_customer": False,
+                       "avatar_url": "", "meta_data": []})
+        return record
+
+    def _new_order(self, ident: int, moment: datetime) -> dict[str, Any]:
+        key = hashlib.sha256(f"{self.shop}{ident}".encode()).hexdigest()[:13]
+        record: dict[str, Any] = {
+            "id": ident, "parent_id": 0, "number": str(ident), "order_key": f"wc_order_{key}",
+            "created_via": "checkout", "version": "9.4.2", "status": "pending",
+            "currency": "GBP",
+        }
+        self._set_date(record, "date_created", moment)
+        self._set_date(record, "date_modified", moment)
+        record.update({
+            "discount_total": "0.00", "discount_tax": "0.00", "shipping_total": "0.00",
+            "shipping_tax": "0.00", "cart_tax": "0.00", "total": "0.00", "total_tax": "0.00",
+            "prices_include_tax": False, "customer_id": 0, "customer_ip_address": "",
+            "customer_user_agent": "", "customer_note": "",
+            "billing": _address(None, email=True), "shipping": _address(None, email=False),
+            "payment_method": "", "payment_method_title": "", "transaction_id": "",
+            "date_paid": None, "date_paid_gmt": None, "date_completed": None,
+            "date_completed_gmt": None, "cart_hash": "", "meta_data": [], "line_items": [],
+            "tax_lines": [], "shipping_lines": [], "fee_lines": [], "coupon_lines": [],
+            "refunds": [],
+        })
+        return record
+
+    def _apply(self, record: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Set fields the way the tests and the control API describe them: nested address
+        objects merged, meta_data as a list of {key, value} or a {key: value} mapping (None
+        removes), dates as aware datetimes (both the local and the _gmt field) or raw text."""
+        for key, value in fields.items():
+            if key in ("billing", "shipping") and isinstance(value, dict):
+                record[key] = {**record.get(key, {}), **value}
+            elif key == "meta_data":
+                entries = value.items() if isinstance(value, dict) else (
+                    (item["key"], item.get("value")) for item in value)
+                meta = list(record.get("meta_data", []))
+                for meta_key, meta_value in entries:
+                    meta = [m for m in meta if m["key"] != meta_key]
+                    if meta_value is not None:
+                        meta.append(self._meta_entry(meta_key, meta_value))
+                record["meta_data"] = meta
+            elif key == "last_active":
+                self._apply(record, {"meta_data": {"wc_last_active": _day_stamp(value)}})
+            elif key.startswith("date_") and (value is None or isinstance(value, datetime)):
+                self._set_date(record, key.removesuffix("_gmt"), value)
+            else:
+                record[key] = value
+
+    # -- mutators -----------------------------------------------------------------------------
+
+    def add_customer(self, **fields: Any) -> int:
+        """A new account (role customer unless given); returns its id."""
+        with self.lock:
+            ident = int(fields.pop("id", 0)) or self._next_customer
+            self._next_customer = max(self._next_customer, ident + 1)
+            moment = self.now()
+            record = self._new_customer(ident, moment)
+            if "username" not in fields and isinstance(fields.get("email"), str):
+                fields["username"] = fields["email"].strip().split("@")[0].lower()
+            self._apply(record, {"last_active": moment, **fields})
+            self.customers[ident] = record
+            self._changed()
+            return ident
+
+    def update_customer(self, ident: int, **fields: Any) -> dict[str, Any]:
+        with self.lock:
+            record = dict(self.customers[int(ident)])
+            self._set_date(record, "date_modified", self.now())
+            self._apply(record, fields)
+            self.customers[int(ident)] = record
+            self._changed()
+            return record
+
+    def set_last_active(self, ident: int, moment: datetime) -> None:
+        """WooCommerce refreshes `wc_last_active` (the day, as unix seconds) when a logged-in
+        customer visits; date_modified does not move."""
+        with self.lock:
+            record = dict(self.customers[int(ident)])
+            self._apply(record, {"last_active": moment})
+            self.customers[int(ident)] = record
+            self._changed()
+
+    def delete_customer(self, ident: int) -> dict[str, Any]:
+        """Delete the user. As wc_reset_order_customer_id_on_deleted_user does, their orders
+        stay (still holding billing and shipping) with customer_id 0, date_modified unmoved."""
+        with self.lock:
+            record = self.customers.pop(int(ident))
+            for order_id, order in list(self.orders.items()):
+                if order["customer_id"] == int(ident):
+                    self.orders[order_id] = {**order, "customer_id": 0}
+            self._changed()
+            return record
+
+    def add_order(self, **fields: Any) -> int:
+        """A new order (status pending, a guest's unless customer_id is given); returns its id.
+        A paid status without date_paid gets one; completed/refunded get date_completed."""
+        with self.lock:
+            ident = int(fields.pop("id", 0)) or self._next_order
+            self._next_order = max(self._next_order, ident + 1)
+            moment = self.now()
+            created = fields.get("date_created")
+            record = self._new_order(ident, created if isinstance(created, datetime) else moment)
+            self._set_date(record, "date_modified", moment)
+            self._apply(record, fields)
+            self._complete_dates(record, fields)
+            self.orders[ident] = record
+            self._changed()
+            return ident
+
+    def _complete_dates(self, record: dict[str, Any], fields: dict[str, Any]) -> None:
+        moment = parse_time(record["date_created_gmt"]) or self.now()
+        if record["status"] in PAID and "date_paid" not in fields and not record["date_paid"]:
+            self._set_date(record, "date_paid", moment + timedelta(minutes=2))
+        if record["status"] in ("completed", "refunded") and "date_completed" not in fields \
+                and not record["date_completed"]:
+            self._set_date(record, "date_completed",
+                           min(moment + timedelta(days=1), max(moment, self.now())))
+
+    def update_order(self, ident: int, **fields: Any) -> dict[str, Any]:
+        with self.lock:
+            record = dict(self.orders[int(ident)])
+            self._set_date(record, "date_modified", self.now())
+            self._apply(record, fields)
+            self._complete_dates(record, fields)
+            self.orders[int(ident)] = record
+            self._changed()
+            return record
+
+    def trash_order(self, ident: int) -> dict[str, Any]:
+        with self.lock:
+            record = self.orders[int(ident)]
+            if record["status"] != "trash":
+                self._trashed_from[int(ident)] = record["status"]
+            return self.update_order(ident, status="trash")
+
+    def delete_order(self, ident: int) -> dict[str, Any]:
+        with self.lock:
+            record = self.orders.pop(int(ident))
+            self._trashed_from.pop(int(ident), None)
+            self._changed()
+            return record
+
+    def anonymise_order(self, ident: int) -> dict[str, Any]:
+        """WC_Privacy_Erasers::remove_order_personal_data: personal fields blanked or masked
+        (text → [deleted], email → deleted@site.invalid, IP host part zeroed, phone digits
+        zeroed, state/country emptied, customer_id 0), meta `_anonymized` = yes."""
+        with self.lock:
+            record = self.orders[int(ident)]
+            billing, shipping = dict(record["billing"]), dict(record["shipping"])
+            for address in (billing, shipping):
+                for name in ("first_name", "last_name", "company", "address_1", "address_2",
+                             "city", "postcode"):
+                    if address.get(name):
+                        address[name] = DELETED_TEXT
+                for name in ("state", "country"):
+                    address[name] = ""
+                if address.get("phone"):
+                    address["phone"] = "".join("0" if c.isdigit() else c
+                                               for c in address["phone"])
+            if billing.get("email"):
+                billing["email"] = DELETED_EMAIL
+            ip = record["customer_ip_address"]
+            fields: dict[str, Any] = {
+                "billing": billing, "shipping": shipping, "customer_id": 0,
+                "customer_ip_address": _anonymise_ip(ip) if ip else "",
+                "customer_user_agent": DELETED_TEXT if record["customer_user_agent"] else "",
+                "transaction_id": "0" if record["transaction_id"] else "",
+                "meta_data": {"_anonymized": "yes"},
+            }
+            return self.update_order(ident, **fields)
+
+    def ground_truth(self) -> set[tuple[str, str, str | None]]:
+        """(record_type, external_id, normalised email or None) of everything the shop holds:
+        every customer of every role, every order of every status, the trash included."""
+        with self.lock:
+            truth: set[tuple[str, str, str | None]] = set()
+            for ident, customer in self.customers.items():
+                email = _real_email(customer["email"]) or _real_email(
+                    customer["billing"].get("email"))
+                truth.add(("customer", str(ident), email))
+            for ident, order in self.orders.items():
+                truth.add(("order", str(ident), _real_email(order["billing"].get("email"))))
+            return truth
+
+    # -- control API --------------------------------------------------------------------------
+
+    def control(self, action: str, payload: dict[str, Any]) -> Any:
+        fields = {key: (parse_time(value) if _is_date_key(key) and isinstance(value, str)
+                        else value) for key, value in payload.items()}
+        ident = fields.pop("id", None)
+        if action == "add_customer":
+            return self.add_customer(**fields)
+        if action == "add_order":
+            return self.add_order(**fields)
+        actions: dict[str, Callable[..., Any]] = {
+            "update_customer": self.update_customer, "delete_customer": self.delete_customer,
+            "update_order": self.update_order, "trash_order": self.trash_order,
+            "delete_order": self.delete_order, "anonymise_order": self.anonymise_order,
+            "set_last_active": lambda i, **f: self.set_last_active(i, f["last_active"]),
+        }
+        if action == "ground_truth":
+            return sorted(self.ground_truth(), key=lambda t: (t[0], int(t[1])))
+        if action not in actions:
+            raise KeyError(action)
+        try:
+            result = actions[action](int(ident or 0), **fields)
+        except KeyError:
+            return {"error": f"no record with id {ident} for {action}"}
+        return {"id": ident} if result is None or action.startswith("delete") else result
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def error_reply(self, status: int, message: str) -> Reply:
+        code = {429: "woocommerce_rest_too_many_requests", 503: "rest_service_unavailable",
+                502: "rest_bad_gateway"}.get(status, "internal_server_error")
+        return _error(status, code, message)
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]],
+               headers: dict[str, str], body: bytes) -> Reply:
+        params = _php_params(query)
+        if not (path == API or path.startswith(API + "/")):
+            return _error(404, "rest_no_route",
+                          "No route was found matching the URL and request method.")
+        user, failure = self._authenticate(method, headers.get("host", "127.0.0.1"), path,
+                                           params, headers)
+        if failure is not None:
+            return failure
+        if user and method != "GET" and "write" not in self.permissions:
+            return _error(401, "woocommerce_rest_authentication_error",
+                          "The API key provided does not have write permissions.")
+        if user and method == "GET" and "read" not in self.permissions:
+            return _error(401, "woocommerce_rest_authentication_error",
+                          "The API key provided does not have read permissions.")
+        parts = path[len(API):].strip("/").split("/")
+        collection = f"http://{headers.get('host', '127.0.0.1')}{API}/{parts[0]}"
+        try:
+            if parts[0] in ("customers", "orders") and len(parts) == 1 and method == "GET":
+                return self._list(parts[0], params, collection, user)
+            if parts[0] in ("customers", "orders") and len(parts) == 2 and parts[1].isdigit():
+                return self._item(method, parts[0], int(parts[1]), params, body, collection,
+                                  user)
+        except _Invalid as invalid:
+            return _error(400, "rest_invalid_param",
+                          f"Invalid parameter(s): {', '.join(invalid.errors)}",
+                          params=invalid.errors)
+        return _error(404, "rest_no_route",
+                      "No route was found matching the URL and request method.")
+
+    # -- authentication (class-wc-rest-authentication.php) ------------------------------------
+
+    def _authenticate(self, method: str, host: str, path: str, params: dict[str, Any],
+                      headers: dict[str, str]) -> tuple[bool, Reply | None]:
+        """(authenticated, error reply). No credentials at all is not an error here: the
+        endpoint's permission check answers 401 woocommerce_rest_cannot_view."""
+        authorization = headers.get("authorization", "")
+        oauth = dict(params)
+        if authorization.startswith("OAuth "):
+            for part in authorization[6:].split(","):
+                name, _, value = part.strip().partition("=")
+                if name.startswith("oauth_"):
+                    oauth[name] = unquote(value.strip().strip('"'))
+        present = [name for name in OAUTH_PARAMS if oauth.get(name)]
+        if present:
+            return self._check_oauth(method, host, path, oauth)
+        key = secret = None
+        if params.get("consumer_key") and params.get("consumer_secret"):
+            key, secret = params["consumer_key"], params["consumer_secret"]
+        elif authorization.startswith("Basic "):
+            try:
+                decoded = base64.b64decode(authorization[6:].strip()).decode()
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            key, _, secret = decoded.partition(":")
+        if not key or not secret or not _same(key, self.consumer_key):
+            return False, None
+        if not _same(secret, self.consumer_secret):
+            return False, _error(401, "woocommerce_rest_authentication_error",
+                                 "Consumer secret is invalid.")
+        return True, None
+
+    def _check_oauth(self, method: str, host: str, path: str,
+                     params: dict[str, Any]) -> tuple[bool, Reply | None]:
+        missing = [name for name in OAUTH_PARAMS if not params.get(name)]
+        if missing:
+            word = "parameter" if len(missing) == 1 else "parameters"
+            return False, _error(401, "woocommerce_rest_authentication_missing_parameter",
+                                 f"Missing OAuth {word} {', '.join(missing)}")
+        if not _same(params["oauth_consumer_key"], self.consumer_key):
+            return False, _error(401, "woocommerce_rest_authentication_error",
+                                 "Consumer key is invalid.")
+        signature_method = params["oauth_signature_method"]
+        if signature_method not in ("HMAC-SHA1", "HMAC-SHA256"):
+            return False, _error(401, "woocommerce_rest_authentication_error",
+                                 "Invalid signature - signature method is invalid.")
+        given = unquote(str(params["oauth_signature"]).replace(" ", "+"))
+        signed = {k: v for k, v in params.items() if k != "oauth_signature"}
+        expected = oauth_signature(method, f"http://{host}{path}", signed,
+                                   self.consumer_secret, signature_method)
+        if not _same(given, expected):
+            return False, _error(401, "woocommerce_rest_authentication_error",
+                                 "Invalid signature - provided signature does not match.")
+        now = self.oauth_clock()
+        try:
+            stamp = int(str(params["oauth_timestamp"]))
+        except ValueError:
+            stamp = -1
+        if not now - OAUTH_WINDOW <= stamp <= now + OAUTH_WINDOW:
+            return False, _error(401, "woocommerce_rest_authentication_error",
+                                 "Invalid timestamp.")
+        nonce = str(params["oauth_nonce"])
+        with self.lock:
+            self._nonces = {n: t for n, t in self._nonces.items() if t >= now - OAUTH_WINDOW}
+            if nonce in self._nonces:
+                return False, _error(401, "woocommerce_rest_authentication_error",
+                                     "Invalid nonce - nonce has already been used.")
+            self._nonces[nonce] = stamp
+        return True, None
+
+    # -- lists ----------------------------------------------------------------------------------
+
+    def _list(self, kind: str, params: dict[str, Any], base: str, user: bool) -> Reply:
+        errors: dict[str, str] = {}
+        page = _integer(params, "page", 1, errors, minimum=1)
+        per_page = _integer(params, "per_page", 10, errors, minimum=1, maximum=100)
+        offset = _integer(params, "offset", None, errors)
+        if kind == "customers":
+            order = _enum(params, "order", "asc", ("asc", "desc"), errors)
+            orderby = _enum(params, "orderby", "name", CUSTOMER_ORDERBY, errors)
+            role = _enum(params, "role", "customer", ROLES, errors)
+            selection = self._customer_filters(params, errors)
+            selection["role"] = role
+        else:
+            order = _enum(params, "order", "desc", ("asc", "desc"), errors)
+            orderby = _enum(params, "orderby", "date", ORDER_ORDERBY, errors)
+            selection = self._order_filters(params, errors)
+        if errors:
+            raise _Invalid(errors)
+        if not user:
+            return _error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
+        assert page is not None and per_page is not None  # noqa: S101 - defaults given
+        with self.lock:
+            ids = self._select(kind, selection, str(orderby), str(order))
+            start = offset if offset is not None else (page - 1) * per_page
+            chosen = ids[max(0, start):max(0, start) + per_page]
+            store = self.customers if kind == "customers" else self.orders
+            records = [store[i] for i in chosen]
+        fields = _parse_list(params["_fields"]) if params.get("_fields") else None
+        body = [self._render(kind, record, base, fields) for record in records]
+        total = len(ids)
+        pages = math.ceil(total / per_page)
+        headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
+        links = []
+        query = {k: v for k, v in params.items() if k != "page"}
+        if page > 1:
+            links.append(f'<{base}?{_query(query, min(page - 1, max(pages, 1)))}>; rel="prev"')
+        if pages > page:
+            links.append(f'<{base}?{_query(query, page + 1)}>; rel="next"')
+        if links:
+            headers["Link"] = ", ".join(links)
+        return Reply(200, body, headers)
+
+    def _customer_filters(self, params: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+        selection: dict[str, Any] = {}
+        if params.get("email"):
+            email = str(params["email"]).strip()
+            if normalise_email(email) is None:
+                errors["email"] = "Invalid email address."
+            selection["email"] = email.lower()
+        if params.get("search"):
+            selection["search"] = str(params["search"]).lower()
+        for name in ("include", "exclude"):
+            selection[name] = _id_list(params, name, errors)
+        return selection
+
+    def _order_filters(self, params: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+        selection: dict[str, Any] = {}
+        statuses = _parse_list(params.get("status", "any")) or ["any"]
+        for index, status in enumerate(statuses):
+            if status not in ("any", *ORDER_STATUSES):
+                errors["status"] = f"status[{index}] is not one of " \
+                                   f"{_wp_list(('any', *ORDER_STATUSES))}."
+        selection["status"] = tuple(statuses)
+        gmt = str(params.get("dates_are_gmt", "false")).lower() in ("1", "true")
+        if "dates_are_gmt" in params and str(params["dates_are_gmt"]).lower() not in (
+                "1", "0", "true", "false"):
+            errors["dates_are_gmt"] = "dates_are_gmt is not of type boolean."
+        for name in ("after", "before", "modified_after", "modified_before"):
+            if params.get(name):
+                selection[name] = self._date_param(str(params[name]), gmt, name, errors)
+        selection["gmt"] = gmt
+        if params.get("customer") not in (None, ""):
+            value = str(params["customer"])
+            if not value.isdigit():
+                errors["customer"] = "customer is not of type integer."
+            else:
+                selection["customer"] = int(value)
+        if params.get("search"):
+            selection["search"] = str(params["search"]).lower()
+        for name in ("include", "exclude", "parent"):
+            selection[name] = _id_list(params, name, errors)
+        return selection
+
+    def _date_param(self, value: str, gmt: bool, name: str, errors: dict[str, str]) -> str:
+        if not re.match(_RFC3339, value):
+            errors[name] = "Invalid date."
+            return ""
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC if gmt else self.tz)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def _select(self, kind: str, selection: dict[str, Any], orderby: str, order: str) -> list[int]:
+        """Ids matching the filters, sorted; cached until the state changes (a benchmark reads
+        the same filtered listing page after page)."""
+        key = (kind, orderby, order, tuple(sorted((k, repr(v)) for k, v in selection.items())))
+        cached = self._selections.get(key)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        if kind == "customers":
+            chosen = [c for c in self.customers.values() if _customer_matches(c, selection)]
+            sort_key = _customer_sort(orderby, selection)
+        else:
+            chosen = [o for o in self.orders.values() if _order_matches(o, selection)]
+            sort_key = _order_sort(orderby, selection)
+        chosen.sort(key=sort_key, reverse=order == "desc")
+        ids = [record["id"] for record in chosen]
+        if len(self._selections) > 64:
+            self._selections.clear()
+        self._selections[key] = (self._version, ids)
+        return ids
+
+    def _render(self, kind: str, record: dict[str, Any], collection: str,
+                fields: list[str] | None) -> dict[str, Any]:
+        data = dict(record)
+        links: dict[str, Any] = {"self": [{"href": f"{collection}/{record['id']}"}],
+                                 "collection": [{"href": collection}]}
+        if kind == "orders" and record.get("customer_id"):
+            customers = collection.rsplit("/", 1)[0] + "/customers"
+            links["customer"] = [{"href": f"{customers}/{record['customer_id']}"}]
+        data["_links"] = links
+        if fields:
+            data = _trim(data, _fields_tree(fields))
+        return data
+
+    # -- single records ---------------------------------------------------------------------
+
+    def _item(self, method: str, kind: str, ident: int, params: dict[str, Any], body: bytes,
+              collection: str, user: bool) -> Reply:
+        store = self.customers if kind == "customers" else self.orders
+        if kind == "customers":
+            missing = _error(404, "woocommerce_rest_invalid_id", "Invalid resource ID.")
+        else:
+            missing = _error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+        if method == "GET":
+            if not user:
+                return _error(401, "woocommerce_rest_cannot_view",
+                              "Sorry, you cannot view this resource.")
+            with self.lock:
+                record = store.get(ident)
+            if record is None:
+                return missing
+            fields = _parse_list(params["_fields"]) if params.get("_fields") else None
+            return Reply(200, self._render(kind, record, collection, fields))
+        if method == "DELETE":
+            force = str(params.get("force", "false")).lower() in ("1", "true")
+            if not user:
+                return _error(401, "woocommerce_rest_cannot_delete",
+                              "Sorry, you are not allowed to delete this resource.")
+            with self.lock:
+                record = store.get(ident)
+                if record is None:
+                    return missing
+                if kind == "customers":
+                    if not force:
+                        return _error(501, "woocommerce_rest_trash_not_supported",
+                                      "Customers do not support trashing.")
+                    self.delete_customer(ident)
+                elif force:
+                    self.delete_order(ident)
+                elif record["status"] == "trash":
+                    return _error(410, "woocommerce_rest_already_trashed",
+                                  "The shop_order has already been deleted.")
+                else:
+                    record = self.trash_order(ident)
+            return Reply(200, self._render(kind, record, collection, None))
+        if method in ("PUT", "POST", "PATCH"):
+            if not user:
+                return _error(401, "woocommerce_rest_cannot_edit",
+                              "Sorry, you are not allowed to edit this resource.")
+            try:
+                changes = json.loads(body or b"{}")
+            except ValueError:
+                return _error(400, "rest_invalid_json", "Invalid JSON body passed.")
+            if not isinstance(changes, dict):
+                return _error(400, "rest_invalid_json", "Invalid JSON body passed.")
+            writable = _WRITABLE[kind]
+            changes = {k: v for k, v in changes.items() if k in writable}
+            if "status" in changes and changes["status"] not in ORDER_STATUSES:
+                raise _Invalid({"status": f"status is not one of {_wp_list(ORDER_STATUSES)}."})
+            with self.lock:
+                if ident not in store:
+                    return missing
+                update = self.update_customer if kind == "customers" else self.update_order
+                record = update(ident, **changes)
+            return Reply(200, self._render(kind, record, collection, None))
+        return _error(404, "rest_no_route",
+                      "No route was found matching the URL and request method.")
+
+    # -- seeding ----------------------------------------------------------------------------
+
+    @classmethod
+    def seeded(cls, spec: EstateSpec, people: list[Person], planted: list[Planted], shop: str,
+               consumer_key: str | None = None, consumer_secret: str | None = None, *,
+               now: Callable[[], datetime] | None = None) -> WooCommerceTwin:
+        """The shop `shop` of the estate: accounts of the people holding one here (a few
+        subscribers and one shop manager among them), their orders and the guests' orders
+        (1–4 each, every status, over up to five years), `wc_last_active` on every account,
+        and the planted cases of this shop, appended to `planted`. Dates are relative to
+        `spec.now`; `now` is the clock later mutations stamp (the wall clock by default).
+
+        Background records respect the default policy (recent unpaid orders, network data on
+        orders under six months, active accounts), so the audit finds what was planted."""
+        twin = cls(shop, consumer_key, consumer_secret, now)
+        _Seeder(twin, spec, people, planted).run()
+        return twin
+
+    @classmethod
+    def bulk(cls, customers: int, orders: int, seed: int = 7, *, shop: str = "bulk",
+             now: datetime | None = None) -> WooCommerceTwin:
+        """A large shop for benchmarks: `customers` accounts and `orders` orders (a third of
+        them guests'), every status, over five years. 100,000 orders take a few seconds."""
+        twin = cls(shop)
+        rng = random.Random(seed)  # noqa: S311 - test data
+        at = now or datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+        first = at.timestamp() - 5 * 365 * 86400
+        span = at.timestamp() - first
+        # Nested objects are shared between records: nothing mutates them in place.
+        addresses: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+
+        def address(ident: int) -> tuple[dict[str, str], dict[str, str]]:
+            if ident not in addresses:
+                person = _bulk_person(ident)
+                addresses[ident] = (_address(person, email=True), _address(person, email=False))
+            return addresses[ident]
+
+        template = twin._new_customer(0, at)
+        for index, stamp in enumerate(sorted(first + rng.random() * span
+                                             for _ in range(customers))):
+            ident = index + 2
+            moment = datetime.fromtimestamp(stamp, UTC)
+            billing, shipping = address(ident)
+            record = dict(template)
+            record.update(id=ident, email=billing["email"], first_name=billing["first_name"],
+                          last_name=billing["last_name"], username=f"customer{ident}",
+                          billing=billing, shipping=shipping,
+                          meta_data=[{"id": ident, "key": "wc_last_active",
+                                      "value": str(int(stamp) // 86400 * 86400)}])
+            local, gmt = twin._local(moment), _gmt(moment)
+            record.update(date_created=local, date_created_gmt=gmt, date_modified=local,
+                          date_modified_gmt=gmt)
+            twin.customers[ident] = record
+        twin._next_customer = customers + 2
+        template = twin._new_order(0, at)
+        template.update(payment_method="stripe", payment_method_title="Credit Card (Stripe)",
+                        customer_user_agent=AGENTS[0])
+        lines = [[_line_item(product[0] * 10, product, 1)] for product in PRODUCTS]
+        guests = max(1, min(5000, orders // 3))
+        for index, stamp in enumerate(sorted(first + rng.random() * span
+                                             for _ in range(orders))):
+            ident = index + 100
+            moment = datetime.fromtimestamp(stamp, UTC)
+            owner = rng.randrange(2, customers + 2) if customers and rng.random() < 0.67 else 0
+            billing, shipping = address(owner or 1_000_000 + index % guests)
+            status = ORDER_STATUSES[rng.randrange(len(ORDER_STATUSES))]
+            product = index % len(PRODUCTS)
+            record = dict(template)
+            record.update(id=ident, number=str(ident), order_key=f"wc_order_{ident:013x}",
+                          status=status, customer_id=owner, billing=billing, shipping=shipping,
+                          customer_ip_address=f"198.51.100.{ident % 254 + 1}",
+                          total=PRODUCTS[product][3], line_items=lines[product])
+            local, gmt = twin._local(moment), _gmt(moment)
+            record.update(date_created=local, date_created_gmt=gmt, date_modified=local,
+                          date_modified_gmt=gmt)
+            if status in PAID:
+                record.update(date_paid=local, date_paid_gmt=gmt)
+                if status != "processing":
+                    record.update(date_completed=local, date_completed_gmt=gmt)
+            twin.orders[ident] = record
+        twin._next_order = orders + 100
+        twin._changed()
+        return twin
+
+
+# -- selection helpers ---------------------------------------------------------------------
+
+
+def _customer_matches(record: dict[str, Any], selection: dict[str, Any]) -> bool:
+    role = selection.get("role", "customer")
+    if role != "all" and record["role"] != role:
+        return False
+    if selection.get("include") and record["id"] not in selection["include"]:
+        return False
+    if selection.get("exclude") and record["id"] in selection["exclude"]:
+        return False
+    if "email" in selection and str(record["email"]).strip().lower() != selection["email"]:
+        return False
+    search = selection.get("search")
+    if search:
+        # WP_User_Query picks the columns from the term's shape.
+        if "@" in search:
+            columns = [record["email"]]
+        elif search.isdigit():
+            columns = [record["username"], str(record["id"])]
+        else:
+            columns = [record["username"], record["email"],
+                       f"{record['first_name']} {record['last_name']}"]
+        if not any(search in str(column).lower() for column in columns):
+            return False
+    return True
+
+
+def _customer_sort(orderby: str, selection: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    if orderby == "id":
+        return lambda r: r["id"]
+    if orderby == "include" and selection.get("include"):
+        position = {ident: index for index, ident in enumerate(selection["include"])}
+        return lambda r: position.get(r["id"], len(position))
+    if orderby == "registered_date":
+        return lambda r: (r["date_created_gmt"] or "", r["id"])
+    # `name` sorts on display_name, which WooCommerce sets to the username.
+    return lambda r: (str(r["username"]).lower(), r["id"])
+
+
+def _order_matches(record: dict[str, Any], selection: dict[str, Any]) -> bool:
+    statuses = selection.get("status", ("any",))
+    if "any" in statuses:
+        # WooCommerce short-circuits on `any`: every status but the trash.
+        if record["status"] == "trash":
+            return False
+    elif record["status"] not in statuses:
+        return False
+    suffix = "_gmt" if selection.get("gmt") else ""
+    created = record["date_created" + suffix] or ""
+    modified = record["date_modified" + suffix] or ""
+    if selection.get("after") and not created > selection["after"]:
+        return False
+    if selection.get("before") and not created < selection["before"]:
+        return False
+    if selection.get("modified_after") and not modified > selection["modified_after"]:
+        return False
+    if selection.get("modified_before") and not modified < selection["modified_before"]:
+        return False
+    if "customer" in selection and record["customer_id"] != selection["customer"]:
+        return False
+    if selection.get("include") and record["id"] not in selection["include"]:
+        return False
+    if selection.get("exclude") and record["id"] in selection["exclude"]:
+        return False
+    if selection.get("parent") and record["parent_id"] not in selection["parent"]:
+        return False
+    search = selection.get("search")
+    if search:
+        # wc_order_search: the address indexes (names, address, email, phone), item names, id.
+        texts = [str(record["id"])]
+        texts.extend(str(v) for v in record["billing"].values())
+        texts.extend(str(v) for v in record["shipping"].values())
+        texts.extend(str(item.get("name", "")) for item in record["line_items"])
+        if not any(search in text.lower() for text in texts):
+            return False
+    return True
+
+
+def _order_sort(orderby: str, selection: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    if orderby in ("id", "slug"):
+        return lambda r: r["id"]
+    if orderby == "include" and selection.get("include"):
+        position = {ident: index for index, ident in enumerate(selection["include"])}
+        return lambda r: position.get(r["id"], len(position))
+    if orderby == "modified":
+        return lambda r: (r["date_modified"] or "", r["id"])
+    return lambda r: (r["date_created"] or "", r["id"])
+
+
+_WRITABLE = {
+    "customers": frozenset({"email", "first_name", "last_name", "billing", "shipping",
+                            "meta_data"}),
+    "orders": frozenset({"parent_id", "status", "currency", "customer_id", "customer_note",
+                         "billing", "shipping", "payment_method", "payment_method_title",
+                         "transaction_id", "meta_data"}),
+}
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+
+def _php_params(query: dict[str, list[str]]) -> dict[str, Any]:
+    """The query as PHP's $_GET sees it: the last of repeated names wins (so the parameters
+    the `woocommerce` package sends twice count once), `name[]` collects a list."""
+    params: dict[str, Any] = {}
+    for name, values in query.items():
+        if name.endswith("[]"):
+            params[name[:-2]] = list(values)
+        else:
+            params[name] = values[-1]
+    return params
+
+
+def _integer(params: dict[str, Any], name: str, default: int | None, errors: dict[str, str],
+             *, minimum: int | None = 0, maximum: int | None = None) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    text = str(raw).strip()
+    if not text.lstrip("-").isdigit():
+        errors[name] = f"{name} is not of type integer."
+        return default
+    value = int(text)
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        errors[name] = f"{name} must be between {minimum} (inclusive) and {maximum} (inclusive)"
+        return default
+    if minimum is not None and value < minimum:
+        errors[name] = f"{name} must be greater than or equal to {minimum}"
+        return default
+    return value
+
+
+def _enum(params: dict[str, Any], name: str, default: str, options: tuple[str, ...],
+          errors: dict[str, str]) -> str:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    if value not in options:
+        errors[name] = f"{name} is not one of {_wp_list(options)}."
+        return default
+    return str(value)
+
+
+def _id_list(params: dict[str, Any], name: str, errors: dict[str, str]) -> tuple[int, ...]:
+    if params.get(name) in (None, ""):
+        return ()
+    items = _parse_list(params[name])
+    if not all(item.isdigit() for item in items):
+        errors[name] = f"{name}[0] is not of type integer."
+        return ()
+    return tuple(int(item) for item in items)
+
+
+def _query(params: dict[str, Any], page: int) -> str:
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        if isinstance(value, list):
+            pairs.extend((f"{key}[]", item) for item in value)
+        else:
+            pairs.append((key, str(value)))
+    pairs.append(("page", str(page)))
+    return urlencode(pairs)
+
+
+def oauth_signature(method: str, url: str, params: dict[str, Any], secret: str,
+                    signature_method: str = "HMAC-SHA256") -> str:
+    """The signature WooCommerce's server computes (check_oauth_signature): parameters
+    sorted by name, name and value rawurlencoded, each `name=value` rawurlencoded again and
+    joined by %26; the key is the consumer secret plus "&"."""
+    pieces: list[str] = []
+    for key in sorted(params, key=lambda k: k.encode()):
+        value = params[key]
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                name = f"{_rawurlencode(key)}%5B{index}%5D"
+                pieces.append(_rawurlencode(f"{name}={_rawurlencode(str(item))}"))
+        else:
+            pieces.append(_rawurlencode(f"{_rawurlencode(key)}={_rawurlencode(str(value))}"))
+    base = f"{method.upper()}&{_rawurlencode(url)}&{'%26'.join(pieces)}"
+    digest = hashlib.sha1 if signature_method == "HMAC-SHA1" else hashlib.sha256
+    mac = hmac.new(f"{secret}&".encode(), base.encode(), digest).digest()
+    return base64.b64encode(mac).decode()
+
+
+# -- record helpers ------------------------------------------------------------------------
+
+
+def _day_stamp(moment: Any) -> str:
+    """wc_last_active: the start of the day, as unix seconds in a string."""
+    if isinstance(moment, datetime):
+        return str(int(moment.timestamp()) // 86400 * 86400)
+    return str(moment)
+
+
+def _anonymise_ip(ip: str) -> str:
+    if ":" in ip:
+        return ip.rsplit(":", 5)[0] + "::"
+    parts = ip.split(".")
+    return ".".join([*parts[:3], "0"]) if len(parts) == 4 else "0.0.0.0"  # noqa: S104
+
+
+def _real_email(value: object) -> str | None:
+    email = normalise_email(value)
+    return None if email == DELETED_EMAIL else email
+
+
+def _is_date_key(key: str) -> bool:
+    return key.startswith("date_") or key == "last_active"
+
+
+def _line_item(ident: int, product: tuple[int, str, str, str], quantity: int) -> dict[str, Any]:
+    total = f"{float(product[3]) * quantity:.2f}"
+    return {"id": ident, "name": product[1], "product_id": product[0], "variation_id": 0,
+            "quantity": quantity, "tax_class": "", "subtotal": total, "subtotal_tax": "0.00",
+            "total": total, "total_tax": "0.00", "taxes": [], "meta_data": [],
+            "sku": product[2], "price": float(product[3])}
+
+
+def _bulk_person(ident: int) -> Person:
+    first, last = FIRST[ident % len(FIRST)], LAST[(ident // 7) % len(LAST)]
+    city, country, postcode = CITIES[ident % len(CITIES)]
+    return Person(index=ident, email=f"bulk.{ident}@example.com", first_name=first,
+                  last_name=last, phone=f"+44 7700 9{ident % 100000:05d}",
+                  address_1=f"{ident % 200 + 1} {STREETS[ident % len(STREETS)]}", city=city,
+                  postcode=postcode, country=country, ip="", user_agent="",
+                  first_seen=datetime(2020, 1, 1, tzinfo=UTC))
+
+
+class _Seeder:
+    """Builds one shop of the estate (see WooCommerceTwin.seeded)."""
+
+    def __init__(self, twin: WooCommerceTwin, spec: EstateSpec, people: list[Person],
+                 planted: list[Planted]) -> None:
+        self.twin = twin
+        self.spec = spec
+        self.people = people
+        self.planted = planted
+        self.at = spec.now
+        self.rng = rng_for(spec, "woocommerce", twin.shop)
+        # (created, sequence, person, customer?, fields, rule) — ids follow creation order.
+        self.customer_plans: list[dict[str, Any]] = []
+        self.order_plans: list[dict[str, Any]] = []
+
+    def days_ago(self, days: float) -> datetime:
+        return self.at - timedelta(days=days)
+
+    def run(self) -> None:
+        shop = self.twin.shop
+        members = [p for p in self.people if shop in p.account_shops or shop in p.guest_shops]
+        holders = [p for p in members if shop in p.account_shops]
+        background = [p for p in members if not p.tags]
+        manager = next((p for p in holders if not p.tags), None)
+        accounts: dict[int, dict[str, Any]] = {}
+        for person in holders:
+            role = "customer"
+            if person is manager:
+                role = "shop_manager"
+            elif not person.tags and self.rng.random() < 0.08:
+                role = "subscriber"
+            accounts[person.index] = self.plan_customer(person, role)
+        clean_inactive = next((p for p in holders if not p.tags and p is not manager
+                               and accounts[p.index]["role"] == "customer"
+                               and p.first_seen < self.days_ago(500)), None)
+        for person in members:
+            primary = (person.account_shops + person.guest_shops)[0] == shop
+            tag = next(iter(person.tags), None) if primary else None
+            account = accounts.get(person.index)
+            if tag == INACTIVE_ACCOUNT and account is not None:
+                account.update(created=self.days_ago(5 * 365), last_active=self.days_ago(4 * 365),
+                               rule="inactive-account")
+                continue
+            if person is clean_inactive and account is not None:
+                account.update(created=min(account["created"], self.days_ago(3 * 365)),
+                               last_active=self.days_ago(365), rule=None)
+                continue
+            self.plan_background_orders(person, account)
+            if tag is not None:
+                self.plan_planted(person, account, tag)
+        self.plan_clean(background, accounts, clean_inactive, manager)
+        self.build()
+
+    # -- plans ----------------------------------------------------------------------------
+
+    def plan_customer(self, person: Person, role: str) -> dict[str, Any]:
+        created = max(person.first_seen, self.days_ago(8 * 365))
+        since = (self.at - created).total_seconds() / 86400
+        last_active = self.days_ago(self.rng.uniform(0.5, min(300.0, max(1.0, since))))
+        email = person.email
+        if self.rng.random() < 0.06:
+            # People type capitals; WooCommerce keeps the address as typed.
+            email = email[0].upper() + email[1:].replace("@example.com", "@Example.com")
+        plan = {"person": person, "role": role, "created": created,
+                "last_active": max(last_active, created), "email": email,
+                "with_billing": self.rng.random() < 0.85, "ordered": False,
+                "modified_never": self.rng.random() < 0.1, "rule": "background"}
+        self.customer_plans.append(plan)
+        return plan
+
+    def plan_order(self, person: Person, account: dict[str, Any] | None, created: datetime,
+                   status: str, *, network: bool, note: str = "",
+                   rule: str | None = "background", guest: bool = False) -> None:
+        if account is not None and not guest:
+            account["ordered"] = True
+            account["created"] = min(account["created"], created - timedelta(hours=1))
+        self.order_plans.append({
+            "person": person, "account": None if guest else account, "created": created,
+            "status": status, "network": network, "note": note, "rule": rule,
+            "no_email": False,
+        })
+
+    def plan_background_orders(self, person: Person, account: dict[str, Any] | None) -> None:
+        low = 0 if account is not None and self.rng.random() < 0.2 else 1
+        count = self.rng.randint(low, 4) if low else 0
+        oldest = min(5 * 365.0, max(2.0, (self.at - person.first_seen).total_seconds() / 86400))
+        for _ in range(count):
+            if self.rng.random() < 0.25:
+                age = self.rng.uniform(0.5, min(40.0, oldest))
+            else:
+                age = self.rng.uniform(0.5, oldest)
+            status = self.background_status(age)
+            guest = account is not None and self.rng.random() < 0.1
+            self.plan_order(person, account, self.days_ago(age), status,
+                            network=age < 180, guest=guest)
+            if account is None and self.rng.random() < 0.04:
+                self.order_plans[-1]["no_email"] = True
+
+    def background_status(self, age: float) -> str:
+        if age < 12:
+            options = ("pending", "processing", "processing", "on-hold", "failed", "completed",
+                       "completed", "cancelled")
+        elif age < 40:
+            options = ("completed", "completed", "completed", "on-hold", "cancelled",
+                       "refunded", "trash")
+        else:
+            options = ("completed",) * 9 + ("refunded",)
+        return self.rng.choice(options)
+
+    def plan_planted(self, person: Person, account: dict[str, Any] | None, tag: str) -> None:
+        if tag == OLD_COMPLETED_ORDER:
+            self.plan_order(person, account, self.days_ago(12 * 365 + 10), "completed",
+                            network=False, rule="order-past-retention")
+        elif tag == OLD_UNPAID_ORDER:
+            status = "pending" if person.index % 2 == 0 else "failed"
+            self.plan_order(person, account, self.days_ago(60), status, network=True,
+                            rule="unpaid-order-past-retention")
+        elif tag == OLD_NETWORK_DATA:
+            self.plan_order(person, account, self.days_ago(2 * 365), "completed", network=True,
+                            rule="network-data-past-retention")
+        elif tag == CARD_IN_NOTE:
+            self.plan_order(person, account, self.days_ago(10), "processing", network=True,
+                            note=CARD_NOTE, rule="card-number-exposed")
+
+    def plan_clean(self, background: list[Person], accounts: dict[int, dict[str, Any]],
+                   clean_inactive: Person | None, manager: Person | None) -> None:
+        """Clean counterparts at half the period: the audit must find nothing on them."""
+        if clean_inactive is not None:
+            accounts[clean_inactive.index]["rule"] = None
+        candidates = [p for p in background if p is not clean_inactive and p is not manager]
+        cases = ((3 * 365, "completed", False, ""), (15, "pending", True, ""),
+                 (180, "completed", True, ""), (5, "processing", True, CLEAN_NOTE))
+        for (age, status, network, note), person in zip(cases, candidates[:len(cases)],
+                                                        strict=False):
+            self.plan_order(person, accounts.get(person.index), self.days_ago(age), status,
+                            network=network, note=note, rule=None)
+
+    # -- building -------------------------------------------------------------------------
+
+    def build(self) -> None:
+        twin = self.twin
+        source = twin.source
+        customer_ids: dict[int, int] = {}
+        ident = 1
+        for plan in sorted(self.customer_plans, key=lambda p: (p["created"], p["person"].index)):
+            ident += self.rng.randint(1, 3)
+            customer_ids[plan["person"].index] = ident
+            plan["id"] = ident
+        ident = self.rng.randint(100, 200)
+        orders = sorted(self.order_plans, key=lambda p: (p["created"], p["person"].index))
+        for plan in orders:
+            ident += self.rng.randint(1, 3)
+            plan["id"] = ident
+        for plan in self.customer_plans:
+            twin.customers[plan["id"]] = self.customer_record(plan)
+            if plan["rule"] != "background":
+                twin_rule = plan["rule"]
+                self.planted.append(Planted(twin_rule, source, "customer", str(plan["id"]),
+                                            plan["person"].email))
+        for plan in orders:
+            account = plan["account"]
+            owner = account["id"] if account is not None else 0
+            twin.orders[plan["id"]] = self.order_record(plan, owner)
+            if plan["rule"] != "background":
+                self.planted.append(Planted(plan["rule"], source, "order", str(plan["id"]),
+                                            plan["person"].email))
+        twin._next_customer = max(twin.customers, default=1) + 1
+        twin._next_order = max(twin.orders, default=99) + 1
+        twin._changed()
+
+    def customer_record(self, plan: dict[str, Any]) -> dict[str, Any]:
+        twin, person = self.twin, plan["person"]
+        record = twin._new_customer(plan["id"], plan["created"])
+        filled = plan["with_billing"] or plan["ordered"]
+        modified = None if plan["modified_never"] and not plan["ordered"] else max(
+            plan["created"], min(plan["last_active"], self.at))
+        twin._set_date(record, "date_modified", modified)
+        billing = _address(person if filled else None, email=True)
+        if filled:
+            billing["email"] = plan["email"]
+        digest = hashlib.md5(person.email.encode(), usedforsecurity=False).hexdigest()
+        meta = [twin._meta_entry("wc_last_active", _day_stamp(plan["last_active"]))]
+        if person.in_mailchimp:
+            meta.append(twin._meta_entry("mailchimp_woocommerce_is_subscribed", "1"))
+        record.update({
+            "email": plan["email"], "first_name": person.first_name if filled else "",
+            "last_name": person.last_name if filled else "", "role": plan["role"],
+            "username": person.email.split("@")[0], "billing": billing,
+            "shipping": _address(person if filled and self.rng.random() < 0.7 else None,
+                                 email=False),
+            "is_paying_customer": plan["ordered"],
+            "avatar_url": f"https://secure.gravatar.com/avatar/{digest}?s=96&d=mm&r=g",
+            "meta_data": meta,
+        })
+        return record
+
+    def order_record(self, plan: dict[str, Any], owner: int) -> dict[str, Any]:
+        twin, person, rng = self.twin, plan["person"], self.rng
+        created: datetime = plan["created"]
+        record = twin._new_order(plan["id"], created)
+        status = plan["status"]
+        lines = [_line_item(plan["id"] * 10 + n, rng.choice(PRODUCTS), rng.randint(1, 3))
+                 for n in range(rng.randint(1, 3))]
+        items = sum(float(line["total"]) for line in lines)
+        shipping_total = 4.95 if items < 40 else 0.0
+        method, title = rng.choice(PAYMENT)
+        billing = _address(person, email=True)
+        if plan["no_email"]:
+            billing["email"] = ""
+        elif plan["account"] is not None:
+            billing["email"] = plan["account"]["email"]
+        meta = [twin._meta_entry("is_vat_exempt", "no")]
+        if rng.random() < 0.05:
+            meta.append(twin._meta_entry("gift_message", "Happy birthday, with love from us all"))
+        record.update({
+            "status": status, "currency": "GBP" if person.country == "GB" else "EUR",
+            "created_via": "admin" if plan["no_email"] else "checkout",
+            "shipping_total": f"{shipping_total:.2f}", "total": f"{items + shipping_total:.2f}",
+            "customer_id": owner,
+            "customer_ip_address": person.ip if plan["network"] else "",
+            "customer_user_agent": person.user_agent if plan["network"] else "",
+            "customer_note": plan["note"], "billing": billing,
+            "shipping": _address(person, email=False) if rng.random() < 0.8
+            else _address(None, email=False),
+            "payment_method": method, "payment_method_title": title,
+            "transaction_id": f"ch_{hashlib.sha256(str(plan['id']).encode()).hexdigest()[:24]}"
+            if method == "stripe" and status in PAID else "",
+            "cart_hash": hashlib.sha256(f"cart{plan['id']}".encode()).hexdigest()[:32],
+            "meta_data": meta, "line_items": lines,
+            "shipping_lines": [{"id": plan["id"] * 10 + 9, "method_title": "Flat rate",
+                                "method_id": "flat_rate", "total": f"{shipping_total:.2f}",
+                                "total_tax": "0.00", "taxes": [], "meta_data": []}],
+        })
+        modified = created + timedelta(minutes=rng.randint(1, 90))
+        if status in PAID:
+            twin._set_date(record, "date_paid", created + timedelta(minutes=2))
+        if status in ("completed", "refunded"):
+            done = min(created + timedelta(days=rng.uniform(0.2, 3)), self.at)
+            twin._set_date(record, "date_completed", done)
+            modified = done
+        if status == "refunded":
+            modified = min(modified + timedelta(days=rng.uniform(1, 10)), self.at)
+            record["refunds"] = [{"id": plan["id"] + 1, "reason": "",
+                                  "total": f"-{items + shipping_total:.2f}"}]
+        if status == "trash":
+            modified = min(created + timedelta(days=rng.uniform(1, 5)), self.at)
+            twin._trashed_from[plan["id"]] = "cancelled"
+        twin._set_date(record, "date_modified", min(modified, self.at))
+        return record

@@ -1,0 +1,652 @@
+"""The WooCommerce connector against its loopback twin over real HTTP: completeness, paging,
+incremental windows, reconciliation, injected faults, OAuth as WooCommerce verifies it, and
+the official `woocommerce` package reading the twin unmodified."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from woocommerce import API
+from woocommerce.oauth import OAuth
+
+from connectors.base import Batch, Category, Record
+from connectors.http import FatalAPIError, RetriableAPIError
+from connectors.woocommerce import Settings, WooCommerceConnector, connect
+from sandbox.estate import EstateSpec, Planted, make_people
+from sandbox.server import TwinServer
+from sandbox.woocommerce import CARD_NOTE, WooCommerceTwin
+
+DATA = Path(__file__).resolve().parents[2] / "sandbox" / "data"
+START = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+
+
+class Clock:
+    """One clock for the twin and the connector, moved by hand."""
+
+    def __init__(self, moment: datetime = START) -> None:
+        self.moment = moment
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, **delta: float) -> datetime:
+        self.moment += timedelta(**delta)
+        return self.moment
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def shop(clock: Clock) -> WooCommerceTwin:
+    return WooCommerceTwin("allmyink", now=clock)
+
+
+@pytest.fixture
+def server(shop: WooCommerceTwin) -> Iterator[TwinServer]:
+    with TwinServer(shop) as running:
+        yield running
+
+
+@pytest.fixture
+def connector_for(server: TwinServer, shop: WooCommerceTwin,
+                  clock: Clock) -> Iterator[Callable[..., WooCommerceConnector]]:
+    made: list[WooCommerceConnector] = []
+
+    def make(**overrides: Any) -> WooCommerceConnector:
+        values: dict[str, Any] = {
+            "name": "allmyink", "url": server.url, "consumer_key": shop.consumer_key,
+            "consumer_secret": shop.consumer_secret, "sleep": lambda _: None,
+            "clock": clock, "timeout": 5.0}
+        values.update(overrides)
+        connector = connect(Settings(**values))
+        made.append(connector)
+        return connector
+
+    yield make
+    for connector in made:
+        connector.close()
+
+
+def records(batches: list[Batch], record_type: str | None = None) -> list[Record]:
+    return [r for b in batches for r in b.records
+            if record_type is None or r.record_type == record_type]
+
+
+def add_orders(shop: WooCommerceTwin, count: int, **fields: Any) -> list[int]:
+    return [shop.add_order(status="completed",
+                           billing={"first_name": "Ada", "email": f"buyer{n}@example.com"},
+                           **fields) for n in range(count)]
+
+
+# -- completeness --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def estate() -> tuple[EstateSpec, list[Planted], dict[str, WooCommerceTwin]]:
+    spec = EstateSpec()
+    people = make_people(spec)
+    planted: list[Planted] = []
+    twins = {name: WooCommerceTwin.seeded(spec, people, planted, name) for name in spec.shops}
+    return spec, planted, twins
+
+
+def pull_all(twin: WooCommerceTwin, cursor: str | None = None,
+             **overrides: Any) -> list[Batch]:
+    with TwinServer(twin) as running:
+        values: dict[str, Any] = {"name": twin.shop, "url": running.url,
+                                  "consumer_key": twin.consumer_key,
+                                  "consumer_secret": twin.consumer_secret,
+                                  "sleep": lambda _: None}
+        values.update(overrides)
+        connector = connect(Settings(**values))
+        try:
+            return list(connector.pull(cursor))
+        finally:
+            connector.close()
+
+
+def test_full_pull_of_a_seeded_shop_matches_its_ground_truth(estate: Any) -> None:
+    _, _, twins = estate
+    for twin in twins.values():
+        batches = pull_all(twin, per_page=25)
+        got = {(r.record_type, r.external_id, r.email) for r in records(batches)}
+        assert got == twin.ground_truth()
+        assert not any(b.skipped for b in batches)
+        assert batches[-1].complete
+        assert batches[-1].listed_types == {"customer", "order"}
+
+
+def test_seeded_shop_plants_each_woocommerce_rule_and_clean_counterparts(estate: Any) -> None:
+    _, planted, twins = estate
+    rules = {p.rule for p in planted}
+    assert rules >= {"inactive-account", "order-past-retention", "unpaid-order-past-retention",
+                     "network-data-past-retention", "card-number-exposed", None}
+    assert all(p.source in ("woo:allmyink", "woo:papercraft") for p in planted)
+    for case in planted:
+        twin = twins[case.source.split(":")[1]]
+        truth = {(t, i) for t, i, _ in twin.ground_truth()}
+        assert (case.record_type, case.external_id) in truth
+    card = next(p for p in planted if p.rule == "card-number-exposed")
+    order = twins[card.source.split(":")[1]].orders[int(card.external_id)]
+    assert order["customer_note"] == CARD_NOTE
+
+
+def test_card_number_planted_in_a_note_is_found_and_never_copied(estate: Any) -> None:
+    _, planted, twins = estate
+    card = next(p for p in planted if p.rule == "card-number-exposed")
+    batches = pull_all(twins[card.source.split(":")[1]])
+    found = next(r for r in records(batches, "order") if r.external_id == card.external_id)
+    assert Category.CARD_NUMBER in found.categories
+    assert found.evidence == ("card number pattern in customer_note",)
+    assert "4111" not in repr(batches)
+
+
+def test_seeding_is_deterministic() -> None:
+    def build() -> tuple[set[Any], list[Planted], str]:
+        spec = EstateSpec(people=60)
+        planted: list[Planted] = []
+        twin = WooCommerceTwin.seeded(spec, make_people(spec), planted, "allmyink")
+        return twin.ground_truth(), planted, json.dumps(twin.orders, sort_keys=True)
+
+    assert build() == build()
+
+
+def test_twin_records_have_the_documented_fields_and_types(estate: Any) -> None:
+    _, _, twins = estate
+    twin = twins["allmyink"]
+    with TwinServer(twin) as running:
+        auth = (twin.consumer_key, twin.consumer_secret)
+        for kind in ("customers", "orders"):
+            documented = json.loads((DATA / f"woocommerce_{kind}.json").read_text())[0]
+            answer = requests.get(f"{running.url}/wp-json/wc/v3/{kind}", auth=auth,
+                                  params={"role": "all", "per_page": 5}, timeout=5).json()
+            for item in answer:
+                assert list(item) == list(documented), kind
+                for name, value in documented.items():
+                    if value is not None and item[name] is not None:
+                        assert type(item[name]) is type(value) or (
+                            name == "price" and isinstance(item[name], float)), (kind, name)
+                for address in ("billing", "shipping"):
+                    assert list(item[address]) == list(documented[address])
+
+
+# -- paging --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "requests_made"), [(0, 1), (1, 1), (100, 1), (101, 2)])
+def test_pages_of_0_1_100_and_101_records_are_read_whole(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        count: int, requests_made: int) -> None:
+    ids = add_orders(shop, count)
+    batches = list(connector_for().pull(None))
+    assert sorted(int(r.external_id) for r in records(batches, "order")) == ids
+    assert shop.requests_to("/orders") == requests_made + 1  # + the trash listing
+    assert batches[-1].listed_types == {"customer", "order"}
+
+
+def test_twin_pages_with_totals_and_link_headers(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    add_orders(shop, 25)
+    auth = (shop.consumer_key, shop.consumer_secret)
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    middle = requests.get(url, auth=auth, params={"per_page": 10, "page": 2}, timeout=5)
+    assert (middle.headers["X-WP-Total"], middle.headers["X-WP-TotalPages"]) == ("25", "3")
+    assert 'page=1>; rel="prev"' in middle.headers["Link"]
+    assert 'page=3>; rel="next"' in middle.headers["Link"]
+    assert len(middle.json()) == 10
+    beyond = requests.get(url, auth=auth, params={"per_page": 10, "page": 9}, timeout=5)
+    assert beyond.status_code == 200 and beyond.json() == []
+    empty = requests.get(url, auth=auth, params={"status": "failed"}, timeout=5)
+    assert (empty.headers["X-WP-Total"], empty.headers["X-WP-TotalPages"]) == ("0", "0")
+    assert "Link" not in empty.headers
+
+
+def test_twin_refuses_101_per_page_with_the_documented_error(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    answer = requests.get(f"{server.url}/wp-json/wc/v3/orders",
+                          auth=(shop.consumer_key, shop.consumer_secret),
+                          params={"per_page": 101}, timeout=5)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "code": "rest_invalid_param", "message": "Invalid parameter(s): per_page",
+        "data": {"status": 400, "params": {
+            "per_page": "per_page must be between 1 (inclusive) and 100 (inclusive)"}}}
+
+
+def test_twin_trims_to_the_fields_asked(shop: WooCommerceTwin, server: TwinServer) -> None:
+    add_orders(shop, 2)
+    answer = requests.get(f"{server.url}/wp-json/wc/v3/orders",
+                          auth=(shop.consumer_key, shop.consumer_secret),
+                          params={"_fields": "id,date_modified_gmt,billing.email"}, timeout=5)
+    assert [sorted(item) for item in answer.json()] == [
+        ["billing", "date_modified_gmt", "id"]] * 2
+    assert answer.json()[0]["billing"] == {"email": "buyer1@example.com"}
+
+
+def test_pages_are_fetched_in_parallel_and_yielded_in_order(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    ids = add_orders(shop, 300)
+    shop.faults.latency = 0.02
+    batches = list(connector_for(per_page=20, concurrency=4).pull(None))
+    got = [int(r.external_id) for r in records(batches, "order")]
+    assert got == ids
+    assert 2 <= shop.max_connections <= 4
+
+
+# -- what is listed ------------------------------------------------------------------------
+
+
+def test_trashed_orders_are_pulled_and_listed(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    kept, trashed = add_orders(shop, 2)
+    shop.trash_order(trashed)
+    connector = connector_for()
+    pulled = {r.external_id: r.status for r in records(list(connector.pull(None)))}
+    assert pulled == {str(kept): "completed", str(trashed): "trash"}
+    keys = {k.external_id for b in connector.list_keys() for k in b.keys}
+    assert keys == {str(kept), str(trashed)}
+
+
+def test_guest_orders_are_held_by_email_without_a_parent(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    account = shop.add_customer(email="Ada@Example.com", first_name="Ada")
+    mine = shop.add_order(customer_id=account, billing={"email": "ada@example.com"})
+    guest = shop.add_order(billing={"email": " Guest@Example.COM ", "phone": "+44 7700 900123"})
+    pulled = {r.external_id: r for r in records(list(connector_for().pull(None)), "order")}
+    assert pulled[str(mine)].parent_id == str(account)
+    assert pulled[str(guest)].parent_id is None
+    assert pulled[str(guest)].email == "guest@example.com"
+    assert Category.PHONE in pulled[str(guest)].categories
+
+
+def test_every_role_is_listed_including_shop_managers_and_subscribers(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    roles = {shop.add_customer(email=f"{role}@example.com", role=role): role
+             for role in ("customer", "subscriber", "shop_manager", "administrator")}
+    pulled = {int(r.external_id): r.status for r in records(list(connector_for().pull(None)))}
+    assert pulled == roles
+    # WooCommerce itself lists only role `customer` unless asked for all.
+    default = requests.get(
+        f"{connector_for().settings.url}/wp-json/wc/v3/customers",
+        auth=(shop.consumer_key, shop.consumer_secret), timeout=5).json()
+    assert [c["role"] for c in default] == ["customer"]
+
+
+def test_records_without_email_are_still_pulled(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    phoned = shop.add_order(created_via="admin", billing={"first_name": "Olu",
+                                                          "phone": "+44 7700 900999"})
+    pulled = records(list(connector_for().pull(None)), "order")
+    assert [(r.external_id, r.email) for r in pulled] == [(str(phoned), None)]
+    assert {Category.NAME, Category.PHONE} <= pulled[0].categories
+
+
+def test_anonymised_order_is_pulled_as_anonymised(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    order = shop.add_order(status="completed", customer_ip_address="203.0.113.9",
+                           customer_user_agent="Mozilla/5.0",
+                           billing={"first_name": "Ada", "email": "ada@example.com",
+                                    "phone": "+44 7700 900123", "address_1": "1 High St"})
+    shop.anonymise_order(order)
+    (pulled,) = records(list(connector_for().pull(None)), "order")
+    assert pulled.anonymised and pulled.email is None
+    assert pulled.categories == {Category.ORDER_HISTORY}
+    assert ("order", str(order), None) in shop.ground_truth()
+
+
+# -- incremental windows -------------------------------------------------------------------
+
+
+def test_incremental_rereads_a_record_modified_within_the_overlap_before_the_cursor(
+        shop: WooCommerceTwin, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    late, early = add_orders(shop, 2)
+    clock.advance(hours=1)
+    cursor = list(connector_for().pull(None))[-1].cursor
+    # Changes committed before the cursor but seen only after it (a slow transaction):
+    clock.advance(minutes=-5)
+    shop.update_order(late, customer_note="Please gift wrap it")
+    clock.advance(minutes=-20)
+    shop.update_order(early, customer_note="Please gift wrap it")
+    clock.advance(hours=2)
+    batches = list(connector_for(overlap=timedelta(minutes=10)).pull(cursor))
+    assert [r.external_id for r in records(batches)] == [str(late)]
+    assert Category.FREE_TEXT in records(batches)[0].categories
+
+
+def test_record_modified_during_a_run_is_read_again_by_the_next_one(
+        shop: WooCommerceTwin, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    ids = add_orders(shop, 30)
+    clock.advance(hours=1)
+    seen: list[Batch] = []
+    for batch in connector_for(per_page=10).pull(None):
+        seen.append(batch)
+        if len(records(seen, "order")) == 10:
+            clock.advance(seconds=1)
+            shop.update_order(ids[0], customer_note="Ring twice please")
+    cursor = seen[-1].cursor
+    again = list(connector_for().pull(cursor))
+    assert [r.external_id for r in records(again)] == [str(ids[0])]
+    assert Category.FREE_TEXT in records(again)[0].categories
+
+
+def test_incremental_reads_new_accounts_and_the_accounts_of_changed_orders(
+        shop: WooCommerceTwin, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    old = shop.add_customer(email="old@example.com")
+    quiet = shop.add_customer(email="quiet@example.com")
+    clock.advance(hours=1)
+    cursor = list(connector_for().pull(None))[-1].cursor
+    clock.advance(hours=1)
+    new = shop.add_customer(email="new@example.com")
+    shop.add_order(customer_id=old, billing={"email": "old@example.com"})
+    batches = list(connector_for().pull(cursor))
+    assert {r.external_id for r in records(batches, "customer")} == {str(old), str(new)}
+    assert str(quiet) not in {r.external_id for r in records(batches)}
+    assert json.loads(batches[-1].cursor or "")["max_customer_id"] == new
+
+
+def test_deletion_that_shifts_a_page_keeps_the_old_cursor_and_lists_nothing_complete(
+        shop: WooCommerceTwin, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    ids = add_orders(shop, 30)
+    clock.advance(hours=1)
+    cursor = list(connector_for().pull(None))[-1].cursor
+    clock.advance(hours=1)
+    for ident in ids:
+        shop.update_order(ident, customer_note="Updated")
+    clock.advance(hours=1)
+    batches: list[Batch] = []
+    for batch in connector_for(per_page=10).pull(cursor):
+        batches.append(batch)
+        if len(batches) == 1:
+            for ident in ids[:3]:
+                shop.delete_order(ident)
+    assert batches[-1].complete
+    assert json.loads(batches[-1].cursor or "")["orders_since"] == \
+        json.loads(cursor or "")["orders_since"]
+    full: list[Batch] = []
+    for batch in connector_for(per_page=10).pull(None):
+        full.append(batch)
+        if len(records(full, "order")) == 10 and len(full) == 2:
+            shop.delete_order(ids[5])
+    assert full[-1].listed_types == {"customer"}
+
+
+def test_records_added_during_a_listing_do_not_spoil_it(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 30)
+    batches: list[Batch] = []
+    for batch in connector_for(per_page=10).pull(None):
+        batches.append(batch)
+        if len(batches) == 2:
+            add_orders(shop, 5)
+    assert batches[-1].listed_types == {"customer", "order"}
+
+
+# -- reconciliation ------------------------------------------------------------------------
+
+
+def test_list_keys_completes_and_leaves_deleted_records_out(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    customer = shop.add_customer(email="gone@example.com")
+    orders = add_orders(shop, 150)
+    shop.delete_customer(customer)
+    shop.delete_order(orders[40])
+    batches = list(connector_for().list_keys())
+    keys = {(k.record_type, k.external_id) for b in batches for k in b.keys}
+    assert keys == {(t, i) for t, i, _ in shop.ground_truth()}
+    assert ("order", str(orders[40])) not in keys
+    assert [b.complete for b in batches].count(True) == 1 and batches[-1].complete
+    assert batches[-1].listed_types == {"customer", "order"}
+    assert shop.requests_to("/orders") == 3
+
+
+def test_interrupted_list_keys_never_reports_complete(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 150)
+    shop.faults.inject("status", times=10, status=503, path="/orders")
+    seen = []
+    with pytest.raises(RetriableAPIError, match="server error 503"):
+        for batch in connector_for(retry_attempts=2).list_keys():
+            seen.append(batch)
+    assert seen and not any(b.complete for b in seen)
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_rate_limit_is_retried_after_the_wait_asked(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 3)
+    waits: list[float] = []
+    shop.faults.inject("status", status=429, retry_after="1", path="/orders")
+    pulled = records(list(connector_for(sleep=waits.append).pull(None)))
+    assert len(pulled) == 3
+    assert waits == [1.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        status: int) -> None:
+    add_orders(shop, 3)
+    shop.faults.inject("status", times=2, status=status, path="/orders")
+    assert len(records(list(connector_for().pull(None)))) == 3
+    assert shop.faults.injected[f"status:{status}"] == 2
+
+
+def test_html_page_with_200_ends_the_run(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 3)
+    shop.faults.inject("html", path="/orders")
+    with pytest.raises(FatalAPIError, match="maintenance mode"):
+        list(connector_for().pull(None))
+
+
+@pytest.mark.parametrize("kind", ["drop", "truncate"])
+def test_dropped_connections_and_truncated_json_are_retried(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        kind: str) -> None:
+    add_orders(shop, 3)
+    shop.faults.inject(kind, path="/orders")
+    assert len(records(list(connector_for().pull(None)))) == 3
+    assert shop.faults.injected[kind] == 1
+
+
+def test_a_hanging_shop_times_out_and_is_retried(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 3)
+    shop.faults.inject("hang", seconds=0.8, path="/orders")
+    started = time.monotonic()
+    assert len(records(list(connector_for(timeout=0.25).pull(None)))) == 3
+    assert shop.faults.injected["hang"] == 1
+    assert time.monotonic() - started < 0.8
+    # Let the hung handler finish inside this test (it writes to a socket already closed).
+    time.sleep(max(0.0, started + 0.9 - time.monotonic()))
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", ["consumer_key", "consumer_secret"])
+def test_wrong_keys_end_the_run_readably_without_the_keys(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        wrong: str) -> None:
+    bad = "ck_wrong_but_long_enough_1234567890" if wrong == "consumer_key" \
+        else "cs_wrong_but_long_enough_1234567890"
+    connector = connector_for(**{wrong: bad})
+    with pytest.raises(FatalAPIError) as err:
+        list(connector.pull(None))
+    text = str(err.value)
+    assert text.startswith("woo:allmyink: the credentials were refused (401) — "
+                           "woocommerce_rest_authentication_error: ")
+    for secret in (bad, shop.consumer_key, shop.consumer_secret):
+        assert secret not in text
+    assert shop.requests_to("/customers") == 1
+
+
+def signed_url(server: TwinServer, shop: WooCommerceTwin, query: str = "per_page=5",
+               **oauth: Any) -> str:
+    return OAuth(url=f"{server.url}/wp-json/wc/v3/customers?{query}",
+                 consumer_key=shop.consumer_key, consumer_secret=shop.consumer_secret,
+                 version="wc/v3", method="GET", **oauth).get_oauth_url()
+
+
+def test_twin_verifies_oauth_signatures_as_woocommerce_does(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    url = signed_url(server, shop)
+    assert requests.get(url, timeout=5).status_code == 200
+    replay = requests.get(url, timeout=5)
+    assert replay.status_code == 401
+    assert replay.json()["message"] == "Invalid nonce - nonce has already been used."
+    tampered = signed_url(server, shop).replace("per_page=5", "per_page=6", 1)
+    answer = requests.get(tampered, timeout=5)
+    assert answer.status_code == 401
+    assert answer.json() == {"code": "woocommerce_rest_authentication_error",
+                             "message": "Invalid signature - provided signature does not "
+                                        "match.", "data": {"status": 401}}
+    stale = signed_url(server, shop, oauth_timestamp=int(time.time()) - 16 * 60)
+    assert requests.get(stale, timeout=5).json()["message"] == "Invalid timestamp."
+
+
+def test_twin_answers_unauthenticated_lists_with_cannot_view(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    answer = requests.get(f"{server.url}/wp-json/wc/v3/orders", timeout=5)
+    assert answer.status_code == 401
+    assert answer.json()["code"] == "woocommerce_rest_cannot_view"
+
+
+def test_official_woocommerce_package_lists_customers_from_the_twin(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    for n in range(12):
+        shop.add_customer(email=f"p{n}@example.com",
+                          role="shop_manager" if n == 3 else "customer")
+    api = API(url=server.url, consumer_key=shop.consumer_key,
+              consumer_secret=shop.consumer_secret, version="wc/v3")
+    answer = api.get("customers", params={"role": "all", "orderby": "id", "per_page": 10,
+                                         "page": 2})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-WP-Total"] == "12"
+    assert [c["email"] for c in answer.json()] == ["p10@example.com", "p11@example.com"]
+
+
+def test_read_only_key_cannot_write(clock: Clock) -> None:
+    twin = WooCommerceTwin("ro", now=clock, permissions="read")
+    order = twin.add_order(status="completed")
+    with TwinServer(twin) as running:
+        answer = requests.delete(f"{running.url}/wp-json/wc/v3/orders/{order}",
+                                 auth=(twin.consumer_key, twin.consumer_secret), timeout=5)
+    assert answer.status_code == 401
+    assert answer.json()["message"] == "The API key provided does not have write permissions."
+
+
+# -- twin semantics --------------------------------------------------------------------------
+
+
+def test_twin_deletes_as_woocommerce_does(shop: WooCommerceTwin, server: TwinServer) -> None:
+    auth = (shop.consumer_key, shop.consumer_secret)
+    base = f"{server.url}/wp-json/wc/v3"
+    customer = shop.add_customer(email="c@example.com")
+    order = shop.add_order(customer_id=customer, billing={"email": "c@example.com"})
+    assert requests.delete(f"{base}/customers/{customer}", auth=auth,
+                           timeout=5).status_code == 501
+    assert requests.delete(f"{base}/customers/{customer}", auth=auth, params={"force": "true"},
+                           timeout=5).status_code == 200
+    assert shop.orders[order]["customer_id"] == 0
+    trashed = requests.delete(f"{base}/orders/{order}", auth=auth, timeout=5)
+    assert trashed.json()["status"] == "trash"
+    again = requests.delete(f"{base}/orders/{order}", auth=auth, timeout=5)
+    assert again.status_code == 410
+    assert again.json()["code"] == "woocommerce_rest_already_trashed"
+    assert requests.delete(f"{base}/orders/{order}", auth=auth, params={"force": "true"},
+                           timeout=5).status_code == 200
+    assert shop.ground_truth() == set()
+    assert requests.get(f"{base}/orders/{order}", auth=auth, timeout=5).status_code == 404
+
+
+def test_control_api_mutates_the_shop(shop: WooCommerceTwin, server: TwinServer) -> None:
+    control = f"{server.url}/__twin__"
+    made = requests.post(f"{control}/add_customer", timeout=5,
+                         json={"email": "canary@example.com", "first_name": "CANARY-7f3a",
+                               "billing": {"address_1": "CANARY-street"}}).json()["result"]
+    order = requests.post(f"{control}/add_order", timeout=5,
+                          json={"customer_id": made, "status": "processing",
+                                "date_created": "2020-01-01T00:00:00Z",
+                                "billing": {"email": "canary@example.com"}}).json()["result"]
+    assert shop.orders[order]["date_created_gmt"] == "2020-01-01T00:00:00"
+    requests.post(f"{control}/trash_order", json={"id": order}, timeout=5)
+    assert shop.orders[order]["status"] == "trash"
+    truth = requests.post(f"{control}/ground_truth", timeout=5).json()["result"]
+    assert truth == [["customer", str(made), "canary@example.com"],
+                     ["order", str(order), "canary@example.com"]]
+    missing = requests.post(f"{control}/update_order", json={"id": 999999}, timeout=5).json()
+    assert "error" in missing["result"]
+
+
+def test_lookup_finds_the_persons_account_and_orders_including_the_trash(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    account = shop.add_customer(email="Ada.Lovelace@Example.com")
+    own = shop.add_order(customer_id=account, billing={"email": "ada.lovelace@example.com"})
+    other_email = shop.add_order(customer_id=account, billing={"email": "ada@work.example"})
+    guest = shop.add_order(billing={"email": "ADA.LOVELACE@example.com"})
+    shop.trash_order(guest)
+    shop.add_order(billing={"email": "someone.else@example.com"})
+    found = connector_for().lookup(" ada.lovelace@EXAMPLE.com")
+    assert [(f["record_type"], f["external_id"]) for f in found] == [
+        ("customer", str(account)), ("order", str(own)), ("order", str(other_email)),
+        ("order", str(guest))]
+    assert found[-1]["data"]["status"] == "trash"
+
+
+def test_bulk_builds_a_large_shop_fast() -> None:
+    started = time.monotonic()
+    twin = WooCommerceTwin.bulk(2_000, 10_000)
+    assert time.monotonic() - started < 10
+    assert (len(twin.customers), len(twin.orders)) == (2_000, 10_000)
+    assert {o["status"] for o in twin.orders.values()} == {
+        "pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed",
+        "trash"}
+    assert len(twin.ground_truth()) == 12_000
+
+
+def test_order_anonymised_through_put_is_pulled_as_anonymised(
+        shop: WooCommerceTwin, server: TwinServer, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    order = shop.add_order(status="completed", billing={"first_name": "Ada",
+                                                        "email": "ada@example.com"})
+    clock.advance(minutes=5)
+    answer = requests.put(
+        f"{server.url}/wp-json/wc/v3/orders/{order}",
+        auth=(shop.consumer_key, shop.consumer_secret), timeout=5,
+        json={"billing": {"first_name": "[deleted]", "email": "deleted@site.invalid"},
+              "meta_data": [{"key": "_anonymized", "value": "yes"}], "id": 1})
+    assert answer.status_code == 200
+    assert answer.json()["id"] == order
+    assert answer.json()["date_modified_gmt"] == "2026-11-01T06:05:00"
+    (pulled,) = records(list(connector_for().pull(None)), "order")
+    assert pulled.anonymised and pulled.email is None
+    assert Category.NAME not in pulled.categories
+
+
+def test_last_activity_moves_without_moving_date_modified(
+        shop: WooCommerceTwin, clock: Clock,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    customer = shop.add_customer(email="ada@example.com")
+    before = shop.customers[customer]["date_modified_gmt"]
+    clock.advance(days=3)
+    shop.set_last_active(customer, clock())
+    assert shop.customers[customer]["date_modified_gmt"] == before
+    (pulled,) = records(list(connector_for().pull(None)), "customer")
+    assert pulled.last_activity_at == datetime(2026, 11, 4, tzinfo=UTC)
