@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean email-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/privacy-ledger demo --out demo-out
+
+# A headless Chromium screenshot of the demo's email, for a person to look at (not CI).
+email-screenshot: demo
+	$(BIN)/python bench/screenshot_email.py --config demo-out/config.toml --audit --out demo-out/email.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon connectors sandbox tests bench

@@ -68,6 +68,14 @@ def main(ctx: click.Context, config_path: Path) -> None:
     logs.configure(sys.stderr)
 
 
+@main.command("config-example")
+def config_example() -> None:
+    """Print an example config with every key explained (config/example.toml)."""
+    from daemon.config import example_toml
+
+    click.echo(example_toml(), nl=False)
+
+
 def _progress_printer() -> Callable[[str, int], None] | None:
     if not sys.stderr.isatty():
         return None
@@ -153,3 +161,178 @@ def demo(out: Path, people: int, seed: int) -> None:
 
     for line in run_demo(out, people=people, seed=seed):
         click.echo(line)
+
+
+@main.command()
+@click.option("--once", is_flag=True,
+              help="Do one round and exit (for a systemd timer): sync every source (in full "
+                   "when this week's reconciliation is due), audit and email when tonight's "
+                   "is due, deliver the outbox. Exits 1 if anything failed.")
+@click.pass_obj
+def run(app: App, once: bool) -> None:
+    """Run as a daemon: scheduled syncs, the nightly audit and email, outbox retries.
+
+    Speaks systemd's notify protocol (Type=notify); SIGTERM stops after the current batch,
+    SIGHUP reloads the config. Logs are JSON lines when stdout is not a terminal."""
+    from daemon.service import StartupError, run_daemon
+
+    settings = app.settings
+    try:
+        code = run_daemon(app.config_path, settings, once=once)
+    except StartupError as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@main.command()
+@click.pass_obj
+def check(app: App) -> None:
+    """Check the config, the ledger, every source (one small request each) and the SMTP
+    server (connect, STARTTLS, login; nothing is sent). Exits 1 if anything failed."""
+    from daemon.check import run_checks
+
+    rows: list[tuple[str, str, str]] = []
+
+    def show(name: str, ok: bool, detail: str) -> None:
+        rows.append((name, "OK" if ok else "FAIL", detail))
+        click.echo(f"{name:<28} {'OK' if ok else 'FAIL':<6} {detail}")
+
+    click.echo(f"{'CHECK':<28} {'RESULT':<6} DETAIL")
+    try:
+        settings = app.settings
+    except ConfigError as exc:
+        for problem in exc.problems:
+            show("config", False, problem)
+        sys.exit(1)
+    show("config", True, str(app.config_path))
+    for result in run_checks(settings):
+        show(result.name, result.ok, result.detail)
+    if any(status == "FAIL" for _, status, _ in rows):
+        sys.exit(1)
+
+
+@main.command("report")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the HTML email to this file and print its path.")
+@click.option("--text", "show_text", is_flag=True, help="Print the plain-text part.")
+@click.option("--send", is_flag=True,
+              help="Queue the email in the outbox and deliver what is due there.")
+@click.pass_obj
+def report_command(app: App, out: Path | None, show_text: bool, send: bool) -> None:
+    """The morning email, computed from the ledger: print it (the default), save its HTML,
+    or send it. A send that fails leaves the email in the outbox to be retried."""
+    from daemon import mail
+    from daemon.report import digest_for, render
+
+    settings = app.settings
+    if send and settings.report is None:
+        raise ConfigError([f"{app.config_path}: report --send needs a [report] section with "
+                           "recipients and sender"])
+    if send and settings.smtp is None:
+        raise ConfigError([f"{app.config_path}: report --send needs an [smtp] section with "
+                           "at least host (and port, security, username, password as needed)"])
+    ledger = app.ledger()
+    try:
+        rendered = render(digest_for(ledger, settings))
+        if out is not None:
+            try:
+                out.write_text(rendered.html, encoding="utf-8")
+            except OSError as exc:
+                raise click.FileError(str(out), hint=exc.strerror) from None
+            click.echo(str(out))
+        if show_text or not (out or send):
+            click.echo(rendered.text, nl=False)
+        if not send or settings.report is None or settings.smtp is None:
+            return
+        mail.enqueue(ledger, rendered, settings.report)
+        result = mail.deliver_pending(ledger, settings.smtp)
+        retry_at = mail.next_attempt(ledger)
+    finally:
+        ledger.close()
+    click.echo(f"sent {result.sent} email{'s' if result.sent != 1 else ''}")
+    for error in result.errors:
+        click.echo(f"delivery failed: {error}", err=True)
+    if result.failed:
+        when = f" (next attempt {retry_at:%Y-%m-%d %H:%M} UTC)" if retry_at else ""
+        click.echo(f"the email stays in the outbox and will be retried{when}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array (rule, severity, source, record_type, external_id, "
+                   "email, first_detected, last_detected, status, detail).")
+@click.option("--rule", "rule_ids", multiple=True, metavar="ID",
+              help="Only this rule (repeatable).")
+@click.option("--source", "source_names", multiple=True, metavar="NAME",
+              help="Show only findings of this source: woo:<shop>, a shop name, stripe, "
+                   "mailchimp:<audience> (repeatable).")
+@click.pass_obj
+def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
+          source_names: tuple[str, ...]) -> None:
+    """Run the retention rules, update the findings and list the current ones."""
+    from zoneinfo import ZoneInfo
+
+    from daemon.audit import (
+        UnknownRuleError,
+        UnknownSourceError,
+        current_findings,
+        format_findings,
+        rules_for,
+        run_audit,
+    )
+
+    try:
+        rules = [rule.id for rule in rules_for(rule_ids or None)]
+    except UnknownRuleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rule") from None
+    ledger = app.ledger()
+    try:
+        result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli")
+        findings = current_findings(ledger, now=result.at, rules=rules,
+                                    sources=source_names or None)
+    except UnknownSourceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--source") from None
+    finally:
+        ledger.close()
+    if as_json:
+        click.echo(json.dumps([finding.to_json() for finding in findings], indent=2,
+                              ensure_ascii=False))
+        return
+    for line in format_findings(findings, result=result, zone=ZoneInfo(app.settings.timezone)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("rule")
+@click.argument("source")
+@click.argument("external_id")
+@click.option("--reason", required=True,
+              help="Why the finding is accepted (a legal hold, a dispute); kept in the trail.")
+@click.option("--until", "until_day", metavar="DATE",
+              help="Last day the acknowledgement holds (YYYY-MM-DD); absent: until resolved.")
+@click.option("--record-type", metavar="TYPE",
+              help="customer, order, …: only when the source has two records with this id.")
+@click.pass_obj
+def ack(app: App, rule: str, source: str, external_id: str, reason: str,
+        until_day: str | None, record_type: str | None) -> None:
+    """Acknowledge a finding: RULE SOURCE EXTERNAL_ID (use - for a source's own finding)."""
+    from daemon.audit import AuditError, acknowledge, until_end_of
+
+    try:
+        until = until_end_of(until_day) if until_day is not None else None
+    except AuditError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until") from None
+    ledger = app.ledger()
+    try:
+        finding = acknowledge(ledger, rule, source, external_id, reason=reason, until=until,
+                              record_type=record_type, actor="cli")
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    record = " ".join(part for part in (finding.source, finding.record_type,
+                                        finding.external_id) if part)
+    held = f" until {until_day}" if until_day else ""
+    click.echo(f"acknowledged{held}: {finding.rule} {record}")

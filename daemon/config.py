@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -243,6 +243,8 @@ class MailchimpSettings(_Section):
     def _routable(self) -> MailchimpSettings:
         if self.base_url is None:
             mailchimp_connector.data_centre_url(self.api_key.get_secret_value())
+        else:
+            mailchimp_connector.check_base_url(self.base_url)
         return self
 
     def to_connector(self) -> mailchimp_connector.Settings:
@@ -308,6 +310,196 @@ class RetentionSettings(_Section):
         examples=["2d"])
 
 
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def _address(value: str) -> str:
+    address = value.strip()
+    if not _ADDRESS.match(address):
+        raise ValueError(f"{value!r} is not an email address (write it as name@example.com)")
+    return address
+
+
+class ReportSettings(_Section):
+    """The nightly email: who gets it and how much it lists."""
+
+    recipients: list[str] = Field(
+        description="Who receives the nightly email (at least one address).",
+        examples=[["owner@allmyink.example"]])
+    sender: str = Field(
+        description="The From address; its domain also names the Message-ID.",
+        examples=["privacy-ledger@allmyink.example"])
+    max_per_rule: int = Field(
+        default=10, ge=1, le=1000,
+        description="New findings listed per rule; the email says how many more and the "
+                    "command that lists them all.", examples=[10])
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("no recipients: list at least one address, e.g. "
+                             "recipients = [\"owner@example.com\"]")
+        return [_address(item) for item in value]
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _address(value)
+
+
+class SmtpSettings(_Section):
+    """The mail server that delivers the nightly email."""
+
+    host: str = Field(description="SMTP server name or address.", examples=["smtp.example.com"])
+    port: int = Field(default=587, ge=1, le=65535,
+                      description="SMTP port: 587 for STARTTLS, 465 for implicit TLS, 25 for a "
+                                  "local relay.", examples=[587])
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls: upgrade a plain connection (port 587); tls: TLS from the first "
+                    "byte (port 465); none: no encryption (a relay on localhost only).",
+        examples=["starttls"])
+    username: str | None = Field(default=None,
+                                 description="Login name; absent: no AUTH.",
+                                 examples=["privacy-ledger@example.com"])
+    password: Secret | None = Field(default=None,
+                                    description="Login password, as a secret reference.",
+                                    examples=["credential:smtp-password"])
+    timeout: Period = Field(default=timedelta(seconds=30),
+                            description="How long to wait for the server at each step.",
+                            examples=["30s"])
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authority (or self-signed certificate) to "
+                    "trust for this server; absent: the system's trust store.",
+        examples=["/etc/privacy-ledger/smtp-ca.pem"])
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        host = value.strip()
+        if not host or any(c.isspace() or c in "/:@" for c in host):
+            raise ValueError(f"{value!r} is not a host name (write e.g. smtp.example.com, "
+                             "and the port in smtp.port)")
+        return host
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("the timeout must be more than zero, e.g. 30s")
+        return value
+
+    @model_validator(mode="after")
+    def _login(self) -> SmtpSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both smtp.username and smtp.password, or neither")
+        if self.username is not None and self.security == "none":
+            raise ValueError("a login over security = \"none\" would send the password in "
+                             "clear: use \"starttls\" or \"tls\"")
+        return self
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _clock(value: str) -> tuple[int, int]:
+    match = _CLOCK.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a time of day: write HH:MM on a 24-hour clock, "
+                         "e.g. \"06:00\"")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _weekday(value: str) -> int:
+    word = value.strip().lower()
+    for index, day in enumerate(_WEEKDAYS):
+        if word in (day, day[:3]):
+            return index
+    raise ValueError(f"{value!r} is not a day of the week: write mon, tue, wed, thu, fri, "
+                     "sat or sun")
+
+
+class ScheduleSettings(_Section):
+    """When `privacy-ledger run` does what. Times of day are local times in the zone named by
+    the top-level `timezone` key; periods take a unit (s, min, h, d)."""
+
+    sync_interval: Period = Field(
+        default=timedelta(hours=1),
+        description="How often each source is synced incrementally (what changed since its "
+                    "last run).", examples=["1h"])
+    sync_jitter: Period = Field(
+        default=timedelta(minutes=5),
+        description="Each sync starts up to this much later than its interval says, so that "
+                    "sources (and several daemons) do not all call out at once. At most a "
+                    "quarter of sync_interval.", examples=["5min"])
+    full_sync: str = Field(
+        default="sun 03:00",
+        description="The weekly full reconciliation, as a day and a local time: every source "
+                    "is listed in full and what is no longer upstream is marked gone.",
+        examples=["sun 03:00"])
+    audit_at: str = Field(
+        default="06:00",
+        description="Local time (HH:MM, 24-hour clock) of the nightly audit and email. A "
+                    "daemon that was down at that time audits as soon as it is back (once).",
+        examples=["06:00"])
+    outbox_interval: Period = Field(
+        default=timedelta(minutes=5),
+        description="How often emails the mail server has not accepted yet are retried.",
+        examples=["5min"])
+    misfire_grace: Period = Field(
+        default=timedelta(hours=6),
+        description="How late the nightly audit or the weekly reconciliation may still start "
+                    "(after a suspend, a clock step or a long job) instead of waiting for the "
+                    "next one.", examples=["6h"])
+
+    @field_validator("sync_interval", "outbox_interval", "misfire_grace")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("full_sync")
+    @classmethod
+    def _day_and_time(cls, value: str) -> str:
+        parts = value.split()
+        if len(parts) != 2:
+            raise ValueError(f"{value!r}: write a day and a time, e.g. \"sun 03:00\"")
+        day, (hour, minute) = _weekday(parts[0]), _clock(parts[1])
+        return f"{_WEEKDAYS[day][:3]} {hour:02d}:{minute:02d}"
+
+    @field_validator("audit_at")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        hour, minute = _clock(value)
+        return f"{hour:02d}:{minute:02d}"
+
+    @model_validator(mode="after")
+    def _jitter_fits(self) -> ScheduleSettings:
+        if self.sync_jitter * 4 > self.sync_interval:
+            raise ValueError(f"sync_jitter ({int(self.sync_jitter.total_seconds())}s) must be at "
+                             f"most a quarter of sync_interval "
+                             f"({int(self.sync_interval.total_seconds())}s)")
+        return self
+
+    @property
+    def audit_time(self) -> tuple[int, int]:
+        """(hour, minute) of the nightly audit, local time."""
+        return _clock(self.audit_at)
+
+    @property
+    def full_sync_weekday(self) -> int:
+        """Day of the weekly full reconciliation, Monday = 0."""
+        return _weekday(self.full_sync.split()[0])
+
+    @property
+    def full_sync_time(self) -> tuple[int, int]:
+        return _clock(self.full_sync.split()[1])
+
+
 class Settings(_Section):
     """The whole config file."""
 
@@ -319,6 +511,13 @@ class Settings(_Section):
     timezone: str = Field(default="Europe/London",
                           description="Local time zone for schedules and the email.",
                           examples=["Europe/London"])
+    report: ReportSettings | None = Field(
+        default=None, description="The nightly email; absent: no email is sent.")
+    smtp: SmtpSettings | None = Field(
+        default=None, description="The mail server that delivers the nightly email.")
+    schedule: ScheduleSettings = Field(
+        default_factory=ScheduleSettings,
+        description="When the daemon (privacy-ledger run) syncs, audits and emails.")
 
     @field_validator("woocommerce")
     @classmethod
@@ -435,10 +634,18 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, timedelta):
-        return _toml_value(f"{int(value.total_seconds())}s")
+        return _toml_value(_period_text(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _period_text(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _section_lines(model: type[BaseModel]) -> list[str]:
@@ -450,6 +657,9 @@ def _section_lines(model: type[BaseModel]) -> list[str]:
             lines.append(f"# default: {_toml_value(info.default)}")
         if not info.is_required() and not info.examples:
             lines.append(f"# {name} =")
+        elif not info.is_required() and info.default is None and info.default_factory is None:
+            # Optional with no default: shown commented, so the example runs as the default.
+            lines.append(f"# {name} = {_toml_value(info.examples[0])}")
         else:
             lines.append(f"{name} = {_toml_value(info.examples[0])}")
         lines.append("")

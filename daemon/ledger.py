@@ -92,6 +92,8 @@ class Holding(Base):
         UniqueConstraint("source_id", "record_type", "external_id", name="uq_holding_key"),
         Index("ix_holdings_subject", "subject_id"),
         Index("ix_holdings_source_seen", "source_id", "record_type", "last_seen"),
+        # The audit finds a customer's orders and charges by their parent id.
+        Index("ix_holdings_parent", "source_id", "record_type", "parent_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -11,7 +11,7 @@ from connectors.base import Connector
 from connectors.http import APIError
 from daemon.config import Settings
 from daemon.ledger import Ledger
-from daemon.sync import ProgressCallback, SyncResult, retire_sources, sync_source
+from daemon.sync import ProgressCallback, StopCheck, SyncResult, retire_sources, sync_source
 
 REGISTRY = {"woocommerce": woocommerce, "stripe": stripe, "mailchimp": mailchimp}
 
@@ -44,25 +44,32 @@ def opened(connector: Connector) -> Iterator[Connector]:
 
 def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = None,
                     full: bool = False,
-                    progress: ProgressCallback | None = None) -> list[SyncResult]:
+                    progress: ProgressCallback | None = None,
+                    should_stop: StopCheck | None = None) -> list[SyncResult]:
     """Sync every selected source, one after the other; one source failing never stops
-    the others."""
+    the others. `should_stop` ends the work between batches and between sources."""
     results: list[SyncResult] = []
     for name in select_names(settings, only):
+        if should_stop is not None and should_stop():
+            break
         if name.startswith("woo:"):
             shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
             with opened(woocommerce.connect(shop.to_connector())) as connector:
-                results.append(sync_source(ledger, connector, full=full, progress=progress))
+                results.append(sync_source(ledger, connector, full=full, progress=progress,
+                                           should_stop=should_stop))
         elif name == "stripe" and settings.stripe is not None:
             with opened(stripe.connect(settings.stripe.to_connector())) as connector:
-                results.append(sync_source(ledger, connector, full=full, progress=progress))
+                results.append(sync_source(ledger, connector, full=full, progress=progress,
+                                           should_stop=should_stop))
         elif name == "mailchimp" and settings.mailchimp is not None:
-            results.extend(_sync_mailchimp(ledger, settings, full=full, progress=progress))
+            results.extend(_sync_mailchimp(ledger, settings, full=full, progress=progress,
+                                           should_stop=should_stop))
     return results
 
 
 def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
-                    progress: ProgressCallback | None) -> list[SyncResult]:
+                    progress: ProgressCallback | None,
+                    should_stop: StopCheck | None = None) -> list[SyncResult]:
     assert settings.mailchimp is not None  # noqa: S101 - guarded by the caller
     account = mailchimp.connect(settings.mailchimp.to_connector())
     try:
@@ -72,7 +79,10 @@ def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
     results = []
     for connector in audiences:
         with opened(connector):
-            results.append(sync_source(ledger, connector, full=full, progress=progress))
+            if should_stop is not None and should_stop():
+                continue
+            results.append(sync_source(ledger, connector, full=full, progress=progress,
+                                       should_stop=should_stop))
     if account.listing_complete and not settings.mailchimp.audiences:
         retire_sources(ledger, "mailchimp:", [c.source for c in audiences])
     return results

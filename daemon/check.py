@@ -1,0 +1,120 @@
+"""`privacy-ledger check`: is everything the daemon needs reachable with the configured
+credentials? The ledger (opened, migrations run), one small authenticated request to every
+source, and the SMTP server (connect, STARTTLS, AUTH — nothing sent). Each check gives OK or
+FAIL and the reason; one failing never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from connectors import mailchimp, stripe, woocommerce
+from connectors.http import APIError
+from daemon.ledger import Ledger, LedgerError, describe_url
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _count(value: Any, word: str) -> str:
+    try:
+        return f"{int(value):,} {word}"
+    except (TypeError, ValueError):
+        return f"{word} readable"
+
+
+def _once(settings: Any) -> Any:
+    """Connector settings that try once: a check reports, it does not wait out retries."""
+    return dataclasses.replace(settings, retry_attempts=1)
+
+
+def _probe_shop(shop: Any) -> str:
+    connector = woocommerce.connect(_once(shop.to_connector()))
+    try:
+        _, response = connector.client.get_json("orders", {"per_page": 1, "_fields": "id"})
+        return f"{_count(response.headers.get('X-WP-Total'), 'orders')}"
+    finally:
+        connector.close()
+
+
+def _probe_stripe(settings: Any) -> str:
+    connector = stripe.connect(_once(settings.to_connector()))
+    try:
+        body, _ = connector.http.get_json("/v1/customers", {"limit": 1})
+        if not isinstance(body, dict) or body.get("object") != "list":
+            return "answered, but not with a Stripe list: check base_url"
+        return "customers readable"
+    finally:
+        connector.close()
+
+
+def _probe_mailchimp(settings: Any) -> str:
+    account = mailchimp.connect(_once(settings.to_connector()))
+    try:
+        body, _ = account.client.get_json("lists", {"count": 1, "fields": "total_items"})
+        total = body.get("total_items") if isinstance(body, dict) else None
+        return _count(total, "audiences")
+    finally:
+        account.close()
+
+
+def _probe_smtp(settings: Any) -> str:
+    from daemon import mail
+
+    server = mail._connect(settings)
+    mail._close(server)
+    steps = ["connected"]
+    if settings.security == "starttls":
+        steps.append("STARTTLS")
+    elif settings.security == "tls":
+        steps.append("TLS")
+    if settings.username:
+        steps.append(f"logged in as {settings.username}")
+    return ", ".join(steps) + " (nothing sent)"
+
+
+def _attempt(name: str, probe: Callable[[], str]) -> CheckResult:
+    from daemon.mail import MailError
+
+    try:
+        return CheckResult(name, True, probe())
+    except APIError as exc:
+        return CheckResult(name, False, exc.message)
+    except (MailError, LedgerError, ValueError) as exc:
+        return CheckResult(name, False, str(exc))
+    except OSError as exc:
+        return CheckResult(name, False, f"{type(exc).__name__}: {exc.strerror or exc}")
+
+
+def _probe_ledger(url: str) -> str:
+    ledger = Ledger.open(url)
+    try:
+        return f"{describe_url(url)}: schema up to date"
+    finally:
+        ledger.close()
+
+
+def run_checks(settings: Settings) -> Iterator[CheckResult]:
+    """Every check, in order, as it completes."""
+    yield _attempt("ledger", lambda: _probe_ledger(settings.ledger.database_url))
+    for shop in settings.woocommerce:
+        yield _attempt(f"woo:{shop.name}", lambda shop=shop: _probe_shop(shop))
+    if settings.stripe is not None:
+        yield _attempt("stripe", lambda: _probe_stripe(settings.stripe))
+    if settings.mailchimp is not None:
+        yield _attempt("mailchimp", lambda: _probe_mailchimp(settings.mailchimp))
+    if settings.smtp is not None:
+        yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
+    elif settings.report is not None:
+        yield CheckResult("smtp", False, "[report] is set but [smtp] is not: the nightly "
+                                         "email would wait in the outbox")

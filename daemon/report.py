@@ -1,0 +1,576 @@
+"""The nightly digest: the one email the owner reads each morning, computed from the ledger
+only (holdings, findings, sync runs and the outbox) and rendered through three Jinja2
+templates (daemon/templates/digest.subject.txt, digest.txt, digest.html).
+
+`build_digest` gathers the figures into frozen dataclasses with set-based queries;
+`render` turns a digest into a subject, a plain-text part and an HTML part;
+`render_digest` does both for the configured settings (the demo and the CLI call it).
+Every string that came from upstream (emails, ids, errors) is made safe to show here:
+controls and bidi overrides replaced, length capped; the HTML template escapes it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import and_, case, distinct, func, or_, select
+from sqlalchemy.orm import Session
+
+from connectors.base import Category, utcnow
+from daemon import audit
+from daemon.ledger import Finding, Holding, Ledger, OutboxMessage, Source, Subject, SyncRun
+from daemon.mail import RenderedEmail
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+
+DIGEST_KIND = "digest"
+DEFAULT_WINDOW = timedelta(hours=24)
+DEFAULT_STALE_AFTER = timedelta(days=2)
+DEFAULT_CAP = 10
+TEMPLATES = Path(__file__).with_name("templates")
+
+# Email headings for the audit's rules; severity, reason and action come from daemon/audit.py.
+RULE_TITLES: dict[str, str] = {
+    "inactive-account": "Inactive shop accounts",
+    "order-past-retention": "Orders past retention",
+    "unpaid-order-past-retention": "Unpaid orders past retention",
+    "network-data-past-retention": "IP addresses and browsers kept too long",
+    "processor-copy-orphaned": "Stripe and Mailchimp copies of people no shop holds",
+    "stripe-customer-inactive": "Stripe customers with no recent charge",
+    "mailchimp-contact-retained": "Former Mailchimp contacts still held",
+    "card-number-exposed": "Full card numbers stored",
+    "sync-stale": "Systems the ledger cannot see",
+}
+
+
+@dataclass(frozen=True)
+class RuleText:
+    """How the email names a rule, how bad it is and why it matters."""
+
+    title: str
+    severity: str
+    reason: str
+
+
+def rule_text(rule: str, severity: str = "medium") -> RuleText:
+    """The rule's heading, severity and reason (a rule the audit no longer knows keeps the
+    severity stored with its findings)."""
+    spec = audit.RULES.get(rule)
+    if spec is None:
+        return RuleText(shown(rule, 60), severity, "")
+    return RuleText(RULE_TITLES.get(rule, spec.finds[:1].upper() + spec.finds[1:]),
+                    spec.severity, spec.reason)
+
+
+def _rank(severity: str, rule: str) -> tuple[int, int, str]:
+    order = audit.SEVERITIES
+    rules = audit.RULE_IDS
+    return (order.index(severity) if severity in order else len(order),
+            rules.index(rule) if rule in rules else len(rules), rule)
+
+
+def action_for(rule: str, source: str, kind: str, record_type: str, external_id: str,
+               email: str, last_sync: datetime | None = None) -> str:
+    """What to do about one finding, in the words of the audit's rule."""
+    spec = audit.RULES.get(rule)
+    if spec is None:
+        return f"review {record_type or 'record'} {external_id} in {source_label(source)}"
+    return audit._action(spec, kind, source, record_type, external_id, email, last_sync)
+
+
+def list_command(rule: str) -> str:
+    """The command that lists every finding of a rule."""
+    return f"privacy-ledger audit --rule {rule}"
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class Headline:
+    people: int
+    systems: int
+    open: int
+    new: int
+    resolved: int
+    acknowledged: int
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    """One system: records held, people held, and people held per category."""
+
+    source: str
+    label: str
+    records: int
+    people: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FindingItem:
+    """One new finding: the record it is about and what to do, in the owner's words."""
+
+    source: str
+    record_type: str
+    external_id: str
+    email: str
+    action: str
+    detail: str
+    first_detected: datetime
+
+
+@dataclass(frozen=True)
+class RuleGroup:
+    rule: str
+    title: str
+    severity: str
+    reason: str
+    total: int
+    items: tuple[FindingItem, ...]
+    more: int
+    list_command: str
+
+
+@dataclass(frozen=True)
+class RuleCount:
+    rule: str
+    title: str
+    severity: str
+    new: int
+    open: int
+    acknowledged: int
+    resolved: int
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """One system's sync: `state` is failed, never, stale or ok (problems first)."""
+
+    source: str
+    label: str
+    state: str
+    last_success: datetime | None
+    last_failure: datetime | None
+    last_error: str
+    records_seen: int | None
+
+    @property
+    def problem(self) -> bool:
+        return self.state != "ok"
+
+
+@dataclass(frozen=True)
+class DeliveryProblem:
+    """An earlier email that did not go through at the first try."""
+
+    subject: str
+    created_at: datetime
+    attempts: int
+    last_error: str
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Digest:
+    generated_at: datetime
+    since: datetime
+    timezone: str
+    headline: Headline
+    categories: tuple[str, ...]
+    matrix: tuple[MatrixRow, ...]
+    new_by_rule: tuple[RuleGroup, ...]
+    rule_counts: tuple[RuleCount, ...]
+    sync: tuple[SyncHealth, ...]
+    delivery_problems: tuple[DeliveryProblem, ...]
+    # The systems with open findings, as the subject line names them.
+    open_systems: tuple[str, ...] = field(default=())
+
+    @property
+    def sync_problems(self) -> tuple[SyncHealth, ...]:
+        return tuple(s for s in self.sync if s.problem)
+
+    @property
+    def verdict(self) -> str:
+        """blind (a system not synced), action (open findings) or well."""
+        if self.sync_problems:
+            return "blind"
+        return "action" if self.headline.open else "well"
+
+    @property
+    def matrix_max(self) -> int:
+        return max((c for row in self.matrix for c in row.counts), default=0)
+
+
+# --------------------------------------------------------------------------- text safety
+
+_BIDI = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                "\u2066\u2067\u2068\u2069"), "\ufffd")
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A value from upstream made safe to show in one line: bidi overrides and controls
+    replaced (they could reorder what the owner reads), whitespace collapsed, length capped."""
+    if value is None:
+        return ""
+    text = str(value).translate(_BIDI)
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def source_label(name: str) -> str:
+    """woo:allmyink → allmyink, stripe → Stripe, mailchimp:abc → Mailchimp abc."""
+    kind, _, rest = name.partition(":")
+    if kind == "woo":
+        return shown(rest, 60)
+    if kind == "stripe":
+        return "Stripe"
+    if kind == "mailchimp":
+        return f"Mailchimp {shown(rest, 40)}".strip()
+    return shown(name, 60)
+
+
+def system_order(name: str) -> tuple[int, str]:
+    """Shops first, then Stripe, then Mailchimp, each by name."""
+    kind = name.partition(":")[0]
+    return ({"woo": 0, "stripe": 1, "mailchimp": 2}.get(kind, 3), name)
+
+
+def _system(name: str) -> str:
+    """The system as the subject line names it: the shop, Stripe or Mailchimp."""
+    return "Mailchimp" if name.startswith("mailchimp") else source_label(name)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _acknowledged(now: datetime) -> Any:
+    return and_(Finding.acknowledged_at.is_not(None),
+                or_(Finding.ack_until.is_(None), Finding.ack_until > now))
+
+
+def _previous_digest(session: Session, now: datetime) -> datetime | None:
+    return session.scalar(select(func.max(OutboxMessage.created_at)).where(
+        OutboxMessage.kind == DIGEST_KIND, OutboxMessage.created_at < now))
+
+
+def _headline_counts(session: Session) -> tuple[int, int]:
+    people = session.scalar(
+        select(func.count(distinct(Holding.subject_id)))
+        .join(Source, Source.id == Holding.source_id)
+        .where(Holding.gone_at.is_(None), Source.gone_at.is_(None),
+               Holding.subject_id.is_not(None))) or 0
+    systems = session.scalar(select(func.count(Source.id)).where(Source.gone_at.is_(None))) or 0
+    return people, systems
+
+
+def _matrix(session: Session) -> tuple[tuple[str, ...], tuple[MatrixRow, ...]]:
+    everything = [str(c) for c in Category]
+    per_category = [
+        func.count(distinct(case((Holding.categories.like(f"%,{c},%"), Holding.subject_id))))
+        for c in everything
+    ]
+    rows = session.execute(
+        select(Source.name, func.count(Holding.id), func.count(distinct(Holding.subject_id)),
+               *per_category)
+        .select_from(Source)
+        .outerjoin(Holding, and_(Holding.source_id == Source.id, Holding.gone_at.is_(None)))
+        .where(Source.gone_at.is_(None))
+        .group_by(Source.id, Source.name)
+    ).all()
+    rows = sorted(rows, key=lambda row: system_order(row[0]))
+    used = [i for i, _ in enumerate(everything) if any(row[3 + i] for row in rows)]
+    categories = tuple(everything[i] for i in used)
+    matrix = tuple(
+        MatrixRow(source=shown(row[0], 80), label=source_label(row[0]), records=row[1],
+                  people=row[2], counts=tuple(row[3 + i] for i in used))
+        for row in rows
+    )
+    return categories, matrix
+
+
+def _rule_counts(session: Session, now: datetime, since: datetime) -> tuple[RuleCount, ...]:
+    acked = _acknowledged(now)
+    unresolved = Finding.resolved_at.is_(None)
+
+    def count_where(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    rows = session.execute(
+        select(Finding.rule, func.max(Finding.severity),
+               count_where(and_(unresolved, ~acked, Finding.first_detected >= since)),
+               count_where(and_(unresolved, ~acked)),
+               count_where(and_(unresolved, acked)),
+               count_where(Finding.resolved_at >= since))
+        .group_by(Finding.rule)
+    ).all()
+    counts = []
+    for rule, severity, new, open_, acknowledged, resolved in rows:
+        if not (new or open_ or acknowledged or resolved):
+            continue
+        text = rule_text(rule, severity)
+        counts.append(RuleCount(rule=rule, title=text.title, severity=text.severity,
+                                new=int(new or 0), open=int(open_ or 0),
+                                acknowledged=int(acknowledged or 0), resolved=int(resolved or 0)))
+    counts.sort(key=lambda c: _rank(c.severity, c.rule))
+    return tuple(counts)
+
+
+def _finding_query() -> Any:
+    source_id = func.coalesce(Finding.source_id, Holding.source_id)
+    subject_id = func.coalesce(Finding.subject_id, Holding.subject_id)
+    return (
+        select(Finding.rule, Finding.first_detected, Finding.detail, Source.name, Source.kind,
+               Holding.record_type, Holding.external_id, Subject.email)
+        .select_from(Finding)
+        .outerjoin(Holding, Holding.id == Finding.holding_id)
+        .outerjoin(Source, Source.id == source_id)
+        .outerjoin(Subject, Subject.id == subject_id)
+    )
+
+
+def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
+                since: datetime, cap: int,
+                last_success: dict[str, datetime | None]) -> tuple[RuleGroup, ...]:
+    groups = []
+    for count in counts:
+        if not count.new:
+            continue
+        rows = session.execute(
+            _finding_query()
+            .where(Finding.rule == count.rule, Finding.resolved_at.is_(None),
+                   ~_acknowledged(now), Finding.first_detected >= since)
+            .order_by(Finding.first_detected, Finding.id)
+            .limit(cap)
+        ).all()
+        items = []
+        for rule, first, detail, source, kind, record_type, external_id, email in rows:
+            name = shown(source, 80)
+            ident, address, what = shown(external_id, 60), shown(email, 80), shown(record_type, 40)
+            items.append(FindingItem(
+                source=source_label(source or ""), record_type=what, external_id=ident,
+                email=address, detail=shown(detail, 200), first_detected=first,
+                action=shown(action_for(rule, name, kind or "", what, ident, address,
+                                        last_success.get(name)), 300)))
+        groups.append(RuleGroup(rule=count.rule, title=count.title, severity=count.severity,
+                                reason=rule_text(count.rule, count.severity).reason,
+                                total=count.new, items=tuple(items),
+                                more=max(0, count.new - len(items)),
+                                list_command=list_command(count.rule)))
+    return tuple(groups)
+
+
+def _open_systems(session: Session, now: datetime) -> tuple[str, ...]:
+    """The subject line's list: the shop with most open findings, "N more shops", then
+    Stripe and Mailchimp."""
+    source_id = func.coalesce(Finding.source_id, Holding.source_id)
+    rows = session.execute(
+        select(Source.name, func.count(Finding.id))
+        .select_from(Finding)
+        .outerjoin(Holding, Holding.id == Finding.holding_id)
+        .join(Source, Source.id == source_id)
+        .where(Finding.resolved_at.is_(None), ~_acknowledged(now))
+        .group_by(Source.name)
+    ).all()
+    open_count = {name: count for name, count in rows}
+    shops = sorted((name for name in open_count if name.startswith("woo:")),
+                   key=lambda name: (-open_count[name], name))
+    names: list[str] = []
+    if shops:
+        names.append(source_label(shops[0]))
+        if len(shops) > 1:
+            more = len(shops) - 1
+            names.append(f"{more} more shop{'s' if more > 1 else ''}")
+    others = {_system(name) for name in open_count if not name.startswith("woo:")}
+    names.extend(sorted(others, key=lambda n: ({"Stripe": 0, "Mailchimp": 1}.get(n, 2), n)))
+    return tuple(names)
+
+
+_STATE_ORDER = {"failed": 0, "never": 1, "stale": 2, "ok": 3}
+
+
+def _sync_health(session: Session, now: datetime, stale_after: timedelta,
+                 configured: Sequence[str]) -> tuple[SyncHealth, ...]:
+    health = []
+    sources = session.execute(select(Source.id, Source.name).where(Source.gone_at.is_(None))
+                              .order_by(Source.name)).all()
+    for source_id, name in sources:
+        success = session.execute(
+            select(SyncRun.finished_at, SyncRun.records_seen)
+            .where(SyncRun.source_id == source_id, SyncRun.status == "success",
+                   SyncRun.mode.in_(audit.PULL_MODES))
+            .order_by(SyncRun.finished_at.desc()).limit(1)).first()
+        failure = session.execute(
+            select(func.coalesce(SyncRun.finished_at, SyncRun.started_at), SyncRun.error)
+            .where(SyncRun.source_id == source_id, SyncRun.status == "failed")
+            .order_by(func.coalesce(SyncRun.finished_at, SyncRun.started_at).desc())
+            .limit(1)).first()
+        last_ok = success[0] if success else None
+        last_failed = failure[0] if failure else None
+        if last_failed is not None and (last_ok is None or last_failed > last_ok):
+            state = "failed"
+        elif last_ok is None:
+            state = "never"
+        elif now - last_ok > stale_after:
+            state = "stale"
+        else:
+            state = "ok"
+        health.append(SyncHealth(
+            source=shown(name, 80), label=source_label(name), state=state,
+            last_success=last_ok,
+            last_failure=last_failed, last_error=shown(failure[1] if failure else "", 300),
+            records_seen=success[1] if success else None))
+    known = [name for _, name in sources]
+    for name in configured:
+        if not any(k == name or k.startswith(f"{name}:") for k in known):
+            health.append(SyncHealth(source=shown(name, 80), label=source_label(name),
+                                     state="never",
+                                     last_success=None, last_failure=None, last_error="",
+                                     records_seen=None))
+    health.sort(key=lambda h: (_STATE_ORDER[h.state], system_order(h.source)))
+    return tuple(health)
+
+
+def _delivery_problems(session: Session, since: datetime) -> tuple[DeliveryProblem, ...]:
+    rows = session.execute(
+        select(OutboxMessage.subject, OutboxMessage.created_at, OutboxMessage.attempts,
+               OutboxMessage.last_error, OutboxMessage.sent_at)
+        .where(OutboxMessage.attempts > 0, OutboxMessage.last_error.is_not(None),
+               or_(OutboxMessage.status != "sent", OutboxMessage.sent_at >= since))
+        .order_by(OutboxMessage.created_at).limit(20)
+    ).all()
+    return tuple(DeliveryProblem(subject=shown(subject, 120), created_at=created,
+                                 attempts=attempts, last_error=shown(error, 300),
+                                 delivered_at=sent)
+                 for subject, created, attempts, error, sent in rows)
+
+
+def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime | None = None,
+                 cap_per_rule: int = DEFAULT_CAP, timezone: str = "UTC",
+                 stale_after: timedelta = DEFAULT_STALE_AFTER,
+                 configured_sources: Sequence[str] = ()) -> Digest:
+    """Everything the morning email says, from the ledger. `since` defaults to when the
+    previous digest was queued (or 24 hours ago); `configured_sources` names sources from the
+    config so that one never synced still shows."""
+    now = now or utcnow()
+    if cap_per_rule < 1:
+        raise ValueError(f"cap_per_rule must be at least 1, not {cap_per_rule}")
+    ZoneInfo(timezone)
+    with ledger.sessions() as session:
+        if since is None:
+            since = _previous_digest(session, now) or now - DEFAULT_WINDOW
+        people, systems = _headline_counts(session)
+        categories, matrix = _matrix(session)
+        counts = _rule_counts(session, now, since)
+        health = _sync_health(session, now, stale_after, configured_sources)
+        groups = _new_groups(session, counts, now, since, cap_per_rule,
+                             {h.source: h.last_success for h in health})
+        delivery = _delivery_problems(session, since)
+        open_systems = _open_systems(session, now)
+    headline = Headline(people=people, systems=systems,
+                        open=sum(c.open for c in counts), new=sum(c.new for c in counts),
+                        resolved=sum(c.resolved for c in counts),
+                        acknowledged=sum(c.acknowledged for c in counts))
+    return Digest(generated_at=now, since=since, timezone=timezone, headline=headline,
+                  categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
+                  sync=health, delivery_problems=delivery, open_systems=open_systems)
+
+
+# --------------------------------------------------------------------------- rendering
+
+# Blues from light to dark for the heat table; card numbers are always red.
+_HEAT = ("#f4f8fc", "#dbe9f6", "#bcd7ee", "#8fbfe0", "#5a9fd0", "#2e7bbf", "#125a9c")
+
+
+def heat_style(count: int, largest: int, category: str = "") -> str:
+    """Inline CSS for one matrix cell, shaded by count on a log scale."""
+    if count and category == Category.CARD_NUMBER:
+        return "background:#c62828;color:#ffffff;font-weight:bold"
+    if not count or not largest:
+        return "background:#ffffff;color:#b0b7bf"
+    level = max(1, math.ceil((len(_HEAT) - 1) * math.log1p(count) / math.log1p(largest)))
+    colour = _HEAT[min(level, len(_HEAT) - 1)]
+    return f"background:{colour};color:{'#ffffff' if level >= 4 else '#1b2733'}"
+
+
+def _environment(zone: tzinfo) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True,
+                                     default=False),
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+    def local(moment: datetime | None, fmt: str = "%a %d %b %Y %H:%M") -> str:
+        if moment is None:
+            return "never"
+        shown_at = moment.astimezone(zone)
+        # A time of day needs its zone to be read right; a date alone does not.
+        zone_name = f" {shown_at.tzname()}" if "%H" in fmt else ""
+        return f"{shown_at.strftime(fmt)}{zone_name}"
+
+    def ago(moment: datetime | None, now: datetime) -> str:
+        if moment is None:
+            return "never"
+        seconds = max(0, int((now - moment).total_seconds()))
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size:
+                amount = seconds // size
+                return f"{amount} {unit}{'s' if amount != 1 else ''} ago"
+        return "just now"
+
+    def plural(count: int, word: str, many: str | None = None) -> str:
+        return f"{count:,} {word if count == 1 else many or word + 's'}"
+
+    env.filters.update(local=local, ago=ago, label=lambda c: str(c).replace("_", " "),
+                       capitalize_first=lambda s: s[:1].upper() + s[1:])
+    env.globals.update(heat=heat_style, plural=plural)
+    return env
+
+
+def _one_line(text: str) -> str:
+    """A header-safe subject: one line, no controls, no more than 250 characters."""
+    return shown(text, 250)
+
+
+def render(digest: Digest) -> RenderedEmail:
+    """The digest as an email: subject, plain-text part and HTML part."""
+    env = _environment(ZoneInfo(digest.timezone))
+    context = {"d": digest, "now": digest.generated_at}
+    subject = _one_line(env.get_template("digest.subject.txt").render(context))
+    text = env.get_template("digest.txt").render(context)
+    html = env.get_template("digest.html").render(context)
+    return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def render_digest(ledger: Ledger, settings: Settings | None = None,
+                  now: datetime | None = None) -> RenderedEmail:
+    """The morning email for these settings (time zone, stale period, list cap, configured
+    sources); defaults when settings is None. The demo and the CLI call this."""
+    return render(digest_for(ledger, settings, now))
+
+
+def digest_for(ledger: Ledger, settings: Settings | None = None,
+               now: datetime | None = None) -> Digest:
+    """build_digest with its parameters taken from the settings."""
+    if settings is None:
+        return build_digest(ledger, now=now)
+    report = settings.report
+    return build_digest(
+        ledger, now=now, timezone=settings.timezone,
+        stale_after=settings.retention.sync_stale,
+        cap_per_rule=report.max_per_rule if report else DEFAULT_CAP,
+        configured_sources=settings.source_names,
+    )

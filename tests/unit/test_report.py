@@ -1,0 +1,539 @@
+"""The nightly digest: figures computed from ledger rows built here, on SQLite and PostgreSQL,
+and the three templates rendered from them (including for a hostile estate)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+
+import pytest
+
+from daemon import report
+from daemon.ledger import (
+    Finding,
+    Holding,
+    Ledger,
+    OutboxMessage,
+    Source,
+    Subject,
+    SyncRun,
+    categories_text,
+)
+from daemon.mail import RenderedEmail, build_message
+
+NOW = datetime(2025, 3, 4, 6, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+class Estate:
+    """Ledger rows written directly: sources, people, holdings, sync runs, findings."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.sources: dict[str, int] = {}
+        self.subjects: dict[str, int] = {}
+
+    def source(self, name: str, *, synced: datetime | None = NOW - timedelta(hours=2),
+               seen: int = 10) -> int:
+        kind = {"woo": "woocommerce"}.get(name.split(":")[0], name.split(":")[0])
+        with self.ledger.session() as session:
+            row = Source(name=name, kind=kind, created_at=NOW - 400 * DAY)
+            session.add(row)
+            session.flush()
+            self.sources[name] = row.id
+        if synced is not None:
+            self.run(name, "success", synced, seen=seen)
+        return self.sources[name]
+
+    def run(self, name: str, status: str, finished: datetime, *, error: str | None = None,
+            seen: int = 10) -> None:
+        with self.ledger.session() as session:
+            session.add(SyncRun(source_id=self.sources[name], mode="incremental",
+                                started_at=finished - timedelta(minutes=5),
+                                finished_at=finished, status=status, records_seen=seen,
+                                error=error))
+
+    def holding(self, source: str, record_type: str, external_id: str, address: str | None,
+                categories: tuple[str, ...] = ("email", "name"), *, gone: bool = False,
+                status: str | None = None) -> int:
+        with self.ledger.session() as session:
+            subject_id = None
+            if address is not None:
+                subject_id = self.subjects.get(address)
+                if subject_id is None:
+                    subject = Subject(email=address, first_seen=NOW - 300 * DAY,
+                                      last_seen=NOW)
+                    session.add(subject)
+                    session.flush()
+                    subject_id = self.subjects[address] = subject.id
+            row = Holding(source_id=self.sources[source], record_type=record_type,
+                          external_id=external_id, subject_id=subject_id,
+                          categories=categories_text(categories), status=status,
+                          anonymised=False, first_seen=NOW - 300 * DAY, last_seen=NOW,
+                          gone_at=NOW - DAY if gone else None)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def finding(self, rule: str, holding_id: int | None = None, *, source: str | None = None,
+                first: datetime = NOW - timedelta(hours=1), resolved: datetime | None = None,
+                acknowledged: datetime | None = None, ack_until: datetime | None = None,
+                detail: str | None = None, severity: str = "medium") -> None:
+        with self.ledger.session() as session:
+            source_id = self.sources[source] if source else None
+            subject_id = None
+            if holding_id is not None:
+                held = session.get(Holding, holding_id)
+                source_id, subject_id = held.source_id, held.subject_id
+            target = f"holding:{holding_id}" if holding_id else f"source:{source_id}"
+            session.add(Finding(rule=rule, target=target, holding_id=holding_id,
+                                subject_id=subject_id, source_id=source_id, severity=severity,
+                                first_detected=first, last_detected=NOW, resolved_at=resolved,
+                                detail=detail, acknowledged_at=acknowledged,
+                                ack_until=ack_until))
+
+    def outbox(self, kind: str, created: datetime, *, status: str = "sent", attempts: int = 0,
+               error: str | None = None, sent: datetime | None = None,
+               subject: str = "privacy-ledger: earlier") -> None:
+        with self.ledger.session() as session:
+            session.add(OutboxMessage(
+                created_at=created, kind=kind, recipients='["owner@example.com"]',
+                subject=subject, message="", message_id=f"<{created.timestamp()}@example.com>",
+                status=status, attempts=attempts, next_attempt_at=created, last_error=error,
+                sent_at=sent))
+
+
+@pytest.fixture
+def estate(ledger: Ledger) -> Estate:
+    return Estate(ledger)
+
+
+def _digest(estate: Estate, **kwargs: object) -> report.Digest:
+    return report.build_digest(estate.ledger, now=NOW, **kwargs)  # type: ignore[arg-type]
+
+
+def test_headline_counts_people_systems_and_findings_by_state(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.source("stripe")
+    gone_source = estate.source("mailchimp:old")
+    with estate.ledger.session() as session:
+        session.get(Source, gone_source).gone_at = NOW - DAY
+    a = estate.holding("woo:allmyink", "order", "1", "a@example.com")
+    b = estate.holding("woo:allmyink", "order", "2", "b@example.com")
+    c = estate.holding("stripe", "customer", "cus_1", "a@example.com")
+    d = estate.holding("stripe", "customer", "cus_2", "c@example.com")
+    estate.holding("woo:allmyink", "order", "3", "gone@example.com", gone=True)
+    estate.holding("mailchimp:old", "member", "m1", "deleted-audience@example.com")
+    estate.finding("order-past-retention", a)                                # new
+    estate.finding("order-past-retention", b, first=NOW - 30 * DAY)          # open, not new
+    estate.finding("stripe-customer-inactive", c, acknowledged=NOW - 2 * DAY)
+    estate.finding("stripe-customer-inactive", d, first=NOW - 9 * DAY,
+                   resolved=NOW - timedelta(hours=3))                        # resolved since
+    estate.finding("inactive-account", estate.holding("woo:allmyink", "customer", "9", None),
+                   first=NOW - 90 * DAY, resolved=NOW - 60 * DAY)            # resolved long ago
+
+    headline = _digest(estate).headline
+
+    assert headline == report.Headline(people=3, systems=2, open=2, new=1, resolved=1,
+                                       acknowledged=1)
+
+
+def test_matrix_counts_people_per_category_and_leaves_out_gone_holdings(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.source("stripe")
+    estate.holding("woo:allmyink", "customer", "1", "a@example.com", ("email", "name", "phone"))
+    estate.holding("woo:allmyink", "order", "10", "a@example.com",
+                   ("email", "ip_address", "name"))
+    estate.holding("woo:allmyink", "order", "11", "b@example.com", ("email", "name"))
+    estate.holding("woo:allmyink", "order", "12", "c@example.com", ("email", "phone"),
+                   gone=True)
+    estate.holding("stripe", "customer", "cus_1", "a@example.com", ("card_last4", "email"))
+
+    digest = _digest(estate)
+
+    assert digest.categories == ("name", "email", "phone", "card_last4", "ip_address")
+    rows = {row.source: row for row in digest.matrix}
+    assert rows["woo:allmyink"].records == 3
+    assert rows["woo:allmyink"].people == 2
+    assert dict(zip(digest.categories, rows["woo:allmyink"].counts, strict=True)) == {
+        "name": 2, "email": 2, "phone": 1, "card_last4": 0, "ip_address": 1}
+    assert dict(zip(digest.categories, rows["stripe"].counts, strict=True)) == {
+        "name": 0, "email": 1, "phone": 0, "card_last4": 1, "ip_address": 0}
+    assert digest.matrix_max == 2
+
+
+def test_new_findings_are_capped_per_rule_with_the_rest_counted_and_the_command(
+        estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    for number in range(7):
+        holding = estate.holding("woo:allmyink", "order", str(1000 + number),
+                                 f"p{number}@example.com")
+        estate.finding("order-past-retention", holding,
+                       first=NOW - timedelta(hours=10 - number))
+
+    group, = _digest(estate, cap_per_rule=3).new_by_rule
+
+    assert group.total == 7
+    assert [item.external_id for item in group.items] == ["1000", "1001", "1002"]
+    assert group.more == 4
+    assert group.list_command == "privacy-ledger audit --rule order-past-retention"
+
+
+def test_actions_name_the_record_in_the_owners_words(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.source("stripe")
+    estate.source("mailchimp:news1")
+    estate.finding("order-past-retention",
+                   estate.holding("woo:allmyink", "order", "1234", "a@example.com"))
+    estate.finding("processor-copy-orphaned",
+                   estate.holding("stripe", "customer", "cus_Q1", "b@example.com"),
+                   severity="high")
+    estate.finding("mailchimp-contact-retained",
+                   estate.holding("mailchimp:news1", "member", "abc", "c@example.com"),
+                   severity="low")
+
+    actions = {group.rule: group.items[0].action for group in _digest(estate).new_by_rule}
+
+    assert actions["order-past-retention"] == "anonymise order 1234 in allmyink"
+    assert actions["processor-copy-orphaned"] == "permanently delete the Stripe customer cus_Q1"
+    assert "c@example.com" in actions["mailchimp-contact-retained"]
+    assert "news1" in actions["mailchimp-contact-retained"]
+
+
+def test_rules_are_listed_most_severe_first(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.finding("network-data-past-retention",
+                   estate.holding("woo:allmyink", "order", "1", "a@example.com"), severity="low")
+    estate.finding("card-number-exposed",
+                   estate.holding("woo:allmyink", "order", "2", "b@example.com"),
+                   severity="high", detail="card number pattern in customer_note")
+
+    digest = _digest(estate)
+
+    assert [c.rule for c in digest.rule_counts] == ["card-number-exposed",
+                                                    "network-data-past-retention"]
+    assert digest.new_by_rule[0].items[0].detail == "card number pattern in customer_note"
+
+
+def test_acknowledged_finding_is_open_again_when_its_acknowledgement_ends(
+        estate: Estate) -> None:
+    estate.source("stripe")
+    estate.finding("stripe-customer-inactive",
+                   estate.holding("stripe", "customer", "cus_1", "a@example.com"),
+                   first=NOW - 40 * DAY, acknowledged=NOW - 30 * DAY, ack_until=NOW - DAY)
+    estate.finding("stripe-customer-inactive",
+                   estate.holding("stripe", "customer", "cus_2", "b@example.com"),
+                   first=NOW - 40 * DAY, acknowledged=NOW - 30 * DAY, ack_until=NOW + DAY)
+
+    count, = _digest(estate).rule_counts
+
+    assert (count.open, count.acknowledged, count.new) == (1, 1, 0)
+
+
+def test_since_is_when_the_previous_digest_was_queued(estate: Estate) -> None:
+    estate.outbox("digest", NOW - 3 * DAY)
+    estate.outbox("digest", NOW - timedelta(hours=30))
+    estate.outbox("other", NOW - timedelta(hours=2))
+
+    assert _digest(estate).since == NOW - timedelta(hours=30)
+
+
+def test_since_is_a_day_ago_when_no_digest_was_queued_before(estate: Estate) -> None:
+    assert _digest(estate).since == NOW - DAY
+
+
+def test_sync_health_puts_failed_and_stale_sources_first(estate: Estate) -> None:
+    estate.source("mailchimp:news1", synced=NOW - timedelta(hours=1), seen=900)
+    estate.source("stripe", synced=NOW - 5 * DAY)
+    estate.source("woo:allmyink", synced=NOW - 2 * DAY)
+    estate.run("woo:allmyink", "failed", NOW - timedelta(hours=3),
+               error="401 Unauthorized: check consumer_key")
+    estate.source("woo:b-shop", synced=None)
+
+    health = _digest(estate, configured_sources=["woo:allmyink", "woo:b-shop", "stripe",
+                                                  "mailchimp", "woo:never-seen"]).sync
+
+    assert [(h.source, h.state) for h in health] == [
+        ("woo:allmyink", "failed"), ("woo:b-shop", "never"), ("woo:never-seen", "never"),
+        ("stripe", "stale"), ("mailchimp:news1", "ok")]
+    assert health[0].last_error == "401 Unauthorized: check consumer_key"
+    assert health[0].last_success == NOW - 2 * DAY
+    assert health[-1].records_seen == 900
+
+
+def test_sync_recovered_after_a_failure_is_healthy(estate: Estate) -> None:
+    estate.source("stripe", synced=None)
+    estate.run("stripe", "failed", NOW - 5 * timedelta(hours=1), error="timeout")
+    estate.run("stripe", "success", NOW - timedelta(hours=1))
+
+    health, = _digest(estate).sync
+
+    assert health.state == "ok"
+    assert health.last_failure == NOW - 5 * timedelta(hours=1)
+
+
+def test_delivery_failures_since_the_last_email_are_reported(estate: Estate) -> None:
+    estate.outbox("digest", NOW - 3 * DAY, attempts=2, error="old trouble",
+                  sent=NOW - 3 * DAY + timedelta(hours=1))
+    estate.outbox("digest", NOW - DAY, status="pending", attempts=4,
+                  error="cannot connect to SMTP server smtp.example.com:587: Connection refused",
+                  subject="privacy-ledger: yesterday")
+
+    problem, = _digest(estate).delivery_problems
+
+    assert problem.subject == "privacy-ledger: yesterday"
+    assert problem.attempts == 4
+    assert problem.delivered_at is None
+    assert "smtp.example.com:587" in problem.last_error
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _four_shops(estate: Estate) -> None:
+    """3 new findings, 41 open across allmyink, three more shops, Stripe and Mailchimp."""
+    for shop in ("allmyink", "b-shop", "c-shop", "d-shop"):
+        estate.source(f"woo:{shop}")
+    estate.source("stripe")
+    estate.source("mailchimp:news1")
+    number = 0
+
+    def add(source: str, record_type: str, rule: str, count: int, *, new: bool = False) -> None:
+        nonlocal number
+        for _ in range(count):
+            number += 1
+            holding = estate.holding(source, record_type, str(number),
+                                     f"p{number}@example.com")
+            estate.finding(rule, holding, first=NOW - (timedelta(hours=2) if new else 20 * DAY))
+
+    add("woo:allmyink", "order", "order-past-retention", 20)
+    add("woo:allmyink", "order", "order-past-retention", 2, new=True)
+    add("woo:b-shop", "order", "unpaid-order-past-retention", 5)
+    add("woo:c-shop", "order", "unpaid-order-past-retention", 4)
+    add("woo:d-shop", "customer", "inactive-account", 3)
+    add("stripe", "customer", "stripe-customer-inactive", 3)
+    add("mailchimp:news1", "member", "mailchimp-contact-retained", 3)
+    add("mailchimp:news1", "member", "mailchimp-contact-retained", 1, new=True)
+
+
+def test_subject_carries_the_headline_and_the_systems_to_act_in(estate: Estate) -> None:
+    _four_shops(estate)
+
+    rendered = report.render(_digest(estate))
+
+    assert rendered.subject == ("privacy-ledger: 3 new findings, 41 open — allmyink, "
+                                "3 more shops, Stripe, Mailchimp")
+
+
+def test_subject_leads_with_a_failed_sync(estate: Estate) -> None:
+    _four_shops(estate)
+    estate.run("stripe", "failed", NOW - timedelta(hours=1), error="401")
+
+    subject = report.render(_digest(estate)).subject
+
+    assert subject.startswith("privacy-ledger: SYNC FAILED: Stripe · 3 new findings, 41 open")
+
+
+def test_subject_says_all_well_when_nothing_is_open(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.source("stripe")
+
+    rendered = report.render(_digest(estate))
+
+    assert rendered.subject == "privacy-ledger: all well — no open findings, 2 systems in sync"
+    assert "All well" in rendered.text
+    assert "All well" in rendered.html
+
+
+def test_html_and_text_show_headline_matrix_actions_and_sync(estate: Estate) -> None:
+    _four_shops(estate)
+    estate.run("woo:c-shop", "failed", NOW - timedelta(hours=1),
+               error="cannot reach https://c-shop.example: timed out")
+
+    rendered = report.render(_digest(estate, cap_per_rule=1))
+
+    for part in (rendered.text, rendered.html):
+        assert "anonymise order 21 in allmyink" in part.lower()
+        assert "and 1 more" in part
+        assert "privacy-ledger audit --rule order-past-retention" in part
+        assert "cannot reach https://c-shop.example: timed out" in part
+    html = rendered.html
+    assert "What is held where" in html
+    assert html.count("<table") == html.count("</table>")
+    # The failed shop is the first system named in the sync-problems box, above everything.
+    assert html.index("cannot reach https://c-shop.example") < html.index("New findings")
+    assert re.search(r"<td[^>]*background:#[0-9a-f]{6}[^>]*>22</td>", html), \
+        "the matrix cell for allmyink's 22 people is shaded"
+    assert "<script" not in html and "<img" not in html
+    assert "THE LEDGER IS BLIND TO c-shop: its sync failed" in rendered.text
+
+
+def test_times_are_shown_in_the_configured_time_zone(estate: Estate) -> None:
+    estate.source("stripe", synced=datetime(2025, 7, 1, 5, 30, tzinfo=UTC))
+    digest = report.build_digest(estate.ledger, now=datetime(2025, 7, 1, 6, 0, tzinfo=UTC),
+                                 timezone="Europe/London")
+
+    rendered = report.render(digest)
+
+    assert "01 Jul 06:30" in rendered.html
+    assert "BST" in rendered.text
+
+
+HOSTILE = ["<script>alert(1)</script>@evil.example",
+           "\"><img src=x onerror=alert(1)>@evil.example",
+           "\u202egnp.exe\u202c@evil.example",
+           "x" * 300 + "@evil.example",
+           "🦄📦👩\u200d👩\u200d👧@emoji.example"]
+
+
+def test_hostile_values_render_escaped_in_one_piece(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    hostile_source = "mailchimp:<b>\u202eevil\"'</b>"
+    estate.source(hostile_source)
+    estate.run(hostile_source, "failed", NOW - timedelta(hours=1),
+               error="<script>steal()</script>\u202e" + "y" * 10_000)
+    for index, address in enumerate(HOSTILE):
+        holding = estate.holding("woo:allmyink", "order", f"<i>{index}</i>\u202e" + "9" * 180,
+                                 address, ("email", "free_text"))
+        estate.finding("order-past-retention", holding,
+                       detail=f"\"><svg onload=alert({index})> 🧨 \u202e" + "z" * 10_000)
+        estate.finding("mailchimp-contact-retained",
+                       estate.holding(hostile_source, "member", f"m{index}", address))
+
+    rendered = report.render(_digest(estate))
+
+    for part in (rendered.subject, rendered.text, rendered.html):
+        assert "\u202e" not in part and "\u202c" not in part
+        assert "x" * 100 not in part and "9" * 100 not in part
+        assert "y" * 400 not in part and "z" * 400 not in part
+    html = rendered.html
+    for raw in ("<script", "<img", "<svg", "<i>", "<b>"):
+        assert raw not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;@evil.example" in html
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;@evil.example" in html
+    assert "🦄📦" in html and "🧨" in rendered.text
+    assert len(html) < 200_000
+    assert "\n" not in rendered.subject
+    _assert_balanced(html)
+    message = build_message(rendered, _Addressing(), now=NOW)
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert parsed.get_body(("html",)).get_content() == html
+
+
+class _Addressing:
+    recipients = ("owner@example.com",)
+    sender = "ledger@example.com"
+
+
+def _assert_balanced(html: str) -> None:
+    """Every table, row, cell and div that opens closes, in order: the layout holds."""
+    checked = {"table", "tr", "td", "th", "div", "span", "strong", "code", "p"}
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag in checked:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in checked:
+                assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+                self.stack.pop()
+
+    checker = Checker()
+    checker.feed(html)
+    checker.close()
+    assert checker.stack == []
+
+
+def test_shown_replaces_bidi_controls_and_controls_and_caps_length() -> None:
+    assert report.shown("a\u202eb\u2066c\x00d\r\ne", 100) == "a\ufffdb\ufffdc d e"
+    assert report.shown("x" * 50, 10) == "x" * 9 + "…"
+    assert report.shown(None) == ""
+
+
+def test_heat_style_darkens_with_count_and_marks_card_numbers_red() -> None:
+    styles = [report.heat_style(count, 1000) for count in (0, 1, 30, 1000)]
+
+    assert len(set(styles)) == 4
+    assert "#ffffff;color:#b0b7bf" in styles[0]
+    assert "#125a9c" in styles[-1]
+    assert "#c62828" in report.heat_style(1, 1000, "card_number")
+
+
+def test_render_digest_takes_zone_cap_and_sources_from_settings(estate: Estate) -> None:
+    config = pytest.importorskip("daemon.config")
+    settings = config.parse_settings({
+        "timezone": "Europe/Paris",
+        "report": {"recipients": ["owner@example.com"], "sender": "ledger@example.com",
+                   "max_per_rule": 1},
+        "retention": {"sync_stale": "1d"}})
+    estate.source("woo:allmyink", synced=NOW - 30 * timedelta(hours=1))
+    for number in (1, 2):
+        estate.finding("order-past-retention",
+                       estate.holding("woo:allmyink", "order", str(number), f"{number}@x.io"))
+
+    rendered = report.render_digest(estate.ledger, settings, NOW)
+
+    assert isinstance(rendered, RenderedEmail)
+    assert "CET" in rendered.text
+    assert "and 1 more" in rendered.text
+    assert rendered.subject.startswith("privacy-ledger: NOT SYNCED: allmyink")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_report_config_without_recipients_names_report_recipients() -> None:
+    config = pytest.importorskip("daemon.config")
+
+    with pytest.raises(config.ConfigError) as missing:
+        config.parse_settings({"report": {"sender": "ledger@example.com"}})
+    with pytest.raises(config.ConfigError) as empty:
+        config.parse_settings({"report": {"recipients": [], "sender": "ledger@example.com"}})
+
+    assert missing.value.problems == ["config: report.recipients: missing: this key is required"]
+    assert empty.value.problems[0].startswith("config: report.recipients: no recipients")
+
+
+def test_report_config_rejects_addresses_that_are_not_emails() -> None:
+    config = pytest.importorskip("daemon.config")
+
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse_settings({"report": {"recipients": ["owner@example.com", "owner"],
+                                          "sender": "ledger at example.com"}})
+
+    assert caught.value.problems == [
+        "config: report.recipients: 'owner' is not an email address (write it as "
+        "name@example.com)",
+        "config: report.sender: 'ledger at example.com' is not an email address (write it as "
+        "name@example.com)"]
+
+
+def test_smtp_config_checks_port_security_timeout_and_login() -> None:
+    config = pytest.importorskip("daemon.config")
+    secrets = config.SecretSources(environ={"SMTP_PASSWORD": "hunter2"}, credentials_dir=None)
+
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse_settings({"smtp": {"host": "smtp.example.com", "port": 70000,
+                                        "security": "ssl", "timeout": 30}})
+    with pytest.raises(config.ConfigError) as clear_login:
+        config.parse_settings({"smtp": {"host": "smtp.example.com", "security": "none",
+                                        "username": "u", "password": "env:SMTP_PASSWORD"}},
+                              secrets=secrets)
+    good = config.parse_settings({"smtp": {"host": "smtp.example.com", "username": "u",
+                                           "password": "env:SMTP_PASSWORD", "timeout": "10s"}},
+                                 secrets=secrets).smtp
+
+    assert [p.split(":")[1].strip() for p in caught.value.problems] == [
+        "smtp.port", "smtp.security", "smtp.timeout"]
+    assert "password in clear" in clear_login.value.problems[0]
+    assert good is not None and good.port == 587 and good.security == "starttls"
+    assert good.timeout == timedelta(seconds=10)
+    assert "hunter2" not in repr(good)
