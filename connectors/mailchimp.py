@@ -651,3 +651,61 @@ def audiences(settings: Settings) -> list[AudienceInfo]:
 
 def connect(settings: Settings) -> MailchimpAccount:
     return MailchimpAccount(settings)
+
+
+# -- erasure ---------------------------------------------------------------------------------
+# `DELETE /lists/{id}/members/{hash}` only archives a contact (the data stays in Mailchimp);
+# an erasure request needs `POST …/actions/delete-permanent`. Mailchimp then refuses to
+# re-import the address, which is what the person asked for.
+
+_MEMBER_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _member_path(connector: MailchimpAudienceConnector, record_type: str,
+                 external_id: str) -> str:
+    if record_type != RECORD_TYPE:
+        raise ValueError(f"Mailchimp holds no record type {record_type!r}")
+    if not _MEMBER_ID.fullmatch(external_id):
+        raise ValueError(f"{external_id!r} is not a Mailchimp member id (a subscriber hash)")
+    return f"lists/{connector.audience_id}/members/{external_id}"
+
+
+def fetch(connector: MailchimpAudienceConnector, record_type: str,
+          external_id: str) -> dict[str, Any] | None:
+    """One member as the audience holds it now (archived too), or None when it is gone."""
+    body, response = connector.account.get(
+        connector.source, _member_path(connector, record_type, external_id),
+        {"exclude_fields": "_links"}, ok=(404,))
+    if response.status_code == 404 or not isinstance(body, dict):
+        return None
+    return body
+
+
+def erase(connector: MailchimpAudienceConnector, action: str, record_type: str,
+          external_id: str, data: Mapping[str, Any] | None = None
+          ) -> tuple[str, dict[str, Any] | None]:
+    """Delete one member permanently. Returns ("deleted" | "already gone", None);
+    a member already gone (404) counts as done, so a repeated request is harmless."""
+    if action != "delete":
+        raise ValueError(f"{connector.source}: cannot {action} a Mailchimp member")
+    path = _member_path(connector, record_type, external_id) + "/actions/delete-permanent"
+    account = connector.account
+    with account._slots:
+        try:
+            response = account.client.request("POST", path, ok=(401, 403, 404))
+        except APIError as exc:
+            raise type(exc)(connector.source, exc.message, status=exc.status) from exc
+    if response.status_code in (401, 403):
+        try:
+            said = describe_problem(response)
+        except ValueError:
+            said = None
+        raise FatalAPIError(
+            connector.source,
+            f"Mailchimp refused to delete a member of audience {connector.audience_name!r} "
+            f"permanently ({response.status_code}{': ' + said if said else ''}). Check that "
+            "the API key belongs to an account user allowed to delete contacts.",
+            status=response.status_code)
+    if response.status_code == 404:
+        return "already gone", None
+    return "deleted", None

@@ -565,3 +565,61 @@ def _max(a: int | None, b: int | None) -> int | None:
     if b is None:
         return a
     return max(a, b)
+
+
+# -- erasure ---------------------------------------------------------------------------------
+# Stripe lets a customer be deleted (`DELETE /v1/customers/{id}`: name, email, address,
+# saved payment methods go), but not a charge: charges are payment records, and their
+# billing details cannot be deleted or edited through the API. The daemon's plan keeps
+# them and says so.
+
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{3,255}")
+_OBJECT_PATHS = {"customer": "/v1/customers", "charge": "/v1/charges"}
+
+
+def _object_path(record_type: str, external_id: str) -> str:
+    base = _OBJECT_PATHS.get(record_type)
+    if base is None:
+        raise ValueError(f"Stripe holds no record type {record_type!r} here")
+    if not _STRIPE_ID.fullmatch(external_id):
+        raise ValueError(f"{external_id!r} is not a Stripe object id")
+    return f"{base}/{external_id}"
+
+
+def fetch(connector: StripeConnector, record_type: str,
+          external_id: str) -> dict[str, Any] | None:
+    """One customer or charge as Stripe holds it now; None when it does not exist or is a
+    deleted customer (`{"deleted": true}`)."""
+    path = _object_path(record_type, external_id)
+    body, response = connector.http.get_json(path, ok=(401, 403, 404))
+    connector.last_request_id = response.headers.get("Request-Id")
+    if response.status_code in (401, 403):
+        raise connector._refused(path, response)
+    if response.status_code == 404 or not isinstance(body, dict) or body.get("deleted") is True:
+        return None
+    return body
+
+
+def erase(connector: StripeConnector, action: str, record_type: str, external_id: str,
+          data: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+    """Delete one Stripe customer. Returns ("deleted" | "already gone", None); a customer
+    already deleted (404) counts as done."""
+    if action != "delete" or record_type != "customer":
+        raise ValueError(f"stripe: cannot {action} a {record_type} (Stripe deletes customers "
+                         "only; charges are payment records)")
+    path = _object_path(record_type, external_id)
+    response = connector.http.request("DELETE", path, ok=(401, 403, 404))
+    connector.last_request_id = response.headers.get("Request-Id")
+    if response.status_code in (401, 403):
+        said = describe_error(response)
+        raise FatalAPIError(
+            connector.source,
+            redact_keys(
+                f"Stripe refused to delete customer {external_id} ({response.status_code}"
+                f"{': ' + said if said else ''}). Erasure needs a key with Write permission "
+                "on Customers: use a restricted key with Customers: Write for erase, "
+                "or delete the customer in the Stripe Dashboard."),
+            status=response.status_code)
+    if response.status_code == 404:
+        return "already gone", None
+    return "deleted", None

@@ -533,7 +533,9 @@ class WooCommerceConnector:
         if settings.auth not in AUTH_METHODS:
             raise ValueError(f"woo:{settings.name}: auth must be one of "
                              f"{', '.join(AUTH_METHODS)}, not {settings.auth!r}")
-        if settings.auth == "basic" and parts.scheme == "http":
+        # Loopback never leaves the machine (a twin, or a tunnel ending here).
+        if settings.auth == "basic" and parts.scheme == "http" \
+                and parts.hostname not in _LOOPBACK:
             raise ValueError(
                 f"woo:{settings.name}: refusing to send the consumer key and secret as HTTP "
                 f"Basic auth over plain HTTP ({parts.scheme}://{parts.hostname}): anyone on the "
@@ -748,3 +750,121 @@ def _text(value: object) -> str:
     if isinstance(value, list | tuple | set):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+# -- erasure ---------------------------------------------------------------------------------
+# What an erasure request does in a shop, through the REST API as it is: the daemon's plan
+# decides delete / anonymise / keep, these functions only carry it out. Module-level, apart
+# from the pulling code.
+#
+# The REST API has no "anonymise" endpoint. An order is anonymised with a PUT that writes
+# what WooCommerce's own eraser (WC_Privacy_Erasers::remove_order_personal_data) would:
+# names, company, address lines, city and postcode "[deleted]", state and country empty,
+# phone digits zeroed, email deleted@site.invalid, customer_id and transaction_id 0, the
+# PayPal payer meta masked, and meta `_anonymized` = yes; the customer note is emptied too
+# (free text the eraser leaves). `customer_ip_address` and `customer_user_agent` are
+# read-only in the REST schema: a REST client cannot change them, so they stay on the order,
+# no longer linked to the person. Order notes (/orders/{id}/notes) are not touched.
+
+DELETED_TEXT = "[deleted]"
+DELETED_EMAIL = "deleted@site.invalid"
+_MASKED_TEXT = ("first_name", "last_name", "company", "address_1", "address_2", "city",
+                "postcode")
+# The meta WooCommerce's eraser masks (PayPal Standard's payer details).
+_PAYER_META = {"Payer first name": DELETED_TEXT, "Payer last name": DELETED_TEXT,
+               "Payer PayPal address": DELETED_EMAIL, "Transaction ID": "0"}
+_COLLECTIONS = {CUSTOMER: "customers", ORDER: "orders"}
+
+
+def _item_path(record_type: str, external_id: str) -> str:
+    collection = _COLLECTIONS.get(record_type)
+    if collection is None:
+        raise ValueError(f"WooCommerce holds no record type {record_type!r}")
+    if not str(external_id).isdigit():
+        raise ValueError(f"WooCommerce {record_type} id {external_id!r} is not a number")
+    return f"{collection}/{int(external_id)}"
+
+
+def fetch(connector: WooCommerceConnector, record_type: str,
+          external_id: str) -> dict[str, Any] | None:
+    """One customer or order as the shop holds it now, or None when it no longer exists."""
+    body, response = connector.client.get_json(_item_path(record_type, external_id),
+                                                ok=(404,))
+    if response.status_code == 404 or not isinstance(body, dict):
+        return None
+    return body
+
+
+def anonymised_order_fields(order: Mapping[str, Any]) -> dict[str, Any]:
+    """The PUT body that anonymises `order` the way WooCommerce's eraser does (see above):
+    only fields that hold something are masked, as the eraser skips empty ones."""
+    def masked(address: Mapping[str, Any], *, email: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {name: DELETED_TEXT for name in _MASKED_TEXT
+                               if has_value(address.get(name))}
+        out.update(state="", country="")
+        phone = address.get("phone")
+        if isinstance(phone, str) and phone:
+            out["phone"] = re.sub(r"\d", "0", phone)
+        if email and has_value(address.get("email")):
+            out["email"] = DELETED_EMAIL
+        return out
+
+    body: dict[str, Any] = {
+        "billing": masked(_obj(order.get("billing")), email=True),
+        "shipping": masked(_obj(order.get("shipping")), email=False),
+        "customer_id": 0,
+        "customer_note": "",
+        "meta_data": [{"key": key, "value": _PAYER_META[key]} for key, value in _meta(order)
+                      if key in _PAYER_META and has_value(value)]
+                     + [{"key": "_anonymized", "value": "yes"}],
+    }
+    if has_value(order.get("transaction_id")):
+        body["transaction_id"] = "0"
+    return body
+
+
+def _write_refused(connector: WooCommerceConnector, what: str,
+                   response: requests.Response) -> FatalAPIError:
+    said = describe_error(response) or f"HTTP {response.status_code}"
+    return FatalAPIError(
+        connector.source,
+        f"the shop refused to {what} ({response.status_code}: {said}). Erasure writes to the "
+        "shop: give this source a REST API key with Read/Write permission (WooCommerce → "
+        "Settings → Advanced → REST API), or erase this shop's records by hand.",
+        status=response.status_code)
+
+
+def erase(connector: WooCommerceConnector, action: str, record_type: str, external_id: str,
+          data: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+    """Carry out one erasure step: `delete` a customer or order (force=true: customers cannot
+    be trashed, and a trashed order still holds everything) or `anonymise` an order (`data`:
+    the order as last read). Returns ("deleted" | "anonymised" | "already gone", the record
+    as the shop holds it afterwards, for an anonymised order). Idempotent: a record already
+    gone (404, 410) counts as done."""
+    path = _item_path(record_type, external_id)
+    what = f"{'delete' if action == 'delete' else 'anonymise'} {record_type} {external_id}"
+    if action == "delete":
+        response = connector.client.request("DELETE", path, {"force": "true"},
+                                            ok=(401, 403, 404, 410))
+    elif action == "anonymise" and record_type == ORDER:
+        current = data if data is not None else fetch(connector, ORDER, external_id)
+        if current is None:
+            return "already gone", None
+        response = connector.client.request("PUT", path, json_body=anonymised_order_fields(
+            current), ok=(401, 403, 404, 410))
+    else:
+        raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
+    if response.status_code in (401, 403):
+        raise _write_refused(connector, what, response)
+    if response.status_code in (404, 410):
+        return "already gone", None
+    if action == "delete":
+        return "deleted", None
+    try:
+        after = response.json()
+    except ValueError:
+        after = None
+    if not isinstance(after, dict):
+        raise FatalAPIError(connector.source, f"the shop answered the {what} request without "
+                            "the order: check the order in WooCommerce by hand")
+    return "anonymised", after

@@ -71,8 +71,7 @@ def _probe_mailchimp(settings: Any) -> str:
 def _probe_smtp(settings: Any) -> str:
     from daemon import mail
 
-    server = mail._connect(settings)
-    mail._close(server)
+    mail.probe(settings)
     steps = ["connected"]
     if settings.security == "starttls":
         steps.append("STARTTLS")

@@ -309,7 +309,8 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
 @click.argument("source")
 @click.argument("external_id")
 @click.option("--reason", required=True,
-              help="Why the finding is accepted (a legal hold, a dispute); kept in the trail.")
+              help="Why the finding is accepted (a legal hold, a dispute); kept with the "
+                   "finding, its digest in the audit trail.")
 @click.option("--until", "until_day", metavar="DATE",
               help="Last day the acknowledgement holds (YYYY-MM-DD); absent: until resolved.")
 @click.option("--record-type", metavar="TYPE",
@@ -336,3 +337,136 @@ def ack(app: App, rule: str, source: str, external_id: str, reason: str,
                                         finding.external_id) if part)
     held = f" until {until_day}" if until_day else ""
     click.echo(f"acknowledged{held}: {finding.rule} {record}")
+
+
+@main.command()
+@click.argument("email")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True,
+              help="Directory for the copy (made 0700 if missing; the files are 0600).")
+@click.pass_obj
+def export(app: App, email: str, out: Path) -> None:
+    """Answer an access request: look EMAIL up live in every shop, Stripe and Mailchimp and
+    write what is held (a JSON file, and a page the person can read). Exits 1 when a system
+    did not answer: the copy is then not complete."""
+    from daemon.access import RequestError, require_email, run_export, summary_lines
+
+    try:
+        address = require_email(email)
+    except RequestError as exc:
+        raise click.BadParameter(str(exc), param_hint="EMAIL") from None
+    settings = app.settings
+    ledger = app.ledger()
+    try:
+        result = run_export(ledger, settings, address, out)
+    except RequestError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    click.echo(f"wrote {result.json_path}")
+    click.echo(f"wrote {result.html_path}")
+    for line in summary_lines(result.answers):
+        click.echo(line)
+    if not result.complete:
+        missing = ", ".join(a.source for a in result.answers if not a.answered)
+        click.echo(f"INCOMPLETE: {missing} did not answer, so this copy is NOT everything held "
+                   f"about {address}. Do not send it as the full answer; run export again "
+                   "once the system answers.", err=True)
+        sys.exit(1)
+    if result.records == 0:
+        click.echo(f"{address} is held nowhere: every system answered and none holds anything "
+                   "about this address (the files say so).")
+
+
+@main.command()
+@click.argument("email")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Carry the plan out. Without it only the plan is shown: nothing changes.")
+@click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
+@click.pass_obj
+def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
+    """Answer an erasure request: plan, per system and record, what is deleted, anonymised
+    or kept (and why); with --apply, do it, record every step in the audit trail, update the
+    ledger and verify live that nothing else is left. Safe to run again: a run that stopped
+    half-way is completed by the next. Exits 1 unless verified complete."""
+    from daemon.access import RequestError, open_systems, require_email
+    from daemon.erasure import apply_plan, make_plan, plan_lines, result_lines
+
+    try:
+        address = require_email(email)
+    except RequestError as exc:
+        raise click.BadParameter(str(exc), param_hint="EMAIL") from None
+    settings = app.settings
+    ledger = app.ledger()
+    try:
+        with open_systems(settings) as systems:
+            plan = make_plan(ledger, systems, settings.retention, address)
+            for line in plan_lines(plan):
+                click.echo(line)
+            unanswered = ", ".join(a.source for a in plan.lookup.failed)
+            if not plan.complete:
+                click.echo(f"INCOMPLETE: {unanswered} did not answer; what is held there is "
+                           "not in this plan. Run the command again once it answers.", err=True)
+            if not plan.steps and plan.complete:
+                click.echo(f"{address} is held nowhere: every system answered; nothing to "
+                           "erase.")
+                return
+            if not do_apply:
+                click.echo("Nothing was changed: this is the plan only. Run again with --apply "
+                           "to carry it out.")
+                sys.exit(0 if plan.complete else 1)
+            changes = len(plan.changes)
+            if changes and not yes and not click.confirm(
+                    f"Apply {changes} change(s) for {address}? Deletions cannot be undone.",
+                    default=False):
+                click.echo("Cancelled: nothing was changed.")
+                sys.exit(1)
+            result = apply_plan(ledger, systems, plan, settings.retention)
+    except RequestError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    for line in result_lines(result):
+        click.echo(line)
+    if not result.complete:
+        sys.exit(1)
+
+
+@main.command("verify-log")
+@click.option("--person", metavar="EMAIL",
+              help="Also list the entries about this person (exports, erasure steps), found "
+                   "by its keyed hash: the trail never holds the email.")
+@click.pass_obj
+def verify_log(app: App, person: str | None) -> None:
+    """Recompute the audit trail's hash chain; name the first entry that was altered or
+    removed. Exits 1 when the chain is broken."""
+    from daemon import trail
+    from daemon.access import RequestError, entries_about, latest_hash, require_email
+
+    try:
+        address = require_email(person) if person is not None else None
+    except RequestError as exc:
+        raise click.BadParameter(str(exc), param_hint="--person") from None
+    ledger = app.ledger()
+    try:
+        result = trail.verify(ledger)
+        head = latest_hash(ledger)
+        entries = entries_about(ledger, address) if address is not None else []
+    finally:
+        ledger.close()
+    if result.ok:
+        click.echo(f"audit_log: {result.entries} entries, the hash chain is intact.")
+        if head:
+            click.echo(f"latest hash: {head} (note it elsewhere: a later check against it "
+                       "shows whether newest entries were removed)")
+    else:
+        click.echo(f"audit_log: the hash chain is BROKEN: {result.problem}. Entries before "
+                   f"{result.first_bad_id} verify; restore the ledger from a backup to see "
+                   "what was changed.", err=True)
+    for entry in entries:
+        click.echo(f"  #{entry.id} {entry.at:%Y-%m-%d %H:%M:%S} {entry.actor} {entry.action} "
+                   f"{entry.detail}")
+    if address is not None and not entries:
+        click.echo(f"no entry about {address}")
+    if not result.ok:
+        sys.exit(1)

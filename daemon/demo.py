@@ -9,8 +9,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from connectors.base import utcnow
+from daemon.audit import AuditResult, FindingView, current_findings, run_audit
 from daemon.config import load_settings
 from daemon.ledger import Holding, Ledger, Source, Subject
+from daemon.report import render_digest
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
 from sandbox.estate import EstateSpec, build_estate
@@ -35,6 +37,16 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
                        f"{result.seen:>6,} records"
                        + (f"  ({result.error})" if result.error else ""))
             yield from summary(ledger)
+            result = run_audit(ledger, settings.retention)
+            yield from findings_summary(ledger, result)
+            email = render_digest(ledger, settings)
+            html_path, text_path = out / "digest.html", out / "digest.txt"
+            html_path.write_text(email.html, encoding="utf-8")
+            text_path.write_text(email.text, encoding="utf-8")
+            yield ""
+            yield f"The morning email: {email.subject}"
+            yield f"  open it in a browser: {html_path}"
+            yield f"  plain-text part:      {text_path}"
         finally:
             ledger.close()
     sample = next((p.email for p in estate.people
@@ -43,6 +55,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
     yield f"Ledger: {settings.ledger.database_url}"
     yield "Look next:"
     yield f"  .venv/bin/privacy-ledger --config {config} where {sample}"
+    yield f"  .venv/bin/privacy-ledger --config {config} audit"
     yield f"  .venv/bin/privacy-ledger --config {config} sync --source stripe"
 
 
@@ -59,3 +72,16 @@ def summary(ledger: Ledger) -> Iterator[str]:
     yield f"The ledger holds {people:,} people:"
     for source, record_type, count in rows:
         yield f"  {source:<28} {count:>6,} {record_type}s"
+
+
+def findings_summary(ledger: Ledger, result: AuditResult) -> Iterator[str]:
+    """Findings per rule, with the first one's action as an example."""
+    findings = current_findings(ledger)
+    yield ""
+    yield (f"Audit: {len(findings)} finding(s) — {result.new} new, {result.ongoing} ongoing, "
+           f"{result.resolved} resolved ({result.seconds:.2f}s)")
+    by_rule: dict[str, list[FindingView]] = {}
+    for finding in findings:
+        by_rule.setdefault(finding.rule, []).append(finding)
+    for rule, items in by_rule.items():
+        yield f"  {rule:<30} {len(items):>4}  e.g. {items[0].action}"

@@ -30,6 +30,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -189,6 +190,17 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class LedgerKey(Base):
+    """Secrets the ledger keeps for its own use, e.g. the key that names people in audit_log
+    by a keyed hash instead of their email (daemon/access.py)."""
+
+    __tablename__ = "ledger_keys"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def categories_text(categories: Sequence[str] | frozenset[str]) -> str:
     """The stored form of a category set: sorted, comma-wrapped."""
     return "," + ",".join(sorted(str(c) for c in categories)) + "," if categories else ","
@@ -258,6 +270,12 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", "daemon:migrations")
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Daemons starting together on a new ledger migrate in turn; the lock ends with
+            # the transaction, and the next one finds the schema current.
+            connection.execute(text(
+                "SELECT pg_advisory_xact_lock(hashtext(current_database() || '.' || "
+                "current_schema() || :job))"), {"job": "/migrate"})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -11,6 +11,7 @@ controls and bidi overrides replaced, length capped; the HTML template escapes i
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -27,7 +28,16 @@ from sqlalchemy.orm import Session
 
 from connectors.base import Category, utcnow
 from daemon import audit
-from daemon.ledger import Finding, Holding, Ledger, OutboxMessage, Source, Subject, SyncRun
+from daemon.ledger import (
+    AuditLogEntry,
+    Finding,
+    Holding,
+    Ledger,
+    OutboxMessage,
+    Source,
+    Subject,
+    SyncRun,
+)
 from daemon.mail import RenderedEmail
 
 if TYPE_CHECKING:
@@ -182,6 +192,15 @@ class DeliveryProblem:
 
 
 @dataclass(frozen=True)
+class JobProblem:
+    """A scheduled job that failed or was missed since the last email."""
+
+    at: datetime
+    job: str
+    what: str
+
+
+@dataclass(frozen=True)
 class Digest:
     generated_at: datetime
     since: datetime
@@ -195,6 +214,7 @@ class Digest:
     delivery_problems: tuple[DeliveryProblem, ...]
     # The systems with open findings, as the subject line names them.
     open_systems: tuple[str, ...] = field(default=())
+    job_problems: tuple[JobProblem, ...] = field(default=())
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -456,6 +476,24 @@ def _delivery_problems(session: Session, since: datetime) -> tuple[DeliveryProbl
                  for subject, created, attempts, error, sent in rows)
 
 
+def _job_problems(session: Session, since: datetime) -> tuple[JobProblem, ...]:
+    """Jobs the daemon recorded as failed or missed in the trail since `since`."""
+    rows = session.execute(
+        select(AuditLogEntry.at, AuditLogEntry.action, AuditLogEntry.detail)
+        .where(AuditLogEntry.action.in_(("job_error", "job_missed")),
+               AuditLogEntry.at >= since)
+        .order_by(AuditLogEntry.id).limit(20)
+    ).all()
+    problems = []
+    for at, action, detail in rows:
+        data = json.loads(detail or "{}")
+        what = (f"failed: {data.get('error_type', 'error')}: {data.get('error', '')}"
+                if action == "job_error" else "missed its scheduled time")
+        problems.append(JobProblem(at=at, job=shown(data.get("job", "?"), 60),
+                                   what=shown(what, 300)))
+    return tuple(problems)
+
+
 def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime | None = None,
                  cap_per_rule: int = DEFAULT_CAP, timezone: str = "UTC",
                  stale_after: timedelta = DEFAULT_STALE_AFTER,
@@ -477,6 +515,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         groups = _new_groups(session, counts, now, since, cap_per_rule,
                              {h.source: h.last_success for h in health})
         delivery = _delivery_problems(session, since)
+        jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
@@ -484,7 +523,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                         acknowledged=sum(c.acknowledged for c in counts))
     return Digest(generated_at=now, since=since, timezone=timezone, headline=headline,
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
-                  sync=health, delivery_problems=delivery, open_systems=open_systems)
+                  sync=health, delivery_problems=delivery, open_systems=open_systems,
+                  job_problems=jobs)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -34,7 +34,6 @@ from zoneinfo import ZoneInfo
 import structlog
 from apscheduler.events import (
     EVENT_JOB_ERROR,
-    EVENT_JOB_EXECUTED,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     EVENT_SCHEDULER_STARTED,
@@ -306,7 +305,7 @@ class Daemon:
         )
         self.scheduler.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED
-                                    | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED)
+                                    | EVENT_JOB_MAX_INSTANCES)
 
     # -- scheduling ------------------------------------------------------------------------
     @property
@@ -499,8 +498,6 @@ class Daemon:
                  notify=self.notifier.enabled, watchdog_s=self._ping_every)
 
     def _on_job_event(self, event: JobEvent) -> None:
-        if event.code == EVENT_JOB_EXECUTED:
-            return
         if event.code == EVENT_JOB_MAX_INSTANCES:
             log.info("job.skipped", job=event.job_id, reason="still running from its last "
                                                              "tick")
@@ -513,8 +510,8 @@ class Daemon:
                                         "scheduled": scheduled.isoformat() if scheduled
                                         else None})
             return
-        assert isinstance(event, JobExecutionEvent)  # noqa: S101 - EVENT_JOB_ERROR carries one
-        self._job_failed(event.job_id, event.exception, event.traceback)
+        if isinstance(event, JobExecutionEvent) and event.exception is not None:
+            self._job_failed(event.job_id, event.exception, event.traceback)
 
     def _job_failed(self, job_id: str, exc: BaseException, trace: str | None) -> None:
         """Logged, recorded in the trail for the next email, and the daemon goes on."""

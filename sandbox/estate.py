@@ -125,7 +125,10 @@ def make_people(spec: EstateSpec) -> list[Person]:
         elif tag == UNSUBSCRIBED_LONG_AGO:
             in_mailchimp = True
         elif tag == STRIPE_NO_CHARGE:
+            # A customer of a shop whose card was last charged years ago.
             in_stripe = True
+            if not (account_shops or guest_shops):
+                account_shops = (shops[index % len(shops)],)
         elif tag in (CARD_IN_NOTE, OLD_COMPLETED_ORDER, OLD_UNPAID_ORDER, OLD_NETWORK_DATA):
             if not (account_shops or guest_shops):
                 guest_shops = (shops[index % len(shops)],)

@@ -200,7 +200,11 @@ class MailchimpTwin(Twin):
                                        person.email))
                 clean_left -= 1
                 continue
-            twin._add_person(newsletter, person, prng, now, status=_ordinary_status(prng))
+            status = _ordinary_status(prng)
+            if status == "transactional" and not (person.account_shops or person.guest_shops):
+                # Transactional contacts come from shop orders; this person never ordered.
+                status = "subscribed"
+            twin._add_person(newsletter, person, prng, now, status=status)
             if person.account_shops and prng.random() < 0.35:
                 status = prng.choice(("subscribed", "subscribed", "transactional", "pending"))
                 twin._add_person(trade, person, prng, now, status=status)

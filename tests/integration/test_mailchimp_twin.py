@@ -533,3 +533,22 @@ def test_twin_is_steered_through_its_control_api(
     control("advance", seconds=3600)
     assert twin.now() - before >= timedelta(hours=1)
     assert control("audiences") == [{"id": audience_id, "name": "Newsletter"}]
+
+
+# -- erasure writes (connectors.mailchimp.erase) -----------------------------------------------
+def test_erase_deletes_a_member_permanently_not_merely_archiving_it(
+        twin: MailchimpTwin, server: TwinServer) -> None:
+    audience = twin.add_audience("Newsletter")
+    member = twin.add_member(audience, "ada@example.com", status="unsubscribed",
+                             first_name="Ada")
+    kept = twin.add_member(audience, "grace@example.com")
+    connector = connector_for(server, audience)
+    assert mc.erase(connector, "delete", "member", member) == ("deleted", None)
+    assert twin.ground_truth() == {("member", kept, "grace@example.com")}
+    records, _ = pull(connector)
+    assert held(records) == {("member", kept, "grace@example.com")}
+    assert connector.lookup("ada@example.com") == []
+    assert mc.fetch(connector, "member", member) is None
+    assert mc.erase(connector, "delete", "member", member) == ("already gone", None)
+    assert twin.requests_to("/actions/delete-permanent", "POST") == 2
+    assert twin.requests_to("/members/", "DELETE") == 0

@@ -459,3 +459,36 @@ def test_bulk_twin_is_deterministic_and_sized(tmp_path: Any) -> None:
     assert sum(1 for t in truth if t[0] == "charge") == 2000
     cutoff = int((now - timedelta(days=30)).timestamp())
     assert all(e["created"] >= cutoff for e in one.events())
+
+
+# -- erasure writes (connectors.stripe.erase) --------------------------------------------------
+def test_erase_deletes_the_customer_keeps_its_charges_and_repeats_harmlessly(
+        twin: StripeTwin, server: TwinServer) -> None:
+    from connectors.stripe import erase, fetch
+
+    customer = twin.add_customer(email="ada@example.com", name="Ada Lovelace")
+    charge = twin.add_charge(customer=customer,
+                             billing_details={"email": "ada@example.com", "name": "Ada"})
+    connector = make(server)
+    assert erase(connector, "delete", "customer", customer) == ("deleted", None)
+    assert fetch(connector, "customer", customer) is None
+    assert [f["record_type"] for f in connector.lookup("ada@example.com")] == ["charge"]
+    assert ("customer", customer, "ada@example.com") not in twin.ground_truth()
+    assert fetch(connector, "charge", charge)["billing_details"]["email"] == "ada@example.com"
+    assert erase(connector, "delete", "customer", customer) == ("already gone", None)
+    with pytest.raises(ValueError, match="charges are payment records"):
+        erase(connector, "delete", "charge", charge)
+
+
+def test_erase_with_a_read_only_restricted_key_says_which_permission_is_missing(
+        twin: StripeTwin, server: TwinServer) -> None:
+    from connectors.stripe import erase
+
+    twin.add_restricted_key("rk_test_readonly", {"customers:read", "charges:read"})
+    customer = twin.add_customer(email="ada@example.com")
+    with pytest.raises(FatalAPIError) as refused:
+        erase(make(server, api_key="rk_test_readonly"), "delete", "customer", customer)
+    assert refused.value.status == 403
+    assert "Customers: Write" in refused.value.message
+    assert "rk_test_readonly" not in refused.value.message
+    assert ("customer", customer, "ada@example.com") in twin.ground_truth()

@@ -650,3 +650,82 @@ def test_last_activity_moves_without_moving_date_modified(
     assert shop.customers[customer]["date_modified_gmt"] == before
     (pulled,) = records(list(connector_for().pull(None)), "customer")
     assert pulled.last_activity_at == datetime(2026, 11, 4, tzinfo=UTC)
+
+
+# -- erasure writes (connectors.woocommerce.erase) -------------------------------------------
+
+
+def test_erase_anonymises_an_order_as_woocommerces_eraser_does_but_cannot_touch_network_data(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    from connectors.woocommerce import DELETED_EMAIL, DELETED_TEXT, erase, fetch
+
+    account = shop.add_customer(email="ada@example.com")
+    order = shop.add_order(
+        customer_id=account, status="completed", customer_ip_address="203.0.113.9",
+        customer_user_agent="Mozilla/5.0 CANARY", customer_note="CANARY note",
+        transaction_id="ch_123",
+        billing={"first_name": "Ada", "last_name": "Lovelace", "address_1": "1 CANARY Road",
+                 "state": "LDN", "country": "GB", "phone": "+44 7700 900123",
+                 "email": "ada@example.com"},
+        shipping={"first_name": "Ada", "city": "London"},
+        meta_data={"Payer first name": "Ada"})
+    connector = connector_for()
+    status, after = erase(connector, "anonymise", "order", str(order),
+                          fetch(connector, "order", str(order)))
+    assert status == "anonymised" and after is not None
+    held = shop.orders[order]
+    assert held["billing"] == {**held["billing"], "first_name": DELETED_TEXT,
+                               "last_name": DELETED_TEXT, "address_1": DELETED_TEXT,
+                               "state": "", "country": "", "phone": "+00 0000 000000",
+                               "email": DELETED_EMAIL}
+    assert held["shipping"]["first_name"] == DELETED_TEXT and held["shipping"]["city"] == \
+        DELETED_TEXT
+    assert (held["customer_id"], held["transaction_id"], held["customer_note"]) == (0, "0", "")
+    meta = {m["key"]: m["value"] for m in held["meta_data"]}
+    assert meta["_anonymized"] == "yes" and meta["Payer first name"] == DELETED_TEXT
+    # Read-only in the REST schema: WooCommerce ignores them in a PUT, and so does the twin.
+    assert held["customer_ip_address"] == "203.0.113.9"
+    assert "CANARY" not in json.dumps({k: v for k, v in held.items()
+                                       if k != "customer_user_agent"})
+    # No longer the person's: their lookup finds only the account.
+    assert [(f["record_type"], f["external_id"]) for f in connector.lookup("ada@example.com")] \
+        == [("customer", str(account))]
+
+
+def test_erase_deletes_customers_and_orders_for_good_and_repeats_harmlessly(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    from connectors.woocommerce import erase, fetch
+
+    account = shop.add_customer(email="ada@example.com")
+    order = shop.add_order(customer_id=account, status="pending",
+                           billing={"email": "ada@example.com"})
+    shop.trash_order(order)
+    connector = connector_for()
+    assert erase(connector, "delete", "order", str(order)) == ("deleted", None)
+    assert erase(connector, "delete", "customer", str(account)) == ("deleted", None)
+    assert shop.ground_truth() == set()
+    assert erase(connector, "delete", "order", str(order)) == ("already gone", None)
+    assert erase(connector, "delete", "customer", str(account)) == ("already gone", None)
+    assert erase(connector, "anonymise", "order", str(order)) == ("already gone", None)
+    assert fetch(connector, "order", str(order)) is None
+    assert shop.requests_to("/orders/", "DELETE") == 2
+
+
+def test_erase_with_a_read_only_key_names_the_shop_and_the_permission_needed(
+        clock: Clock) -> None:
+    from connectors.woocommerce import erase
+
+    twin = WooCommerceTwin("readonly", now=clock, permissions="read")
+    account = twin.add_customer(email="ada@example.com")
+    with TwinServer(twin) as running:
+        connector = connect(Settings(name="readonly", url=running.url,
+                                     consumer_key=twin.consumer_key,
+                                     consumer_secret=twin.consumer_secret,
+                                     sleep=lambda _: None, timeout=5.0))
+        with pytest.raises(FatalAPIError) as refused:
+            erase(connector, "delete", "customer", str(account))
+        connector.close()
+    assert refused.value.source == "woo:readonly"
+    assert "does not have write permissions" in refused.value.message
+    assert "Read/Write" in refused.value.message
+    assert twin.customers.keys() == {account}

@@ -82,3 +82,28 @@ def test_trail_names_the_entry_after_a_removed_one(ledger: Ledger) -> None:
         connection.execute(text("DELETE FROM audit_log WHERE id = 2"))
     result = trail.verify(ledger)
     assert not result.ok and result.first_bad_id == 3
+
+
+def test_daemons_opening_a_new_postgresql_ledger_together_migrate_in_turn(
+        pg_url: str) -> None:
+    import threading
+
+    opened: list[Ledger] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            opened.append(Ledger.open(pg_url))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == [] and len(opened) == 3
+    finally:
+        for ledger in opened:
+            ledger.close()

@@ -290,6 +290,28 @@ def test_delivery_failures_since_the_last_email_are_reported(estate: Estate) -> 
     assert "smtp.example.com:587" in problem.last_error
 
 
+def test_job_failures_recorded_by_the_daemon_are_reported(estate: Estate) -> None:
+    from daemon import trail
+
+    with estate.ledger.session() as session:
+        trail.append(session, "daemon", "job_error",
+                     {"job": "sync:stripe", "error_type": "OperationalError",
+                      "error": "database is locked"}, at=NOW - timedelta(hours=3))
+        trail.append(session, "daemon", "job_missed", {"job": "nightly"},
+                     at=NOW - timedelta(hours=2))
+        trail.append(session, "daemon", "job_error", {"job": "old", "error": "x"},
+                     at=NOW - 5 * DAY)
+
+    digest = _digest(estate)
+    rendered = report.render(digest)
+
+    assert [p.job for p in digest.job_problems] == ["sync:stripe", "nightly"]
+    assert "OperationalError: database is locked" in digest.job_problems[0].what
+    assert "missed its scheduled time" in digest.job_problems[1].what
+    for part in (rendered.text, rendered.html):
+        assert "sync:stripe" in part and "database is locked" in part
+
+
 # --------------------------------------------------------------------------- rendering
 
 

@@ -198,9 +198,6 @@ def test_two_daemons_on_postgresql_never_hold_the_same_job(pg_url: str) -> None:
             item.close()
 
 
-# ---------------------------------------------------------------------- ledger tick checks
-
-
 def test_last_sync_ignores_runs_killed_or_stopped(ledger: Ledger) -> None:
     t = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
     add_run(ledger, "stripe", started=t)

@@ -272,6 +272,12 @@ def test_basic_auth_over_plain_http_is_refused() -> None:
     assert KEY not in str(err.value) and SECRET not in str(err.value)
 
 
+def test_basic_auth_over_plain_http_is_allowed_when_the_shop_is_on_loopback() -> None:
+    connector = connect(settings("http://127.0.0.1:8080", auth="basic"))
+    assert connector.client.session.auth == (KEY, SECRET)
+    assert connector.client.signer is None
+
+
 @pytest.mark.parametrize("url", ["shop.example", "ftp://shop.example", "https://"])
 def test_address_that_is_not_http_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="is not an http"):

@@ -1,0 +1,611 @@
+"""Subject access requests (`privacy-ledger export EMAIL`), and what erasure requests share
+with them: connecting to every configured system once, looking one person up live in each,
+and naming the person in the audit trail without their email.
+
+Where to look: every configured system is asked (WooCommerce customers by email and orders
+by billing email or account, the trash included; Stripe customers by email, their charges
+and charges carrying the email; Mailchimp members of every audience by subscriber hash),
+and the ledger adds what it knows: a live holding of the person that a system's search did
+not return is fetched by its id, and a source the ledger holds the person in that is not
+configured any more makes the answer incomplete. The systems say what is there: the copy is
+their live data, never the ledger's.
+
+What is written: one JSON file (per system, per record, the fields as the system holds them)
+and one HTML page a person can read (what is held, where, since when, why, for how long),
+both mode 0600. Nothing of the content reaches the ledger or the logs; audit_log gets one
+`export` entry: the request id, the person's reference, which systems answered, how many
+records each, and whether the copy is complete. A copy is complete only when every system
+answered.
+
+Naming the person in audit_log: the trail must prove afterwards what was done for whom, yet
+hold no personal value, and it outlives the person's subject row (an erasure removes it).
+So entries carry `person`: "p-" + HMAC-SHA256(normalised email) under a random 256-bit key
+kept in the ledger (table ledger_keys), truncated to 128 bits. Given the email, the owner
+can find every entry about that person again (`privacy-ledger verify-log --person EMAIL`);
+without the email, the reference says nothing. Whoever holds the ledger holds the key and
+could test guessed addresses: a pseudonym, not an anonymisation, and no worse than the
+subjects table beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from connectors import mailchimp, stripe, woocommerce
+from connectors.base import Category, Record, normalise_email, utcnow
+from connectors.http import APIError
+from daemon import trail
+from daemon.ledger import AuditLogEntry, Holding, Ledger, LedgerKey, Source, Subject
+
+if TYPE_CHECKING:
+    from daemon.config import RetentionSettings, Settings
+
+log = structlog.get_logger("daemon.access")
+
+TEMPLATES = Path(__file__).with_name("templates")
+PERSON_KEY = "person-ref"
+# Each connector module offers fetch(connector, record_type, id) and erase(...).
+MODULES: dict[str, Any] = {"woocommerce": woocommerce, "stripe": stripe,
+                           "mailchimp": mailchimp}
+
+# WooCommerce order statuses → the [retention] period that applies. Paid orders are
+# accounting records (kept, then anonymised); unpaid ones have nothing to keep them for.
+ACCOUNTING_ORDERS = {"completed": "completed_orders", "refunded": "refunded_orders",
+                     "processing": "completed_orders"}
+UNPAID_ORDERS = {"pending": "pending_orders", "failed": "failed_orders",
+                 "cancelled": "cancelled_orders", "on-hold": "on_hold_orders",
+                 "trash": "trashed_orders"}
+STAYING_CONTACTS = ("subscribed", "pending", "transactional")
+
+
+class RequestError(Exception):
+    """A request that cannot be carried out as asked (not an email, nowhere to write); the
+    message names the value and what to do."""
+
+
+_EMAIL_LIKE = re.compile(r"[^\s@'\"()<>=,/]+@[^\s@'\"()<>=,/]+")
+# Mailchimp member ids (and paths) are the MD5 of the email: a pseudonym of the person.
+_MEMBER_HASH = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+
+
+def safe_text(text: str, limit: int = 300) -> str:
+    """An upstream error fit for the trail and the logs: one line, bounded, anything like an
+    email address or a Mailchimp subscriber hash masked."""
+    line = _MEMBER_HASH.sub("<member>", _EMAIL_LIKE.sub("<email>", " ".join(text.split())))
+    return line[:limit]
+
+
+def require_email(value: str) -> str:
+    """The normalised email, or RequestError naming the value."""
+    email = normalise_email(value)
+    if email is None:
+        raise RequestError(f"{value!r} is not an email address (write it as name@example.com)")
+    return email
+
+
+# -- naming the person in the trail ----------------------------------------------------------
+
+
+def _person_key(ledger: Ledger) -> bytes:
+    """The ledger's key for person references, made on first use (race-safe)."""
+    with ledger.session() as session:
+        value = session.scalar(select(LedgerKey.value).where(LedgerKey.name == PERSON_KEY))
+        if value is None:
+            make = pg_insert if ledger.dialect == "postgresql" else sqlite_insert
+            session.execute(make(LedgerKey).values(
+                name=PERSON_KEY, value=secrets.token_hex(32), created_at=utcnow(),
+            ).on_conflict_do_nothing(index_elements=["name"]))
+            value = session.scalar(select(LedgerKey.value).where(LedgerKey.name == PERSON_KEY))
+    return bytes.fromhex(str(value))
+
+
+def person_ref(ledger: Ledger, email: str) -> str:
+    """The person's reference in audit_log: a keyed hash of the normalised email."""
+    digest = hmac.new(_person_key(ledger), require_email(email).encode(), hashlib.sha256)
+    return "p-" + digest.hexdigest()[:32]
+
+
+def entries_about(ledger: Ledger, email: str) -> list[AuditLogEntry]:
+    """Every audit_log entry about this person (exports and erasures), oldest first."""
+    # As trail.append serialises details: compact separators.
+    needle = json.dumps({"person": person_ref(ledger, email)}, separators=(",", ":"))[1:-1]
+    with ledger.sessions() as session:
+        return list(session.scalars(select(AuditLogEntry)
+                                    .where(AuditLogEntry.detail.contains(needle))
+                                    .order_by(AuditLogEntry.id)))
+
+
+def latest_hash(ledger: Ledger) -> str | None:
+    """The hash at the head of the chain: noted somewhere else, it shows later whether
+    entries were removed from the end (which the chain alone cannot show)."""
+    with ledger.sessions() as session:
+        return session.scalar(select(AuditLogEntry.hash).order_by(AuditLogEntry.id.desc())
+                              .limit(1))
+
+
+# -- the systems -----------------------------------------------------------------------------
+
+
+@dataclass
+class Systems:
+    """The configured systems, connected once for one request. `connectors` maps a ledger
+    source name to its connector; `failures` names what could not be reached and why (a
+    whole Mailchimp account appears as "mailchimp")."""
+
+    connectors: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+        self._closers.clear()
+
+    def __enter__(self) -> Systems:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def covers(self, source: str) -> bool:
+        """True when the source is configured (connected or failed to connect)."""
+        family = source.split(":", 1)[0]
+        return source in self.connectors or source in self.failures or (
+            family == "mailchimp" and "mailchimp" in self.failures)
+
+
+def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = None
+                 ) -> Systems:
+    """Connect to every configured system. A system that cannot be reached (a Mailchimp
+    account whose audiences cannot be listed, settings a connector refuses) is recorded in
+    `failures`, never raised: the request goes on with the others and says what is missing.
+    Raises RequestError when no system is configured at all. `sleep` replaces the
+    connectors' wait between retries (tests)."""
+    systems = Systems()
+
+    def tuned(config: Any) -> Any:
+        return replace(config, sleep=sleep) if sleep is not None else config
+
+    for shop in settings.woocommerce:
+        source = f"woo:{shop.name}"
+        try:
+            connector = woocommerce.connect(tuned(shop.to_connector()))
+        except ValueError as exc:
+            systems.failures[source] = str(exc)
+            continue
+        systems.connectors[source] = connector
+        systems.labels[source] = f"WooCommerce shop “{shop.name}” ({shop.url})"
+        systems._closers.append(connector.close)
+    if settings.stripe is not None:
+        try:
+            payments = stripe.connect(tuned(settings.stripe.to_connector()))
+        except ValueError as exc:
+            systems.failures["stripe"] = str(exc)
+        else:
+            systems.connectors[payments.source] = payments
+            systems.labels[payments.source] = "Stripe (card payments)"
+            systems._closers.append(payments.close)
+    if settings.mailchimp is not None:
+        audiences: list[Any] = []
+        try:
+            account = mailchimp.connect(tuned(settings.mailchimp.to_connector()))
+        except ValueError as exc:
+            systems.failures["mailchimp"] = str(exc)
+        else:
+            systems._closers.append(account.close)
+            try:
+                audiences = account.connectors()
+            except APIError as exc:
+                systems.failures["mailchimp"] = exc.message
+        for audience in audiences:
+            systems.connectors[audience.source] = audience
+            systems.labels[audience.source] = f"Mailchimp audience “{audience.audience_name}”"
+    if not systems.connectors and not systems.failures:
+        raise RequestError("no system is configured: add [[woocommerce]], [stripe] or "
+                           "[mailchimp] sections to the config")
+    return systems
+
+
+# -- looking a person up ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """One live record about the person, as the system holds it."""
+
+    source: str
+    kind: str
+    record_type: str
+    external_id: str
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.source, self.record_type, self.external_id)
+
+
+@dataclass(frozen=True)
+class SystemAnswer:
+    """What one system said: its records about the person, or why it did not answer."""
+
+    source: str
+    kind: str
+    label: str
+    records: tuple[Found, ...] = ()
+    error: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.error is None
+
+    @property
+    def status(self) -> str:
+        return "answered" if self.error is None else f"failed: {self.error}"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    email: str
+    at: datetime
+    answers: tuple[SystemAnswer, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Every system that holds or may hold the person answered."""
+        return all(answer.answered for answer in self.answers)
+
+    @property
+    def records(self) -> list[Found]:
+        return [record for answer in self.answers for record in answer.records]
+
+    @property
+    def failed(self) -> list[SystemAnswer]:
+        return [answer for answer in self.answers if not answer.answered]
+
+
+_CLASSIFIERS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("woocommerce", "customer"): woocommerce.classify_customer,
+    ("woocommerce", "order"): woocommerce.classify_order,
+    ("stripe", "customer"): stripe.classify_customer,
+    ("stripe", "charge"): stripe.classify_charge,
+    ("mailchimp", "member"): mailchimp.classify_member,
+}
+
+
+def classify(found: Found) -> Record | None:
+    """The ledger's view of a live record (categories, times, status), or None when the
+    connector cannot read it."""
+    classifier = _CLASSIFIERS.get((found.kind, found.record_type))
+    if classifier is None:
+        return None
+    try:
+        result = classifier(found.data)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    return result if isinstance(result, Record) else None
+
+
+def ledger_hints(ledger: Ledger, email: str) -> dict[str, list[tuple[str, str, str]]]:
+    """The person's live holdings by source: (kind, record type, external id)."""
+    query = (select(Source.name, Source.kind, Holding.record_type, Holding.external_id)
+             .join(Holding, Holding.source_id == Source.id)
+             .join(Subject, Subject.id == Holding.subject_id)
+             .where(Subject.email == email, Holding.gone_at.is_(None),
+                    Source.gone_at.is_(None))
+             .order_by(Source.name, Holding.record_type, Holding.external_id))
+    hints: dict[str, list[tuple[str, str, str]]] = {}
+    with ledger.sessions() as session:
+        for source, kind, record_type, external_id in session.execute(query):
+            hints.setdefault(source, []).append((kind, record_type, external_id))
+    return hints
+
+
+def _still_theirs(found: Found, email: str) -> bool:
+    """A record the ledger pointed at still concerns the person: it carries their email,
+    or no email and is not anonymised (an order of their account, a charge of their
+    customer)."""
+    record = classify(found)
+    if record is None:
+        return True
+    if record.email is not None:
+        return record.email == email
+    return not record.anonymised
+
+
+def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]]) -> list[Found]:
+    kind, source = connector.kind, connector.source
+    found: dict[tuple[str, str], Found] = {}
+    for item in connector.lookup(email):
+        record = Found(source, kind, str(item["record_type"]), str(item["external_id"]),
+                       dict(item.get("data") or {}))
+        found.setdefault((record.record_type, record.external_id), record)
+    module = MODULES[kind]
+    for _, record_type, external_id in hinted:
+        if (record_type, external_id) in found:
+            continue
+        try:
+            data = module.fetch(connector, record_type, external_id)
+        except ValueError:
+            # A record type or id this connector cannot fetch: its search is all there is.
+            continue
+        if data is None:
+            continue
+        record = Found(source, kind, record_type, external_id, data)
+        if _still_theirs(record, email):
+            found[(record_type, external_id)] = record
+    return list(found.values())
+
+
+def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
+            now: datetime | None = None) -> Lookup:
+    """Ask every connected system live about one person; with a ledger, also fetch the
+    person's holdings a search did not return, and report sources the ledger holds the
+    person in but that are not configured. Upstream failures become failed answers."""
+    email = require_email(email)
+    hints = ledger_hints(ledger, email) if ledger is not None else {}
+    answers: list[SystemAnswer] = []
+    for source, connector in systems.connectors.items():
+        label = systems.labels.get(source, source)
+        try:
+            records = _ask(connector, email, hints.get(source, ()))
+        except APIError as exc:
+            log.warning("request.system_failed", source=source, error=safe_text(exc.message))
+            answers.append(SystemAnswer(source, connector.kind, label, error=exc.message))
+            continue
+        answers.append(SystemAnswer(source, connector.kind, label, tuple(records)))
+    for source, why in systems.failures.items():
+        kind = "woocommerce" if source.startswith("woo:") else source.split(":", 1)[0]
+        answers.append(SystemAnswer(source, kind, source, error=why))
+    for source, held in hints.items():
+        if not systems.covers(source):
+            answers.append(SystemAnswer(
+                source, held[0][0], source,
+                error=f"not configured: the ledger holds {len(held)} record(s) of this person "
+                      "there, which cannot be looked up; configure the source again or "
+                      "answer for it by hand"))
+    return Lookup(email=email, at=now or utcnow(), answers=tuple(answers))
+
+
+# -- what a person reads ---------------------------------------------------------------------
+
+
+def period_words(period: timedelta) -> str:
+    """6 years, 18 months, 90 days, 1 day."""
+    days = period.days
+    for unit, size in (("year", 365), ("month", 30), ("week", 7), ("day", 1)):
+        if days and days % size == 0:
+            count = days // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    hours = int(period.total_seconds() // 3600)
+    return f"{hours} hour{'s' if hours != 1 else ''}"
+
+
+def order_period(status: str | None, retention: RetentionSettings) -> tuple[str, timedelta,
+                                                                             bool]:
+    """(the [retention] key, its period, whether the order is an accounting record) for a
+    WooCommerce order status. Unknown statuses (a plugin's own) count as accounting records:
+    anonymising keeps more than deleting, which cannot be undone."""
+    if status in UNPAID_ORDERS:
+        parameter = UNPAID_ORDERS[status]
+        return parameter, getattr(retention, parameter), False
+    parameter = ACCOUNTING_ORDERS.get(status or "", "completed_orders")
+    return parameter, getattr(retention, parameter), True
+
+
+def why_and_how_long(found: Found, record: Record | None,
+                     retention: RetentionSettings) -> tuple[str, str]:
+    """The purpose of a record and how long it is kept, in words for the person."""
+    status = record.status if record else None
+    if found.kind == "woocommerce" and found.record_type == "customer":
+        return ("Your account in the shop: signing in, your addresses and your orders.",
+                "While you use it; deleted after "
+                f"{period_words(retention.inactive_accounts)} with no sign-in and no order.")
+    if found.kind == "woocommerce":
+        _, period, accounting = order_period(status, retention)
+        network = ""
+        if record is not None and {Category.IP_ADDRESS, Category.USER_AGENT} & record.categories:
+            network = (f" The IP address and browser details are kept "
+                       f"{period_words(retention.network_data)} (fraud checks).")
+        if accounting:
+            return ("Delivering your order, and the shop's accounting records.",
+                    f"{period_words(period)} after the order (accounting), then anonymised."
+                    + network)
+        return (f"An order that was never paid ({status}): kept only to answer questions "
+                "about it.", f"{period_words(period)} after the order, then deleted.")
+    if found.kind == "stripe" and found.record_type == "customer":
+        return ("Processing your card payments (Stripe keeps your payment details for the "
+                "shop).", "While you buy; deleted after "
+                f"{period_words(retention.stripe_customers)} with no payment.")
+    if found.kind == "stripe":
+        return ("A payment you made, as processed by Stripe.",
+                "Stripe keeps payments as financial records, for as long as the law "
+                "requires it to.")
+    if status in STAYING_CONTACTS:
+        return ("Sending you the newsletter.", "Until you unsubscribe.")
+    return ("Remembering that you left the newsletter, so that you are not mailed again.",
+            f"{period_words(retention.mailchimp_contacts)} after you left, then deleted "
+            "permanently.")
+
+
+_TITLES = {("woocommerce", "customer"): "Account", ("woocommerce", "order"): "Order",
+           ("stripe", "customer"): "Payment profile", ("stripe", "charge"): "Payment",
+           ("mailchimp", "member"): "Newsletter contact"}
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Leaf fields that hold something, as dotted names and text."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "_links":
+                continue
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{index}]")
+    elif prefix and value is not None and value is not False and value != "":
+        yield prefix, str(value)
+
+
+def _category_words(categories: frozenset[Category] | set[Category]) -> list[str]:
+    return sorted(str(c).replace("_", " ") for c in categories)
+
+
+def _document(lookup: Lookup, request_id: str) -> dict[str, Any]:
+    systems: dict[str, Any] = {}
+    for answer in lookup.answers:
+        systems[answer.source] = {
+            "system": answer.label, "status": answer.status,
+            "records": [{"record_type": r.record_type, "external_id": r.external_id,
+                         "data": {k: v for k, v in r.data.items() if k != "_links"}}
+                        for r in answer.records]}
+    return {"email": lookup.email, "requested_at": lookup.at.isoformat(),
+            "request": request_id, "complete": lookup.complete, "systems": systems}
+
+
+def _page_model(lookup: Lookup, retention: RetentionSettings) -> list[dict[str, Any]]:
+    sections = []
+    for answer in lookup.answers:
+        items = []
+        for found in answer.records:
+            record = classify(found)
+            why, how_long = why_and_how_long(found, record, retention)
+            title = _TITLES.get((found.kind, found.record_type), found.record_type)
+            items.append({
+                "title": f"{title} {found.external_id}" if found.kind != "mailchimp"
+                else title,
+                "status": record.status if record else None,
+                "categories": _category_words(record.categories) if record else [],
+                "since": record.created_at if record else None,
+                "why": why, "how_long": how_long,
+                "fields": list(_flatten(found.data)),
+            })
+        sections.append({"label": answer.label, "source": answer.source,
+                         "error": answer.error, "records": items})
+    return sections
+
+
+def render_page(lookup: Lookup, retention: RetentionSettings, request_id: str) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES),
+                      autoescape=select_autoescape(enabled_extensions=("html",),
+                                                   default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["day"] = lambda moment: moment.strftime("%d %B %Y") if moment else "unknown"
+    return env.get_template("export.html").render(
+        email=lookup.email, at=lookup.at, complete=lookup.complete, request=request_id,
+        sections=_page_model(lookup, retention),
+        failed=[answer.source for answer in lookup.failed])
+
+
+# -- writing the copy ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    request_id: str
+    email: str
+    requested_at: datetime
+    complete: bool
+    json_path: Path
+    html_path: Path
+    answers: tuple[SystemAnswer, ...]
+
+    @property
+    def records(self) -> int:
+        return sum(len(answer.records) for answer in self.answers)
+
+
+def _private_files(directory: Path, stem: str,
+                   suffixes: Sequence[str]) -> list[tuple[Path, int]]:
+    """Create new files `<stem>.<suffix>` readable by the owner only (0600), numbering the
+    stem when a file of that name exists; returns their paths and open descriptors."""
+    for attempt in range(1, 100):
+        name = stem if attempt == 1 else f"{stem}-{attempt}"
+        paths = [directory / f"{name}.{suffix}" for suffix in suffixes]
+        if any(path.exists() for path in paths):
+            continue
+        opened: list[tuple[Path, int]] = []
+        try:
+            for path in paths:
+                opened.append((path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                             0o600)))
+        except FileExistsError:
+            for _, descriptor in opened:
+                os.close(descriptor)
+            continue
+        return opened
+    raise RequestError(f"{directory} already holds 99 exports named {stem}: choose another "
+                       "--out directory")
+
+
+def write_export(lookup: Lookup, retention: RetentionSettings, directory: Path,
+                 request_id: str) -> tuple[Path, Path]:
+    """Write the JSON copy and the readable page into `directory` (made 0700 if missing);
+    returns their paths."""
+    document = json.dumps(_document(lookup, request_id), indent=2, ensure_ascii=False,
+                          default=str)
+    page = render_page(lookup, retention, request_id)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files = _private_files(directory, f"export-{lookup.at:%Y%m%d-%H%M%S}",
+                               ("json", "html"))
+        for (_, descriptor), text in zip(files, (document, page), strict=True):
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text)
+    except OSError as exc:
+        raise RequestError(f"cannot write the export into {directory}: {exc.strerror}; "
+                           "choose a writable --out directory") from None
+    return files[0][0], files[1][0]
+
+
+def run_export(ledger: Ledger, settings: Settings, email: str, directory: Path, *,
+               now: datetime | None = None, sleep: Callable[[float], None] | None = None,
+               actor: str = "cli") -> ExportResult:
+    """Answer an access request: look the person up live everywhere, write the copy, and
+    record the request in audit_log (who by reference, when, which systems answered)."""
+    address = require_email(email)
+    request_id = uuid.uuid4().hex[:12]
+    with open_systems(settings, sleep=sleep) as systems:
+        lookup = look_up(systems, address, ledger=ledger, now=now)
+    json_path, html_path = write_export(lookup, settings.retention, directory, request_id)
+    trail.record(ledger, actor, "export", {
+        "request": request_id, "person": person_ref(ledger, address),
+        "complete": lookup.complete,
+        "systems": {a.source: "answered" if a.answered else "failed" for a in lookup.answers},
+        "records": {a.source: len(a.records) for a in lookup.answers}})
+    log.info("export.written", request=request_id, complete=lookup.complete,
+             records=sum(len(a.records) for a in lookup.answers))
+    return ExportResult(request_id, address, lookup.at, lookup.complete, json_path, html_path,
+                        lookup.answers)
+
+
+def summary_lines(answers: Sequence[SystemAnswer]) -> list[str]:
+    """One line per system: how many records, or why it did not answer."""
+    lines = []
+    for answer in answers:
+        if answer.answered:
+            count = len(answer.records)
+            lines.append(f"  {answer.source:<28} {count} record{'s' if count != 1 else ''}")
+        else:
+            lines.append(f"  {answer.source:<28} NO ANSWER — {answer.error}")
+    return lines
+

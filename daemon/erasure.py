@@ -1,0 +1,451 @@
+"""Erasure requests (`privacy-ledger erase EMAIL [--apply] [--yes]`): first a plan, per system
+and record — delete, anonymise or keep, with the reason —; applied, each step is carried
+out, recorded in audit_log and reflected in the ledger at once, and a live lookup afterwards
+verifies what is left.
+
+What the plan decides, for each record a live lookup finds (daemon/access.py):
+- WooCommerce account: delete (force=true; WooCommerce cannot trash accounts).
+- WooCommerce order, paid (completed, refunded, or a status of a plugin's own) and inside
+  its accounting period ([retention] completed_orders / refunded_orders, counted from the
+  order's creation as WooCommerce's own cleanup counts it): anonymise — personal fields
+  replaced the way WooCommerce's eraser does (connectors/woocommerce.py says how, and what a
+  REST client cannot change: the IP address and user agent are read-only there).
+- WooCommerce order being fulfilled (processing): keep, because its delivery needs the
+  address; erasing again once it is completed anonymises it.
+- WooCommerce order past its period, or never paid (pending, failed, cancelled, on-hold,
+  trash): delete (force=true: a trashed order still holds everything).
+- Stripe customer: delete. Stripe charge: keep — Stripe keeps charges as payment records and
+  its API can neither delete them nor change their billing details; the plan says so.
+- Mailchimp member, in every audience: delete permanently (actions/delete-permanent), not
+  archive: an archived contact is still held.
+
+Steps run orders first, then accounts, then the processor copies. Each is idempotent: a
+record already gone (404/410) counts as done, and a run that stopped half-way is completed
+by running the request again, which plans from live state (what is gone is simply no longer
+in the plan).
+
+The ledger follows at once, in the step's own transaction with its audit_log entry: a
+deleted record's holding is marked gone, an anonymised order's holding is re-classified
+from the shop's answer (anonymised, fewer categories, no longer the person's), and the
+open findings of those holdings that no longer hold are resolved by re-running their rules'
+queries for just those holdings (the nightly audit's counts are not disturbed). When the
+erasure is complete, the person's gone holdings and their findings are detached from the
+subject, and the subject row — the ledger's copy of the email — is deleted once no live
+holding refers to it (kept Stripe charges still do: the ledger keeps tracking what is held).
+
+audit_log: `erasure.plan` (counts per action), one `erasure.step` per step applied (source,
+record type and id, action, status: deleted / anonymised / already gone / failed), and
+`erasure.done` (verified or not, what is left). The person is named by access.person_ref;
+Mailchimp member ids are the MD5 of the email, so member steps carry no id (the audience and
+the person's reference name the record).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.orm import Session
+
+from connectors.base import Key, Record, utcnow
+from connectors.http import APIError
+from connectors.woocommerce import classify_order
+from daemon import trail
+from daemon.access import (
+    MODULES,
+    Found,
+    Lookup,
+    Systems,
+    classify,
+    look_up,
+    order_period,
+    period_words,
+    person_ref,
+    require_email,
+    safe_text,
+)
+from daemon.ledger import Finding, Holding, Ledger, Subject
+from daemon.sync import mark_gone, upsert_records
+
+if TYPE_CHECKING:
+    from daemon.config import RetentionSettings
+
+log = structlog.get_logger("daemon.erasure")
+
+DELETE, ANONYMISE, KEEP = "delete", "anonymise", "keep"
+# Orders first (they name their account), then accounts, then the processor copies.
+_STEP_ORDER = {("woocommerce", "order"): 0, ("woocommerce", "customer"): 1,
+               ("stripe", "customer"): 2, ("mailchimp", "member"): 3}
+_FAILED = "failed"
+# WordPress users who run the shop: deleting one could lock the owner out.
+STAFF_ROLES = frozenset({"administrator", "shop_manager"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One record and what the plan does with it, and why."""
+
+    source: str
+    kind: str
+    record_type: str
+    external_id: str
+    action: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.source, self.record_type, self.external_id)
+
+    @property
+    def trail_id(self) -> str | None:
+        """The id fit for audit_log: none for Mailchimp members (a hash of the email)."""
+        return None if self.kind == "mailchimp" else self.external_id
+
+
+@dataclass(frozen=True)
+class Plan:
+    request_id: str
+    email: str
+    person: str
+    at: datetime
+    steps: tuple[Step, ...]
+    lookup: Lookup
+
+    @property
+    def complete(self) -> bool:
+        """Every system answered: the plan covers everything held."""
+        return self.lookup.complete
+
+    @property
+    def changes(self) -> list[Step]:
+        return [step for step in self.steps if step.action != KEEP]
+
+    @property
+    def kept(self) -> list[Step]:
+        return [step for step in self.steps if step.action == KEEP]
+
+    def counts(self) -> dict[str, int]:
+        return {action: sum(1 for s in self.steps if s.action == action)
+                for action in (DELETE, ANONYMISE, KEEP)}
+
+
+def _day(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d") if moment else "an unknown date"
+
+
+def decide(found: Found, retention: RetentionSettings, now: datetime) -> tuple[str, str]:
+    """(action, reason) for one live record."""
+    record = classify(found)
+    if found.kind == "woocommerce" and found.record_type == "customer":
+        role = record.status if record else None
+        if role in STAFF_ROLES:
+            return KEEP, (f"a staff account (role {role}) of the shop: privacy-ledger does not "
+                          "delete staff accounts; remove it in WordPress (Users) by hand, "
+                          "reassigning what it owns.")
+        return DELETE, ("the shop account: deleted for good (force=true; WooCommerce cannot "
+                        "trash accounts). Its orders are handled one by one.")
+    if found.kind == "woocommerce" and found.record_type == "order":
+        return _decide_order(record, retention, now)
+    if found.kind == "stripe" and found.record_type == "customer":
+        return DELETE, ("the Stripe customer: deleted with its name, email, addresses and "
+                        "saved payment methods.")
+    if found.kind == "stripe":
+        return KEEP, ("Stripe keeps charges as payment records, and its API can neither "
+                      "delete a charge nor change its billing details: the name, email, "
+                      "address, phone and card brand / last 4 digits on this charge stay "
+                      "with Stripe. The customer object is deleted.")
+    if found.kind == "mailchimp":
+        status = record.status if record and record.status else "a"
+        return DELETE, (f"{status} contact: deleted permanently (actions/delete-permanent), "
+                        "not archived — an archived contact is still held. Mailchimp will "
+                        "not let the address be imported again.")
+    return KEEP, f"privacy-ledger cannot erase a {found.kind} {found.record_type}: do it by hand"
+
+
+def _decide_order(record: Record | None, retention: RetentionSettings,
+                  now: datetime) -> tuple[str, str]:
+    status = record.status if record else None
+    created = record.created_at if record else None
+    what = f"{status or 'unknown-status'} order of {_day(created)}"
+    if record is not None and record.anonymised:
+        return KEEP, f"{what}: already anonymised."
+    if status == "processing":
+        return KEEP, (f"{what}: still being fulfilled, and its delivery needs the address. "
+                      "Run the erasure again once it is completed: it will be anonymised then.")
+    parameter, period, accounting = order_period(status, retention)
+    if not accounting:
+        trash = " (the trash still holds every personal field)" if status == "trash" else ""
+        return DELETE, (f"{what}: never paid{trash}, nothing to keep it for: deleted for good "
+                        "(force=true).")
+    if created is not None and created + period <= now:
+        return DELETE, (f"{what}: past its {period_words(period)} accounting period "
+                        f"([retention] {parameter}): deleted for good (force=true).")
+    until = f" until {_day(created + period)}" if created is not None else ""
+    network = ""
+    if record is not None and {"ip_address", "user_agent"} & {str(c) for c in
+                                                              record.categories}:
+        network = (" Its IP address and user agent are read-only in WooCommerce's REST API: "
+                   "they stay on the order, no longer linked to the person (WooCommerce's own "
+                   "Erase Personal Data tool clears them).")
+    return ANONYMISE, (f"{what}: an accounting record, kept {period_words(period)} "
+                       f"([retention] {parameter}){until}. Its names, addresses, phone, email "
+                       "and note are replaced as WooCommerce's eraser does." + network)
+
+
+def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, email: str, *,
+              now: datetime | None = None, actor: str = "cli") -> Plan:
+    """Look the person up live everywhere and decide each record's fate. Changes nothing
+    upstream; records the request (`erasure.plan`) in audit_log."""
+    address = require_email(email)
+    moment = now or utcnow()
+    lookup = look_up(systems, address, ledger=ledger, now=moment)
+    steps = [Step(f.source, f.kind, f.record_type, f.external_id, *decide(f, retention, moment))
+             for f in lookup.records]
+    steps.sort(key=lambda s: (_STEP_ORDER.get((s.kind, s.record_type), 9), s.source,
+                              s.record_type, _natural(s.external_id)))
+    plan = Plan(uuid.uuid4().hex[:12], address, person_ref(ledger, address), moment,
+                tuple(steps), lookup)
+    trail.record(ledger, actor, "erasure.plan", {
+        "request": plan.request_id, "person": plan.person, "complete": plan.complete,
+        "steps": plan.counts(),
+        "systems": {a.source: "answered" if a.answered else "failed"
+                    for a in lookup.answers}})
+    return plan
+
+
+def _natural(ident: str) -> tuple[int, str]:
+    return (int(ident), "") if ident.isdigit() else (0, ident)
+
+
+# -- applying --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: Step
+    # deleted, anonymised, already gone, failed.
+    status: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != _FAILED
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    plan: Plan
+    outcomes: tuple[StepOutcome, ...]
+    verification: Lookup
+    # Records still found about the person that the plan did not keep.
+    leftover: tuple[Found, ...]
+    findings_resolved: int
+    # The subject row (the ledger's copy of the email) was deleted.
+    forgotten: bool
+
+    @property
+    def failed(self) -> list[StepOutcome]:
+        return [outcome for outcome in self.outcomes if not outcome.ok]
+
+    @property
+    def complete(self) -> bool:
+        """Every system answered before and after, every step succeeded, and nothing but
+        what the plan keeps is left."""
+        return (self.plan.complete and self.verification.complete and not self.failed
+                and not self.leftover)
+
+
+def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: RetentionSettings, *,
+               now: datetime | None = None, actor: str = "cli") -> ErasureResult:
+    """Carry out every change of the plan, recording each step and reflecting it in the
+    ledger; then verify live what is left, and forget the subject when all is done. A step
+    that fails is recorded as failed and the others go on; running the request again
+    completes the rest."""
+    outcomes: list[StepOutcome] = []
+    resolved = 0
+    for step in plan.changes:
+        outcome, settled = _apply_step(ledger, systems, plan, step, retention, actor,
+                                       now or utcnow())
+        outcomes.append(outcome)
+        resolved += settled
+    verification = look_up(systems, plan.email, ledger=ledger)
+    kept = {step.key for step in plan.kept}
+    leftover = tuple(found for found in verification.records if found.key not in kept)
+    forgotten = False
+    done_well = (plan.complete and verification.complete and not leftover
+                 and all(o.ok for o in outcomes))
+    with ledger.session() as session:
+        if done_well:
+            forgotten = _forget_subject(session, plan.email)
+        trail.append(session, actor, "erasure.done", {
+            "request": plan.request_id, "person": plan.person, "verified": done_well,
+            "steps": {status: sum(1 for o in outcomes if o.status == status)
+                      for status in sorted({o.status for o in outcomes})},
+            "kept": len(plan.kept), "left": len(leftover),
+            "unanswered": sorted(a.source for a in verification.failed),
+            "findings_resolved": resolved, "subject_removed": forgotten})
+    log.info("erasure.done", request=plan.request_id, verified=done_well,
+             failed=sum(1 for o in outcomes if not o.ok), left=len(leftover))
+    return ErasureResult(plan, tuple(outcomes), verification, leftover, resolved, forgotten)
+
+
+def _apply_step(ledger: Ledger, systems: Systems, plan: Plan, step: Step,
+                retention: RetentionSettings, actor: str,
+                now: datetime) -> tuple[StepOutcome, int]:
+    connector = systems.connectors.get(step.source)
+    detail = {"request": plan.request_id, "person": plan.person, "source": step.source,
+              "record_type": step.record_type, "external_id": step.trail_id,
+              "action": step.action}
+    status: str
+    after: dict[str, Any] | None = None
+    try:
+        if connector is None:
+            raise APIError(step.source, "the source is not connected")
+        # No data given: an anonymisation reads the order afresh, never from the plan.
+        status, after = MODULES[step.kind].erase(connector, step.action, step.record_type,
+                                                 step.external_id, None)
+    except (APIError, ValueError) as exc:
+        message = exc.message if isinstance(exc, APIError) else str(exc)
+        trail.record(ledger, actor, "erasure.step",
+                     {**detail, "status": _FAILED, "error": safe_text(message)})
+        log.warning("erasure.step_failed", source=step.source, record_type=step.record_type,
+                    external_id=step.trail_id, action=step.action, error=safe_text(message))
+        return StepOutcome(step, _FAILED, message), 0
+    with ledger.session() as session:
+        holding_ids = _reflect(ledger, session, step, after, now)
+        settled = settle_findings(session, holding_ids, retention, now)
+        trail.append(session, actor, "erasure.step",
+                     {**detail, "status": status, "findings_resolved": settled})
+    log.info("erasure.step", source=step.source, record_type=step.record_type,
+             external_id=step.trail_id, action=step.action, status=status)
+    return StepOutcome(step, status), settled
+
+
+def _reflect(ledger: Ledger, session: Session, step: Step, after: dict[str, Any] | None,
+             now: datetime) -> list[int]:
+    """Bring the step's holding up to date: gone, or re-classified from the anonymised
+    record. Returns the ids of the holdings touched."""
+    source = ledger.source(session, step.source, step.kind)
+    if after is not None and step.kind == "woocommerce" and step.record_type == "order":
+        record = classify_order(after)
+        if isinstance(record, Record):
+            upsert_records(session, source.id, [record], now, touch_unchanged=False)
+    else:
+        mark_gone(session, source.id, [Key(step.record_type, step.external_id)], now)
+    return list(session.scalars(select(Holding.id).where(
+        Holding.source_id == source.id, Holding.record_type == step.record_type,
+        Holding.external_id == step.external_id)))
+
+
+def settle_findings(session: Session, holding_ids: Iterable[int],
+                    retention: RetentionSettings, now: datetime) -> int:
+    """Resolve the open findings of these holdings that their rule no longer finds: each
+    rule's own query, asked about just these targets. Returns how many were resolved."""
+    from daemon.audit import RULES
+
+    ids = list(holding_ids)
+    if not ids:
+        return 0
+    open_findings = session.execute(
+        select(Finding.id, Finding.rule, Finding.target)
+        .where(Finding.holding_id.in_(ids), Finding.resolved_at.is_(None))).all()
+    by_rule: dict[str, dict[str, int]] = {}
+    for finding_id, rule_id, target in open_findings:
+        by_rule.setdefault(rule_id, {})[target] = finding_id
+    resolved: list[int] = []
+    for rule_id, targets in by_rule.items():
+        rule = RULES.get(rule_id)
+        if rule is None:
+            continue
+        current = rule.query(retention, now).subquery()
+        still = set(session.scalars(select(current.c.target)
+                                    .where(current.c.target.in_(list(targets)))))
+        resolved.extend(finding_id for target, finding_id in targets.items()
+                        if target not in still)
+    if resolved:
+        session.execute(update(Finding).where(Finding.id.in_(resolved))
+                        .values(resolved_at=now))
+    return len(resolved)
+
+
+def _forget_subject(session: Session, email: str) -> bool:
+    """Detach the person's gone holdings and their findings from the subject, and delete
+    the subject once no holding refers to it. Returns True when it was deleted."""
+    subject_id = session.scalar(select(Subject.id).where(Subject.email == email))
+    if subject_id is None:
+        return False
+    gone = select(Holding.id).where(Holding.subject_id == subject_id,
+                                    Holding.gone_at.is_not(None))
+    session.execute(update(Finding).where(Finding.holding_id.in_(gone))
+                    .values(subject_id=None))
+    session.execute(update(Holding).where(Holding.subject_id == subject_id,
+                                          Holding.gone_at.is_not(None))
+                    .values(subject_id=None))
+    if session.scalar(select(exists().where(Holding.subject_id == subject_id))):
+        return False
+    session.execute(update(Finding).where(Finding.subject_id == subject_id)
+                    .values(subject_id=None))
+    session.execute(delete(Subject).where(Subject.id == subject_id))
+    return True
+
+
+# -- words for the owner ---------------------------------------------------------------------
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """The plan as the command prints it: per system, each record's action and reason."""
+    lines = [f"Erasure plan for {plan.email} (request {plan.request_id}):"]
+    by_source: dict[str, list[Step]] = {}
+    for step in plan.steps:
+        by_source.setdefault(step.source, []).append(step)
+    for answer in plan.lookup.answers:
+        lines.append(f"  {answer.label}  [{answer.source}]")
+        if not answer.answered:
+            lines.append(f"    NO ANSWER — {answer.error}: nothing there can be planned")
+            continue
+        steps = by_source.get(answer.source, [])
+        if not steps:
+            lines.append("    nothing held")
+        for step in steps:
+            lines.append(f"    {step.action.upper():<9} {step.record_type} {step.external_id}"
+                         f" — {step.reason}")
+    counts = plan.counts()
+    lines.append(f"  {counts[DELETE]} to delete, {counts[ANONYMISE]} to anonymise, "
+                 f"{counts[KEEP]} kept.")
+    return lines
+
+
+def result_lines(result: ErasureResult) -> list[str]:
+    """What was done, and what the live lookup afterwards found."""
+    lines = []
+    for outcome in result.outcomes:
+        step = outcome.step
+        said = f" — {outcome.error}" if outcome.error else ""
+        lines.append(f"  {step.source:<28} {step.action:<9} {step.record_type} "
+                     f"{step.external_id}: {outcome.status}{said}")
+    for answer in result.verification.failed:
+        lines.append(f"  {answer.source}: could not verify — {answer.error}")
+    for found in result.leftover:
+        lines.append(f"  still held: {found.source} {found.record_type} {found.external_id}")
+    if result.complete:
+        kept = len(result.plan.kept)
+        tail = f" except the {kept} record(s) the plan keeps" if kept else ""
+        lines.append(f"Verified live: nothing personal about {result.plan.email} is left"
+                     f"{tail}.")
+        if result.forgotten:
+            lines.append("The ledger no longer holds the email either.")
+    else:
+        lines.append("NOT COMPLETE: run the same command again to finish (each step is safe "
+                     "to repeat).")
+    if result.findings_resolved:
+        lines.append(f"{result.findings_resolved} finding(s) resolved in the ledger.")
+    return lines
+
+
+def systems_touched(steps: Sequence[Step]) -> list[str]:
+    return sorted({step.source for step in steps})

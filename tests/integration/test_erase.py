@@ -1,0 +1,371 @@
+"""Erasure requests against the running sandbox estate over real HTTP, on SQLite and
+PostgreSQL: a plan changes nothing; applied, nothing personal is left but what the plan
+keeps (and says why); a failure half-way is completed by running again; the ledger follows
+at once; the trail verifies, names the person by reference only, and shows an edited row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select, text
+
+from daemon import trail
+from daemon.access import Systems, open_systems, person_ref
+from daemon.audit import run_audit
+from daemon.config import Settings, load_settings
+from daemon.erasure import ANONYMISE, DELETE, KEEP, ErasureResult, Plan, apply_plan, make_plan
+from daemon.ledger import AuditLogEntry, Finding, Holding, Ledger, Source, Subject
+from daemon.sources import sync_configured
+from sandbox.demo import RunningEstate
+from sandbox.estate import (
+    OLD_COMPLETED_ORDER,
+    OLD_NETWORK_DATA,
+    Estate,
+    EstateSpec,
+    Person,
+    build_estate,
+)
+from tests.integration.estate_helpers import estate_truth, ledger_truth
+
+NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def running() -> Iterator[RunningEstate]:
+    estate = build_estate(EstateSpec(seed=11, people=40, now=NOW))
+    with RunningEstate(estate) as live:
+        yield live
+
+
+@pytest.fixture
+def settings(running: RunningEstate, tmp_path: Path) -> Settings:
+    return load_settings(running.write_config(tmp_path / "config"))
+
+
+def sync(ledger: Ledger, settings: Settings) -> Ledger:
+    results = sync_configured(ledger, settings, full=True)
+    assert results and all(r.ok for r in results), [r.error for r in results]
+    return ledger
+
+
+@pytest.fixture
+def synced(ledger: Ledger, settings: Settings) -> Ledger:
+    """The estate synced into a ledger on SQLite and on PostgreSQL."""
+    return sync(ledger, settings)
+
+
+@pytest.fixture
+def synced_lite(sqlite_url: str, settings: Settings) -> Iterator[Ledger]:
+    """The same on SQLite only, for tests whose point is upstream."""
+    opened = Ledger.open(sqlite_url)
+    try:
+        yield sync(opened, settings)
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def systems(settings: Settings) -> Iterator[Systems]:
+    with open_systems(settings, sleep=lambda _: None) as opened:
+        yield opened
+
+
+def person(estate: Estate, test: Callable[[Person], Any]) -> Person:
+    return next(p for p in estate.people if test(p))
+
+
+def everywhere(p: Person) -> bool:
+    """An account, Stripe and Mailchimp."""
+    return bool(p.account_shops) and p.in_stripe and p.in_mailchimp
+
+
+def writes(estate: Estate) -> int:
+    return sum(twin.writes for twin in estate.twins.values())
+
+
+def erase(ledger: Ledger, systems: Systems, settings: Settings,
+          email: str) -> tuple[Plan, ErasureResult]:
+    plan = make_plan(ledger, systems, settings.retention, email, now=NOW)
+    return plan, apply_plan(ledger, systems, plan, settings.retention, now=NOW)
+
+
+def traces(estate: Estate, p: Person) -> set[tuple[str, str, str]]:
+    """Every record in any twin still carrying the person's email or phone number."""
+    found: set[tuple[str, str, str]] = set()
+    for name, shop in estate.shops.items():
+        for kind, store in (("customer", shop.customers), ("order", shop.orders)):
+            found |= {(f"woo:{name}", kind, str(i)) for i, r in store.items()
+                      if p.email in json.dumps(r, ensure_ascii=False) or p.phone in json.dumps(r)}
+    stripe = estate.stripe
+    found |= {("stripe", kind, ident) for kind, ident, email in stripe.ground_truth()
+              if email == p.email}
+    for ident in stripe.charge_ids():
+        if p.phone in json.dumps(stripe.charge(ident)):
+            found.add(("stripe", "charge", ident))
+    for source in estate.mailchimp.sources():
+        found |= {(source, kind, ident) for kind, ident, email
+                  in estate.mailchimp.ground_truth(source) if email == p.email}
+    return found
+
+
+def test_plan_without_apply_changes_nothing_and_gives_a_reason_per_record(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    before_writes, before_truth = writes(estate), estate_truth(estate)
+    held_before = ledger_truth(synced_lite)
+    plan = make_plan(synced_lite, systems, settings.retention, p.email.upper(), now=NOW)
+    assert writes(estate) == before_writes
+    assert estate_truth(estate) == before_truth and ledger_truth(synced_lite) == held_before
+    assert plan.complete and plan.email == p.email
+    actions = {(s.kind, s.record_type): s.action for s in plan.steps}
+    assert actions[("woocommerce", "customer")] == DELETE
+    assert actions[("stripe", "customer")] == DELETE
+    assert actions[("mailchimp", "member")] == DELETE
+    assert all(s.action == KEEP and "payment records" in s.reason
+               for s in plan.steps if s.record_type == "charge")
+    assert all(s.reason for s in plan.steps)
+    assert {s.source for s in plan.steps} >= {"stripe", f"woo:{p.account_shops[0]}"}
+
+
+def test_plan_decides_each_order_by_its_status_and_age(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems, settings: Settings) -> None:
+    shop = running.estate.shops["allmyink"]
+    email = "decide.me@example.com"
+    account = shop.add_customer(email=email, first_name="Decide")
+
+    def order(status: str, age: timedelta, **fields: Any) -> str:
+        return str(shop.add_order(customer_id=account, status=status,
+                                  date_created=NOW - age, billing={"email": email}, **fields))
+
+    recent = order("completed", 400 * DAY, customer_ip_address="203.0.113.7")
+    ancient = order("completed", 7 * 365 * DAY)
+    refunded = order("refunded", 30 * DAY)
+    fulfilling = order("processing", 2 * DAY)
+    abandoned = order("pending", 10 * DAY)
+    cancelled = order("cancelled", 5 * DAY)
+    trashed = order("on-hold", 3 * DAY)
+    shop.trash_order(int(trashed))
+    plan = make_plan(synced_lite, systems, settings.retention, email, now=NOW)
+    decided = {s.external_id: s for s in plan.steps if s.record_type == "order"}
+    assert {i: s.action for i, s in decided.items()} == {
+        recent: ANONYMISE, ancient: DELETE, refunded: ANONYMISE, fulfilling: KEEP,
+        abandoned: DELETE, cancelled: DELETE, trashed: DELETE}
+    assert "6 years" in decided[recent].reason and "completed_orders" in decided[recent].reason
+    assert "read-only" in decided[recent].reason
+    assert "read-only" not in decided[refunded].reason
+    assert "past its 6 years accounting period" in decided[ancient].reason
+    assert "still being fulfilled" in decided[fulfilling].reason
+    assert "trash" in decided[trashed].reason
+    # Orders first, then the account they belong to.
+    kinds = [s.record_type for s in plan.steps if s.source == "woo:allmyink"]
+    assert kinds == sorted(kinds, key=lambda k: k != "order")
+    staff = shop.add_customer(email="staff@example.com", role="shop_manager")
+    (kept,) = make_plan(synced_lite, systems, settings.retention, "staff@example.com",
+                        now=NOW).steps
+    assert (kept.external_id, kept.action) == (str(staff), KEEP)
+    assert "staff account (role shop_manager)" in kept.reason
+
+
+def test_apply_leaves_nothing_personal_but_what_the_plan_keeps_and_the_ledger_follows(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    plan, result = erase(synced, systems, settings, p.email)
+    assert plan.changes and result.complete, [o.error for o in result.failed]
+    kept = {s.key for s in plan.kept}
+    assert traces(estate, p) == kept
+    # Permanently deleted, not archived: the member is in no listing at all.
+    assert not any(email == p.email for source in estate.mailchimp.sources()
+                   for _, _, email in estate.mailchimp.ground_truth(source))
+    assert {f.key for f in result.verification.records} == kept
+    # The ledger reflects it at once, with no sync: its live holdings are what the twins hold.
+    assert ledger_truth(synced) == estate_truth(estate)
+    with synced.sessions() as session:
+        anonymised = [session.execute(
+            select(Holding.anonymised, Holding.subject_id, Holding.categories)
+            .join(Source, Source.id == Holding.source_id)
+            .where(Source.name == s.source, Holding.record_type == s.record_type,
+                   Holding.external_id == s.external_id)).one()
+            for s in plan.steps if s.action == ANONYMISE]
+        subject = session.scalar(select(Subject.id).where(Subject.email == p.email))
+    assert anonymised and all(a and s is None and ",email," not in c for a, s, c in anonymised)
+    # Kept charges still carry the email: the ledger goes on tracking them.
+    assert (subject is not None) == bool(kept) and result.forgotten == (not kept)
+
+
+def test_apply_for_someone_only_mailchimp_holds_removes_them_from_the_ledger_too(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    p = person(running.estate, lambda q: q.in_mailchimp and not (
+        q.account_shops or q.guest_shops or q.in_stripe))
+    plan, result = erase(synced, systems, settings, p.email)
+    assert [s.action for s in plan.steps] == [DELETE] * len(plan.steps) and plan.steps
+    assert result.complete and result.forgotten
+    assert synced.holdings_for(p.email) == []
+    with synced.sessions() as session:
+        assert session.scalar(select(Subject.id).where(Subject.email == p.email)) is None
+        gone = session.scalars(select(Holding.subject_id).where(
+            Holding.external_id.in_([s.external_id for s in plan.steps]))).all()
+    assert gone and set(gone) == {None}
+
+
+def test_a_failure_half_way_is_completed_by_running_the_request_again(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    estate.stripe.faults.inject("status", status=503, times=100, path="/v1/customers/",
+                                method="DELETE")
+    plan, first = erase(synced, systems, settings, p.email)
+    assert not first.complete
+    assert [(o.step.kind, o.step.record_type) for o in first.failed] == [("stripe", "customer")]
+    assert "503" in (first.failed[0].error or "")
+    # The steps after the failure went on.
+    assert all(o.ok for o in first.outcomes if o.step.kind != "stripe")
+    assert any(o.step.kind == "mailchimp" and o.status == "deleted" for o in first.outcomes)
+    estate.stripe.faults.clear()
+    shop_writes = {name: twin.writes for name, twin in estate.twins.items()}
+    again, second = erase(synced, systems, settings, p.email)
+    assert second.complete, [o.error for o in second.failed]
+    assert [(s.kind, s.record_type) for s in again.changes] == [("stripe", "customer")]
+    assert {name: twin.writes - shop_writes[name] for name, twin in estate.twins.items()} == {
+        name: (1 if name == "stripe" else 0) for name in estate.twins}
+    assert traces(estate, p) == {s.key for s in plan.kept}
+    assert ledger_truth(synced) == estate_truth(estate)
+    steps = [json.loads(e.detail) for e in trail_entries(synced, "erasure.step")]
+    assert [s["status"] for s in steps if s["source"] == "stripe"] == ["failed", "deleted"]
+    assert {s["request"] for s in steps} == {plan.request_id, again.request_id}
+
+
+def trail_entries(ledger: Ledger, action: str | None = None) -> list[AuditLogEntry]:
+    with ledger.sessions() as session:
+        query = select(AuditLogEntry).order_by(AuditLogEntry.id)
+        if action is not None:
+            query = query.where(AuditLogEntry.action == action)
+        return list(session.scalars(query))
+
+
+def test_trail_records_every_step_without_personal_values_and_shows_an_edited_row(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    p = person(running.estate, everywhere)
+    plan, result = erase(synced, systems, settings, p.email)
+    assert result.complete
+    entries = trail_entries(synced)
+    ours = [e for e in entries if e.action.startswith("erasure.")]
+    assert [e.action for e in ours] == (["erasure.plan"] + ["erasure.step"] * len(plan.changes)
+                                        + ["erasure.done"])
+    reference = person_ref(synced, p.email)
+    member_ids = {s.external_id for s in plan.steps if s.kind == "mailchimp"}
+    for entry in ours:
+        detail = json.loads(entry.detail)
+        assert detail["person"] == reference and detail["request"] == plan.request_id
+        for value in (p.email, p.phone, p.last_name, p.address_1, *member_ids):
+            assert value not in entry.detail
+    assert json.loads(ours[-1].detail)["verified"] is True
+    assert trail.verify(synced).ok
+    step = next(e for e in ours if e.action == "erasure.step")
+    with synced.session() as session:
+        session.execute(text("UPDATE audit_log SET detail = :d WHERE id = :i"),
+                        {"d": step.detail.replace('"deleted"', '"failed"')
+                         .replace('"anonymised"', '"failed"'), "i": step.id})
+    broken = trail.verify(synced)
+    assert not broken.ok and broken.first_bad_id == step.id
+    assert f"entry {step.id}" in (broken.problem or "")
+
+
+def test_read_only_shop_key_fails_that_shop_clearly_and_the_rest_is_erased(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    shop = p.account_shops[0]
+    estate.shops[shop].permissions = "read"
+    plan, result = erase(synced_lite, systems, settings, p.email)
+    assert not result.complete
+    failed = {o.step.source for o in result.failed}
+    assert failed == {f"woo:{shop}"}
+    assert all("does not have write permissions" in (o.error or "") and "Read/Write"
+               in (o.error or "") for o in result.failed)
+    assert {(o.step.source, o.status) for o in result.outcomes if o.ok} >= {
+        ("stripe", "deleted")}
+    left = {f.key for f in result.leftover}
+    assert left == {s.key for s in plan.changes if s.source == f"woo:{shop}"}
+    with synced_lite.sessions() as session:
+        assert session.scalar(select(Subject.id).where(Subject.email == p.email)) is not None
+
+
+def test_findings_of_erased_holdings_resolve_at_once_and_true_ones_stay(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    old_order = person(estate, lambda q: OLD_COMPLETED_ORDER in q.tags)
+    network = person(estate, lambda q: OLD_NETWORK_DATA in q.tags)
+    run_audit(synced, settings.retention, now=NOW)
+    with synced.sessions() as session:
+        theirs = list(session.scalars(
+            select(Holding.id).join(Subject, Subject.id == Holding.subject_id)
+            .where(Subject.email.in_([old_order.email, network.email]))))
+
+    def open_findings(mine: bool) -> set[tuple[str, int, bool]]:
+        with synced.sessions() as session:
+            condition = Finding.holding_id.in_(theirs)
+            return set(session.execute(
+                select(Finding.rule, Finding.holding_id, Holding.anonymised)
+                .join(Holding, Holding.id == Finding.holding_id)
+                .where(Finding.resolved_at.is_(None), condition if mine else ~condition)
+            ).tuples())
+
+    before = open_findings(mine=True)
+    others = open_findings(mine=False)
+    assert {"order-past-retention", "network-data-past-retention"} <= {r for r, _, _ in before}
+    for p in (old_order, network):
+        _, result = erase(synced, systems, settings, p.email)
+        assert result.complete, [o.error for o in result.failed]
+    still = open_findings(mine=True)
+    # Only network data stays, on anonymised orders: the REST API cannot clear an IP address.
+    assert still and {rule for rule, _, _ in still} == {"network-data-past-retention"}
+    assert all(anonymised for _, _, anonymised in still)
+    assert {(r, h) for r, h, _ in still} < {(r, h) for r, h, _ in before}
+    assert open_findings(mine=False) == others
+    # The next audit agrees with what the erasure resolved.
+    again = run_audit(synced, settings.retention, now=NOW)
+    assert (again.new, again.resolved) == (0, 0)
+
+
+def cli(config: Path, *args: str, **options: Any) -> Result:
+    from daemon.cli import main
+
+    return CliRunner().invoke(main, ["--config", str(config), *args], **options)
+
+
+def test_erase_command_plans_asks_applies_and_refuses_bad_input(
+        running: RunningEstate, tmp_path: Path, sqlite_url: str) -> None:
+    estate = running.estate
+    config = running.write_config(tmp_path / "config", ledger_url=sqlite_url)
+    p = person(estate, everywhere)
+    before = writes(estate)
+    planned = cli(config, "erase", p.email)
+    assert planned.exit_code == 0, planned.output
+    assert f"Erasure plan for {p.email}" in planned.stdout
+    assert "Nothing was changed" in planned.stdout and "KEEP" in planned.stdout
+    cancelled = cli(config, "erase", p.email, "--apply", input="n\n")
+    assert cancelled.exit_code == 1 and "Cancelled: nothing was changed" in cancelled.stdout
+    assert writes(estate) == before
+    applied = cli(config, "erase", p.email, "--apply", "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert "Verified live: nothing personal" in applied.stdout
+    assert writes(estate) > before
+    assert p.email not in applied.stderr and p.phone not in applied.stderr
+    again = cli(config, "erase", p.email, "--apply", "--yes")
+    assert again.exit_code == 0 and "0 to delete, 0 to anonymise" in again.stdout
+    bad = cli(config, "erase", "someone@", "--apply", "--yes")
+    assert bad.exit_code == 2 and "is not an email address" in bad.output
+    nowhere = cli(config, "erase", "never.seen@example.org")
+    assert nowhere.exit_code == 0 and "is held nowhere" in nowhere.stdout
+    verified = cli(config, "verify-log", "--person", p.email)
+    assert verified.exit_code == 0 and "the hash chain is intact" in verified.stdout
+    assert "erasure.done" in verified.stdout
