@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean email-screenshot
+.PHONY: demo test lint clean readme email-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,8 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) demo-out
+
+# Refresh the generated parts of the docs: the README's command reference and the example config.
+readme: $(STAMP)
+	$(BIN)/python -c "import re, pathlib; from daemon.cli import command_reference; p = pathlib.Path('README.md'); t = p.read_text(); p.write_text(re.sub(r'(?s)<!-- commands -->\n.*?<!-- /commands -->', lambda m: '<!-- commands -->\n' + command_reference() + '<!-- /commands -->', t))"
+	$(BIN)/privacy-ledger config-example > config/example.toml

@@ -764,7 +764,8 @@ def _text(value: object) -> str:
 # PayPal payer meta masked, and meta `_anonymized` = yes; the customer note is emptied too
 # (free text the eraser leaves). `customer_ip_address` and `customer_user_agent` are
 # read-only in the REST schema: a REST client cannot change them, so they stay on the order,
-# no longer linked to the person. Order notes (/orders/{id}/notes) are not touched.
+# no longer linked to the person (and `_anonymized` = yes keeps WooCommerce's own "anonymise
+# completed orders" cleanup away from it). Order notes (/orders/{id}/notes) are not touched.
 
 DELETED_TEXT = "[deleted]"
 DELETED_EMAIL = "deleted@site.invalid"

@@ -246,13 +246,18 @@ class Found:
 
 @dataclass(frozen=True)
 class SystemAnswer:
-    """What one system said: its records about the person, or why it did not answer."""
+    """What one system said: its records about the person, or why it did not answer.
+    `gone` and `moved_on` are what it said of the ledger's stale pointers: holdings of the
+    person that no longer exist, and records that exist but no longer concern the person
+    (anonymised, another email). An erasure brings the ledger up to date with them."""
 
     source: str
     kind: str
     label: str
     records: tuple[Found, ...] = ()
     error: str | None = None
+    gone: tuple[tuple[str, str], ...] = ()
+    moved_on: tuple[Found, ...] = ()
 
     @property
     def answered(self) -> bool:
@@ -332,9 +337,12 @@ def _still_theirs(found: Found, email: str) -> bool:
     return not record.anonymised
 
 
-def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]]) -> list[Found]:
+def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]],
+         label: str) -> SystemAnswer:
     kind, source = connector.kind, connector.source
     found: dict[tuple[str, str], Found] = {}
+    gone: list[tuple[str, str]] = []
+    moved_on: list[Found] = []
     for item in connector.lookup(email):
         record = Found(source, kind, str(item["record_type"]), str(item["external_id"]),
                        dict(item.get("data") or {}))
@@ -349,11 +357,15 @@ def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]]) -> 
             # A record type or id this connector cannot fetch: its search is all there is.
             continue
         if data is None:
+            gone.append((record_type, external_id))
             continue
         record = Found(source, kind, record_type, external_id, data)
         if _still_theirs(record, email):
             found[(record_type, external_id)] = record
-    return list(found.values())
+        else:
+            moved_on.append(record)
+    return SystemAnswer(source, kind, label, tuple(found.values()), gone=tuple(gone),
+                        moved_on=tuple(moved_on))
 
 
 def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
@@ -367,12 +379,10 @@ def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
     for source, connector in systems.connectors.items():
         label = systems.labels.get(source, source)
         try:
-            records = _ask(connector, email, hints.get(source, ()))
+            answers.append(_ask(connector, email, hints.get(source, ()), label))
         except APIError as exc:
             log.warning("request.system_failed", source=source, error=safe_text(exc.message))
             answers.append(SystemAnswer(source, connector.kind, label, error=exc.message))
-            continue
-        answers.append(SystemAnswer(source, connector.kind, label, tuple(records)))
     for source, why in systems.failures.items():
         kind = "woocommerce" if source.startswith("woo:") else source.split(":", 1)[0]
         answers.append(SystemAnswer(source, kind, source, error=why))

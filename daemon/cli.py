@@ -76,6 +76,28 @@ def config_example() -> None:
     click.echo(example_toml(), nl=False)
 
 
+def command_reference() -> str:
+    """Every command's --help, as the README's command reference shows it."""
+    parts = []
+    root = click.Context(main, info_name="privacy-ledger", terminal_width=88,
+                         max_content_width=88)
+    parts.append(f"```\n{main.get_help(root)}\n```")
+    for name in sorted(main.commands):
+        command = main.commands[name]
+        if command.hidden:
+            continue
+        context = click.Context(command, info_name=name, parent=root, terminal_width=88,
+                                max_content_width=88)
+        parts.append(f"### `{name}`\n\n```\n{command.get_help(context)}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+@main.command("command-reference", hidden=True)
+def print_command_reference() -> None:
+    """Print the README's command reference (kept current by a test)."""
+    click.echo(command_reference(), nl=False)
+
+
 def _progress_printer() -> Callable[[str, int], None] | None:
     if not sys.stderr.isatty():
         return None

@@ -28,7 +28,9 @@ The ledger follows at once, in the step's own transaction with its audit_log ent
 deleted record's holding is marked gone, an anonymised order's holding is re-classified
 from the shop's answer (anonymised, fewer categories, no longer the person's), and the
 open findings of those holdings that no longer hold are resolved by re-running their rules'
-queries for just those holdings (the nightly audit's counts are not disturbed). When the
+queries for just those holdings (the nightly audit's counts are not disturbed). Holdings the
+ledger still links to the person that the live lookup shows gone or no longer theirs (a run
+killed between an upstream write and its ledger update) are caught up the same way. When the
 erasure is complete, the person's gone holdings and their findings are detached from the
 subject, and the subject row — the ledger's copy of the email — is deleted once no live
 holding refers to it (kept Stripe charges still do: the ledger keeps tracking what is held).
@@ -42,8 +44,9 @@ the person's reference name the record).
 
 from __future__ import annotations
 
+import textwrap
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -190,8 +193,9 @@ def _decide_order(record: Record | None, retention: RetentionSettings,
     if record is not None and {"ip_address", "user_agent"} & {str(c) for c in
                                                               record.categories}:
         network = (" Its IP address and user agent are read-only in WooCommerce's REST API: "
-                   "they stay on the order, no longer linked to the person (WooCommerce's own "
-                   "Erase Personal Data tool clears them).")
+                   "they stay on the order, no longer linked to the person; only something "
+                   "running inside WordPress can clear them (the audit keeps reporting them "
+                   "once older than [retention] network_data).")
     return ANONYMISE, (f"{what}: an accounting record, kept {period_words(period)} "
                        f"([retention] {parameter}){until}. Its names, addresses, phone, email "
                        "and note are replaced as WooCommerce's eraser does." + network)
@@ -247,6 +251,8 @@ class ErasureResult:
     findings_resolved: int
     # The subject row (the ledger's copy of the email) was deleted.
     forgotten: bool
+    # Stale holdings brought up to date (gone or no longer the person's upstream already).
+    caught_up: int = 0
 
     @property
     def failed(self) -> list[StepOutcome]:
@@ -280,6 +286,9 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
     done_well = (plan.complete and verification.complete and not leftover
                  and all(o.ok for o in outcomes))
     with ledger.session() as session:
+        moment = now or utcnow()
+        stale = _catch_up(ledger, session, verification, moment)
+        resolved += settle_findings(session, stale, retention, moment)
         if done_well:
             forgotten = _forget_subject(session, plan.email)
         trail.append(session, actor, "erasure.done", {
@@ -288,10 +297,12 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
                       for status in sorted({o.status for o in outcomes})},
             "kept": len(plan.kept), "left": len(leftover),
             "unanswered": sorted(a.source for a in verification.failed),
-            "findings_resolved": resolved, "subject_removed": forgotten})
+            "findings_resolved": resolved, "ledger_caught_up": len(stale),
+            "subject_removed": forgotten})
     log.info("erasure.done", request=plan.request_id, verified=done_well,
              failed=sum(1 for o in outcomes if not o.ok), left=len(leftover))
-    return ErasureResult(plan, tuple(outcomes), verification, leftover, resolved, forgotten)
+    return ErasureResult(plan, tuple(outcomes), verification, leftover, resolved, forgotten,
+                         len(stale))
 
 
 def _apply_step(ledger: Ledger, systems: Systems, plan: Plan, step: Step,
@@ -340,6 +351,27 @@ def _reflect(ledger: Ledger, session: Session, step: Step, after: dict[str, Any]
     return list(session.scalars(select(Holding.id).where(
         Holding.source_id == source.id, Holding.record_type == step.record_type,
         Holding.external_id == step.external_id)))
+
+
+def _catch_up(ledger: Ledger, session: Session, lookup: Lookup,
+              now: datetime) -> list[int]:
+    """Holdings the ledger still links to the person that the systems say are gone or no
+    longer theirs (a run killed between an upstream write and its ledger update, a change
+    made by hand): brought up to date as a sync would. Returns their ids."""
+    touched: list[int] = []
+    for answer in lookup.answers:
+        if not (answer.gone or answer.moved_on):
+            continue
+        source = ledger.source(session, answer.source, answer.kind)
+        mark_gone(session, source.id, [Key(t, i) for t, i in answer.gone], now)
+        records = [r for r in map(classify, answer.moved_on) if r is not None]
+        upsert_records(session, source.id, records, now, touch_unchanged=False)
+        keys = [*answer.gone, *((f.record_type, f.external_id) for f in answer.moved_on)]
+        for record_type, external_id in keys:
+            touched.extend(session.scalars(select(Holding.id).where(
+                Holding.source_id == source.id, Holding.record_type == record_type,
+                Holding.external_id == external_id)))
+    return touched
 
 
 def settle_findings(session: Session, holding_ids: Iterable[int],
@@ -412,8 +444,9 @@ def plan_lines(plan: Plan) -> list[str]:
         if not steps:
             lines.append("    nothing held")
         for step in steps:
-            lines.append(f"    {step.action.upper():<9} {step.record_type} {step.external_id}"
-                         f" — {step.reason}")
+            lines.append(f"    {step.action.upper():<9} {step.record_type} {step.external_id}")
+            lines.extend(textwrap.wrap(step.reason, width=98, initial_indent=" " * 14,
+                                       subsequent_indent=" " * 14))
     counts = plan.counts()
     lines.append(f"  {counts[DELETE]} to delete, {counts[ANONYMISE]} to anonymise, "
                  f"{counts[KEEP]} kept.")
@@ -446,6 +479,3 @@ def result_lines(result: ErasureResult) -> list[str]:
         lines.append(f"{result.findings_resolved} finding(s) resolved in the ledger.")
     return lines
 
-
-def systems_touched(steps: Sequence[Step]) -> list[str]:
-    return sorted({step.source for step in steps})

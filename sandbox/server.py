@@ -43,6 +43,8 @@ class Fault:
     # Only requests whose path contains this string are hit (None: every request).
     path: str | None = None
     method: str | None = None
+    # time.monotonic() after which the fault is dropped, used up or not ("a 401 for a while").
+    until: float | None = None
 
 
 class Faults:
@@ -54,11 +56,15 @@ class Faults:
         self.latency = 0.0
         self.injected: Counter[str] = Counter()
 
-    def inject(self, kind: str, times: int = 1, **options: Any) -> None:
+    def inject(self, kind: str, times: int = 1, *, lasting: float | None = None,
+               **options: Any) -> None:
+        """Queue a fault for the next `times` matching requests; with `lasting` (seconds) it
+        also ends when that time is up."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(FAULT_KINDS)}")
+        until = time.monotonic() + lasting if lasting is not None else None
         with self._lock:
-            self._queue.append(Fault(kind=kind, times=times, **options))
+            self._queue.append(Fault(kind=kind, times=times, until=until, **options))
 
     def clear(self) -> None:
         with self._lock:
@@ -67,6 +73,8 @@ class Faults:
 
     def take(self, method: str, path: str) -> Fault | None:
         with self._lock:
+            moment = time.monotonic()
+            self._queue = [f for f in self._queue if f.until is None or f.until > moment]
             for fault in self._queue:
                 if fault.path and fault.path not in path:
                     continue
@@ -83,7 +91,8 @@ class Faults:
     @property
     def pending(self) -> int:
         with self._lock:
-            return sum(f.times for f in self._queue)
+            moment = time.monotonic()
+            return sum(f.times for f in self._queue if f.until is None or f.until > moment)
 
 
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Briefly unavailable for scheduled maintenance"

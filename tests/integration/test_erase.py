@@ -243,6 +243,30 @@ def test_a_failure_half_way_is_completed_by_running_the_request_again(
     assert {s["request"] for s in steps} == {plan.request_id, again.request_id}
 
 
+def test_a_run_killed_between_upstream_and_ledger_is_caught_up_by_the_next(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, lambda q: OLD_COMPLETED_ORDER in q.tags and q.account_shops
+               and not q.in_stripe)
+    plan = make_plan(synced, systems, settings.retention, p.email, now=NOW)
+    # As if a run had written upstream and died before the ledger heard of it.
+    for step in plan.changes:
+        if step.kind == "woocommerce" and step.action == DELETE:
+            shop = estate.shops[step.source.split(":", 1)[1]]
+            getattr(shop, f"delete_{step.record_type}")(int(step.external_id))
+        elif step.kind == "woocommerce":
+            estate.shops[step.source.split(":", 1)[1]].anonymise_order(int(step.external_id))
+        else:
+            estate.mailchimp.delete_permanent(step.source.split(":", 1)[1], step.external_id)
+    assert {s.action for s in plan.changes} == {DELETE, ANONYMISE}
+    assert synced.holdings_for(p.email, include_gone=False)
+    again, result = erase(synced, systems, settings, p.email)
+    assert result.complete and not again.changes
+    assert result.caught_up == len(plan.changes)
+    assert ledger_truth(synced) == estate_truth(estate)
+    assert result.forgotten == (not again.kept)
+
+
 def trail_entries(ledger: Ledger, action: str | None = None) -> list[AuditLogEntry]:
     with ledger.sessions() as session:
         query = select(AuditLogEntry).order_by(AuditLogEntry.id)
