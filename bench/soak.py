@@ -6,11 +6,12 @@ The sandbox estate (seeded) runs in this process on 127.0.0.1, with a real SMTP 
 syncs run every few seconds. For --minutes (10 by default) this script at once:
 
 - changes the estate through the twins (new customers, orders, charges, subscribers;
-  updates, status changes, trash, anonymisation, deletions, unsubscribes, archiving,
-  permanent deletions) and so moves the ground truth;
+  updates, status changes, trash and restore from the trash, anonymisation, deletions,
+  unsubscribes, archiving, resubscribing, permanent deletions) and so moves the ground truth;
 - injects faults at random into random twins: 429 with Retry-After, 500/502/503, dropped
   connections, answers slower than the client's timeout, truncated JSON, an HTML page with
-  200, a 401 for a few seconds; and makes the SMTP server refuse (451) for a while;
+  200, a 401 for a few seconds, every answer slow for a while; and makes the SMTP server
+  refuse (451, at MAIL or at DATA) for a while;
 - kills the daemon with SIGKILL at random moments (--kills, at least 20 in 10 minutes by
   default) and starts it again a second later, as systemd's Restart=always, RestartSec=1s;
 - lets "nights" pass: every minute the config's `audit_at` and `full_sync` move to the next
@@ -59,7 +60,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -75,7 +76,7 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from connectors.base import normalise_email, utcnow  # noqa: E402
-from daemon import mail, trail  # noqa: E402
+from daemon import logs, mail, trail  # noqa: E402
 from daemon.config import Settings, load_settings  # noqa: E402
 from daemon.ledger import AuditLogEntry, Holding, Ledger, OutboxMessage, Source, SyncRun  # noqa: E402
 from sandbox.demo import RunningEstate  # noqa: E402
@@ -358,13 +359,24 @@ STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refun
 
 
 class Mutator:
-    """Random changes to the estate, as shops, payments and newsletters make them."""
+    """Random changes to the estate, as shops, payments and newsletters make them. Every
+    record of every other person planted with a known answer is left alone, so that what the
+    audit must say of them stays known however long the soak runs."""
 
     def __init__(self, estate: Estate, rng: random.Random) -> None:
         self.estate = estate
         self.rng = rng
         self.log = Mutations()
         self._serial = 0
+        people = sorted({p.email for p in estate.planted})
+        spared = set(people[::2])
+        self.protected: set[Key] = {(s, t, i) for s, t, i, email in estate_truth(estate)
+                                    if email in spared}
+        self.protected |= {(p.source, p.record_type, p.external_id) for p in estate.planted
+                           if p.email in spared}
+
+    def _free(self, source: str, record_type: str, ids: Iterable[Any]) -> list[Any]:
+        return [i for i in ids if (source, record_type, str(i)) not in self.protected]
 
     def _email(self) -> str:
         self._serial += 1
@@ -373,14 +385,14 @@ class Mutator:
     def step(self) -> None:
         actions: list[tuple[float, Callable[[], str | None]]] = [
             (3, self.woo_add_customer), (5, self.woo_add_order), (4, self.woo_update_order),
-            (1, self.woo_trash_order), (0.8, self.woo_restore_order),
+            (1.5, self.woo_trash_order), (1.5, self.woo_restore_order),
             (1, self.woo_delete_order), (1, self.woo_anonymise),
             (1, self.woo_update_customer), (0.6, self.woo_delete_customer),
             (1, self.woo_last_active), (0.3, self.woo_card_note),
             (2, self.stripe_add_customer), (3, self.stripe_add_charge),
             (1, self.stripe_update_customer), (0.6, self.stripe_delete_customer),
             (1, self.stripe_refund), (3, self.mc_add_member), (1, self.mc_update_member),
-            (1, self.mc_unsubscribe), (0.6, self.mc_archive), (0.8, self.mc_resubscribe),
+            (1, self.mc_unsubscribe), (1, self.mc_archive), (1.5, self.mc_resubscribe),
             (0.6, self.mc_delete),
         ]
         action = self.rng.choices([a for _, a in actions], [w for w, _ in actions])[0]
@@ -411,7 +423,7 @@ class Mutator:
     def woo_add_order(self, note: str = "") -> str:
         source, shop = self._shop()
         with shop.lock:
-            customers = sorted(shop.customers)
+            customers = self._free(source, "customer", sorted(shop.customers))
         customer_id, email = 0, self._email()
         if customers and self.rng.random() < 0.6:
             customer_id = self.rng.choice(customers)
@@ -432,14 +444,14 @@ class Mutator:
     def woo_card_note(self) -> str:
         return self.woo_add_order(note=CARD_NOTE)
 
-    def _order(self, shop: Any) -> int | None:
+    def _order(self, source: str, shop: Any) -> int | None:
         with shop.lock:
-            orders = sorted(shop.orders)
+            orders = self._free(source, "order", sorted(shop.orders))
         return self.rng.choice(orders) if orders else None
 
     def woo_update_order(self) -> str | None:
         source, shop = self._shop()
-        ident = self._order(shop)
+        ident = self._order(source, shop)
         if ident is None:
             return None
         fields: dict[str, Any] = {"status": self.rng.choice(STATUSES)}
@@ -451,7 +463,7 @@ class Mutator:
 
     def woo_trash_order(self) -> str | None:
         source, shop = self._shop()
-        ident = self._order(shop)
+        ident = self._order(source, shop)
         if ident is None:
             return None
         shop.trash_order(ident)
@@ -461,7 +473,8 @@ class Mutator:
     def woo_restore_order(self) -> str | None:
         source, shop = self._shop()
         with shop.lock:
-            trashed = sorted(i for i, o in shop.orders.items() if o["status"] == "trash")
+            trashed = self._free(source, "order", sorted(
+                i for i, o in shop.orders.items() if o["status"] == "trash"))
         if not trashed:
             return None
         ident = self.rng.choice(trashed)
@@ -472,7 +485,7 @@ class Mutator:
 
     def woo_delete_order(self) -> str | None:
         source, shop = self._shop()
-        ident = self._order(shop)
+        ident = self._order(source, shop)
         if ident is None:
             return None
         shop.delete_order(ident)
@@ -481,21 +494,21 @@ class Mutator:
 
     def woo_anonymise(self) -> str | None:
         source, shop = self._shop()
-        ident = self._order(shop)
+        ident = self._order(source, shop)
         if ident is None:
             return None
         shop.anonymise_order(ident)
         self._touch(source, "order", ident)
         return "woo anonymise order"
 
-    def _customer(self, shop: Any) -> int | None:
+    def _customer(self, source: str, shop: Any) -> int | None:
         with shop.lock:
-            customers = sorted(shop.customers)
+            customers = self._free(source, "customer", sorted(shop.customers))
         return self.rng.choice(customers) if customers else None
 
     def woo_update_customer(self) -> str | None:
         source, shop = self._shop()
-        ident = self._customer(shop)
+        ident = self._customer(source, shop)
         if ident is None:
             return None
         shop.update_customer(ident, first_name=self.rng.choice(("Ann", "Bo", "Cy")))
@@ -504,7 +517,7 @@ class Mutator:
 
     def woo_delete_customer(self) -> str | None:
         source, shop = self._shop()
-        ident = self._customer(shop)
+        ident = self._customer(source, shop)
         if ident is None:
             return None
         with shop.lock:
@@ -517,7 +530,7 @@ class Mutator:
 
     def woo_last_active(self) -> str | None:
         source, shop = self._shop()
-        ident = self._customer(shop)
+        ident = self._customer(source, shop)
         if ident is None:
             return None
         shop.set_last_active(ident, utcnow())
@@ -533,7 +546,7 @@ class Mutator:
 
     def stripe_add_charge(self) -> str:
         stripe = self.estate.stripe
-        customers = stripe.customer_ids()
+        customers = self._free("stripe", "customer", stripe.customer_ids())
         customer = self.rng.choice(customers) if customers and self.rng.random() < 0.7 \
             else None
         email = (stripe.customer(customer) or {}).get("email") if customer else None
@@ -547,7 +560,7 @@ class Mutator:
         return "stripe add charge"
 
     def stripe_update_customer(self) -> str | None:
-        customers = self.estate.stripe.customer_ids()
+        customers = self._free("stripe", "customer", self.estate.stripe.customer_ids())
         if not customers:
             return None
         ident = self.rng.choice(customers)
@@ -556,7 +569,7 @@ class Mutator:
         return "stripe update customer"
 
     def stripe_delete_customer(self) -> str | None:
-        customers = self.estate.stripe.customer_ids()
+        customers = self._free("stripe", "customer", self.estate.stripe.customer_ids())
         if not customers:
             return None
         ident = self.rng.choice(customers)
@@ -565,7 +578,7 @@ class Mutator:
         return "stripe delete customer"
 
     def stripe_refund(self) -> str | None:
-        charges = self.estate.stripe.charge_ids()
+        charges = self._free("stripe", "charge", self.estate.stripe.charge_ids())
         if not charges:
             return None
         ident = self.rng.choice(charges)
@@ -582,8 +595,9 @@ class Mutator:
     def _member(self, audience: str, statuses: tuple[str, ...] | None = None) -> str | None:
         twin = self.estate.mailchimp
         with twin.lock:
-            members = sorted(m.id for m in twin.audiences[audience].members.values()
-                             if statuses is None or m.status in statuses)
+            members = self._free(f"mailchimp:{audience}", "member", sorted(
+                m.id for m in twin.audiences[audience].members.values()
+                if statuses is None or m.status in statuses))
         return self.rng.choice(members) if members else None
 
     def mc_add_member(self) -> str:
@@ -1040,7 +1054,12 @@ def attack(world: World, options: Options, rng: random.Random) -> None:
     end = started + seconds
 
     def send_report() -> None:
-        result = cli(world.config.path, "report", "--send", timeout=120, log=world.cli_log)
+        try:
+            result = cli(world.config.path, "report", "--send", timeout=120,
+                         log=world.cli_log)
+        except subprocess.TimeoutExpired:
+            world.sends["timed out"] += 1
+            return
         world.sends[f"exit {result.returncode}"] += 1
 
     def new_night() -> None:
@@ -1055,7 +1074,7 @@ def attack(world: World, options: Options, rng: random.Random) -> None:
         ("chaos", 1.0, 4.0, world.chaos.inject),
         ("nights", 60.0, 60.0, new_night),
         ("reports", 10.0, 30.0, send_report),
-        ("sampler", 2.0, 4.0, world.sampler.sample),
+        ("sampler", 0.5, 1.0, world.sampler.sample),
     ]
     plan: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = [
         ("supervisor", world.supervisor.run, (kills, stop))]
@@ -1146,6 +1165,9 @@ def soak(options: Options) -> int:
          f"{options.seed}, {options.people} people, SQLite ledger; work dir {workdir}")
     controller.start()
     sampler: Sampler | None = None
+    # This process's own log lines (the last delivery pass) go to a file, not the figures.
+    own_log = (workdir / "soak.log").open("a", encoding="utf-8")
+    logs.configure(own_log, json=True)
     try:
         with RunningEstate(estate) as running:
             config = ConfigFile(running, workdir, smtp_port)
@@ -1169,6 +1191,7 @@ def soak(options: Options) -> int:
             sampler.close()
         controller.stop()
         notify.close()
+        own_log.close()
     for text in verdict.lines:
         _say(text)
     if verdict.problems:

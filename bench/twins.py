@@ -2,8 +2,8 @@
 
 The twins are Python too: served from the benchmark's own process they would compete with
 the sync for the interpreter lock and the figures would measure the twins. `TwinFleet` spawns
-one child process that builds the requested estates with each twin's `bulk()` and serves
-them on 127.0.0.1; the benchmark steers them through the twins' control API (`/__twin__/`:
+a child process per twin that builds its estate with the twin's `bulk()` and serves it on
+127.0.0.1; the benchmark steers them through the twins' control API (`/__twin__/`:
 latency, stats, mutations), never by touching their objects.
 
 Also the small helpers every benchmark shares: peak RSS and medians.
@@ -112,40 +112,46 @@ def _serve(specs: list[TwinSpec], pipe: Connection) -> None:
 
 
 class TwinFleet:
-    """Twins served by a child process. Use as a context manager."""
+    """Twins served by child processes, one per twin (built in parallel, and a busy twin
+    never slows another). Use as a context manager."""
 
     def __init__(self, specs: Iterable[TwinSpec]) -> None:
         self.specs = list(specs)
         self.twins: dict[str, RunningTwin] = {}
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._pipe: Connection | None = None
+        self._children: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
 
     def __enter__(self) -> TwinFleet:
         context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(self.specs, child),
-                                        name="bench-twins", daemon=True)
-        self._process.start()
-        self._pipe = parent
-        status, answer = parent.recv()
-        if status != "ok":
+        try:
+            for spec in self.specs:
+                parent, child = context.Pipe()
+                process = context.Process(target=_serve, args=([spec], child),
+                                          name=f"bench-twin-{spec.name}", daemon=True)
+                process.start()
+                self._children.append((process, parent))
+            for spec, (_, pipe) in zip(self.specs, self._children, strict=True):
+                status, answer = pipe.recv()
+                if status != "ok":
+                    raise RuntimeError(f"twin {spec.name} could not start: {answer}")
+                url, secrets = answer[0]
+                self.twins[spec.name] = RunningTwin(spec, url, secrets)
+        except BaseException:
             self.__exit__()
-            raise RuntimeError(f"the twins could not start: {answer}")
-        for spec, (url, secrets) in zip(self.specs, answer, strict=True):
-            self.twins[spec.name] = RunningTwin(spec, url, secrets)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pipe is not None:
+        for _, pipe in self._children:
             try:
-                self._pipe.send("stop")
+                pipe.send("stop")
             except (BrokenPipeError, OSError):
                 pass
-        if self._process is not None:
-            self._process.join(timeout=30)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(timeout=5)
+        for process, _ in self._children:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        self._children.clear()
 
     def set_latency(self, seconds: float) -> None:
         for twin in self.twins.values():

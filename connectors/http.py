@@ -209,7 +209,8 @@ class HttpClient:
         for attempt in range(self.retry.attempts):
             response = self.request("GET", path, params, ok=ok)
             try:
-                return response.json(), response
+                # From the bytes: no decoded copy of a large page (JSON is UTF-8).
+                return json.loads(response.content), response
             except (json.JSONDecodeError, requests.JSONDecodeError, UnicodeDecodeError):
                 if looks_like_html(response):
                     raise FatalAPIError(

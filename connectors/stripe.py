@@ -9,6 +9,7 @@ anything else, and a cursor older than 29 days makes the pull list everything ag
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import threading
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from queue import Full, Queue
 from typing import Any
 
 import requests
@@ -343,31 +345,26 @@ class StripeConnector:
             "customer": previous.customer if previous else None,
             "charge": previous.charge if previous else None,
         }
-        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
-            for page in self._pages(path, {}):
-                records, skipped, gone, newest = self._classify_page(record_type, page.items)
-                marks[record_type] = _max(marks[record_type], newest)
-                if page.last and record_type == "charge":
-                    cursor = _Cursor(marks["customer"], marks["charge"], event_mark, started)
-                    yield Batch(records, cursor=cursor.dump(), skipped=skipped, complete=True,
-                                listed_types=RECORD_TYPES, gone=gone)
-                else:
-                    yield Batch(records, skipped=skipped, gone=gone)
+        # Customers and charges are separate cursor lists: read side by side, each in order.
+        listings = {"customer": ("/v1/customers", {}), "charge": ("/v1/charges", {})}
+        for record_type, page, done in self._side_by_side(listings):
+            records, skipped, gone, newest = self._classify_page(record_type, page.items)
+            marks[record_type] = _max(marks[record_type], newest)
+            if done:
+                cursor = _Cursor(marks["customer"], marks["charge"], event_mark, started)
+                yield Batch(records, cursor=cursor.dump(), skipped=skipped, complete=True,
+                            listed_types=RECORD_TYPES, gone=gone)
+            else:
+                yield Batch(records, skipped=skipped, gone=gone)
 
     def _incremental(self, started: int, state: _Cursor) -> Iterator[Batch]:
+        """Every change since the cursor (less the overlap) from the event feed alone: a
+        new customer or charge has its creation event too, so listing them by `created` as
+        well would read each new object twice."""
         overlap = int(self.settings.overlap.total_seconds())
         marks: dict[str, int | None] = {"customer": state.customer, "charge": state.charge}
         seen: set[tuple[str, str]] = set()
-        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
-            mark = marks[record_type]
-            params = {} if mark is None else {"created[gte]": mark - overlap}
-            for page in self._pages(path, params):
-                records, skipped, gone, newest = self._classify_page(record_type, page.items)
-                marks[record_type] = _max(marks[record_type], newest)
-                seen.update((r.record_type, r.external_id) for r in records)
-                yield Batch(records, skipped=skipped, gone=gone)
-        # Changes and deletions of objects created before the window, newest event first:
-        # the first event seen for an object is its latest state.
+        # Newest event first: the first event seen for an object is its latest state.
         event_mark = state.event
         event_params: dict[str, Any] = {"types[]": list(EVENT_TYPES)}
         if state.event is not None:
@@ -379,6 +376,10 @@ class StripeConnector:
             for event in page.items:
                 event_mark = _max(event_mark, _created(event))
                 self._apply_event(event, seen, records, skipped, gone)
+            for record in records:
+                if record.created_at is not None:
+                    created = int(record.created_at.timestamp())
+                    marks[record.record_type] = _max(marks[record.record_type], created)
             if page.last:
                 cursor = _Cursor(marks["customer"], marks["charge"], event_mark, started)
                 yield Batch(records, cursor=cursor.dump(), skipped=skipped, complete=True,
@@ -449,14 +450,14 @@ class StripeConnector:
     def list_keys(self) -> Iterator[KeyBatch]:
         """Every customer and charge id; the last batch is complete only after both lists
         ended with `has_more: false`."""
-        for record_type, path in (("customer", "/v1/customers"), ("charge", "/v1/charges")):
-            for page in self._pages(path, {}):
-                keys = [Key(record_type, ident) for ident in map(_id, page.items)
-                        if ident is not None]
-                if page.last and record_type == "charge":
-                    yield KeyBatch(keys, complete=True, listed_types=RECORD_TYPES)
-                else:
-                    yield KeyBatch(keys)
+        listings = {"customer": ("/v1/customers", {}), "charge": ("/v1/charges", {})}
+        for record_type, page, done in self._side_by_side(listings):
+            keys = [Key(record_type, ident) for ident in map(_id, page.items)
+                    if ident is not None]
+            if done:
+                yield KeyBatch(keys, complete=True, listed_types=RECORD_TYPES)
+            else:
+                yield KeyBatch(keys)
 
     def lookup(self, email: str) -> list[dict[str, Any]]:
         """Everything Stripe holds about one email: customers with that email (Stripe matches
@@ -502,6 +503,60 @@ class StripeConnector:
         # Called by HttpClient before every attempt, retries included.
         self.bucket.take()
         return url, params
+
+    def _side_by_side(self, listings: Mapping[str, tuple[str, Mapping[str, Any]]]
+                      ) -> Iterator[tuple[str, _Page, bool]]:
+        """Several lists read at once, one thread each (a cursor list itself can only be
+        read page after page): (key, page, whether this was the last page of them all) as
+        pages arrive. At most one page per list waits to be taken; the rate limit is shared."""
+        queue: Queue[tuple[str, _Page | BaseException | None]] = Queue(maxsize=len(listings))
+        stop = threading.Event()
+
+        def hand_over(item: tuple[str, _Page | BaseException | None]) -> bool:
+            while not stop.is_set():
+                try:
+                    queue.put(item, timeout=0.1)
+                    return True
+                except Full:
+                    continue
+            return False
+
+        def read(key: str, path: str, params: Mapping[str, Any]) -> None:
+            try:
+                for page in self._pages(path, params):
+                    if not hand_over((key, page)):
+                        return
+                hand_over((key, None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                hand_over((key, exc))
+
+        threads = [threading.Thread(target=contextvars.copy_context().run,
+                                    args=(read, key, path, params), daemon=True,
+                                    name=f"stripe-{key}")
+                   for key, (path, params) in listings.items()]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        held: tuple[str, _Page] | None = None
+        try:
+            while running:
+                key, item = queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    running -= 1
+                    continue
+                # Hold each page until the next arrives: the last one must say it is last.
+                if held is not None:
+                    yield held[0], held[1], False
+                held = (key, item)
+            if held is not None:
+                yield held[0], held[1], True
+        finally:
+            stop.set()
+            for thread in threads:
+                # A reader stops after its request in flight (bounded by the timeout).
+                thread.join(timeout=self.settings.timeout)
 
     def _pages(self, path: str, params: Mapping[str, Any]) -> Iterator[_Page]:
         """A Stripe list, newest first, one page at a time (`starting_after` the last id)."""

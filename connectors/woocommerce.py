@@ -172,11 +172,18 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+_PLACEHOLDER_SIZES = frozenset(len(text) for text in _PLACEHOLDERS)
+
+
 def _held(value: object) -> bool:
     """A field holds something personal: not blank, not zeros, not an anonymiser
     placeholder."""
-    if isinstance(value, str) and value.strip().lower() in _PLACEHOLDERS:
-        return False
+    if isinstance(value, str):
+        text = value.strip()
+        # Lower-casing every field of every record showed in profiles: sizes first.
+        if len(text) in _PLACEHOLDER_SIZES and text.lower() in _PLACEHOLDERS:
+            return False
+        return has_value(text)
     return has_value(value)
 
 
@@ -236,7 +243,7 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
     """Meta values: a card number anywhere counts; free text only in meta that is not
     WooCommerce's own bookkeeping (keys starting with `_`, flags like "yes"/"1")."""
     for key, value in entries:
-        texts = list(_strings(value))
+        texts = [value] if isinstance(value, str) else list(_strings(value))
         if any(contains_card_number(text) for text in texts):
             named = f"{where}[{key}]" if _PLAIN_KEY.fullmatch(key) else where
             scan_text(named, " ".join(texts), categories, evidence)
@@ -245,52 +252,64 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
             categories.add(Category.FREE_TEXT)
 
 
-def _scan_address(where: str, address: Mapping[str, Any], categories: set[Category],
-                  evidence: list[str]) -> None:
-    for name in _TYPED:
-        if contains_card_number(address.get(name)):
-            categories.add(Category.CARD_NUMBER)
-            note = f"card number pattern in {where}.{name}"
-            if note not in evidence:
-                evidence.append(note)
+def _any_held(data: Mapping[str, Any], names: Iterable[str]) -> bool:
+    for name in names:
+        if _held(data.get(name)):
+            return True
+    return False
 
 
-def _skip(record_type: str, data: object) -> Skip | None:
+def _scan_addresses(billing: Mapping[str, Any], shipping: Mapping[str, Any],
+                    categories: set[Category], evidence: list[str]) -> None:
+    """A card number typed into a name or address field. One look at all the fields first
+    (a line break ends a digit run): they rarely hold one."""
+    texts = [value for value in (*map(billing.get, _TYPED), *map(shipping.get, _TYPED))
+             if isinstance(value, str)]
+    if not contains_card_number("\n".join(texts)):
+        return
+    for where, address in (("billing", billing), ("shipping", shipping)):
+        for name in _TYPED:
+            if contains_card_number(address.get(name)):
+                categories.add(Category.CARD_NUMBER)
+                note = f"card number pattern in {where}.{name}"
+                if note not in evidence:
+                    evidence.append(note)
+
+
+def _unreadable(record_type: str, data: object) -> Skip:
     if not isinstance(data, dict):
         return Skip(record_type, None, f"{record_type} entry is not a JSON object")
-    if _ident(data) is None:
-        return Skip(record_type, None, f"{record_type} entry without a valid id")
-    return None
+    return Skip(record_type, None, f"{record_type} entry without a valid id")
 
 
 def classify_customer(data: object) -> Record | Skip:
     """A customer (any role) → Record: an account always; email, name, addresses, phone,
     free text and card numbers when held; last activity from the `wc_last_active` meta."""
-    skipped = _skip(CUSTOMER, data)
-    if skipped is not None:
-        return skipped
-    assert isinstance(data, dict)  # noqa: S101 - checked by _skip
     ident = _ident(data)
-    assert ident is not None  # noqa: S101 - checked by _skip
+    if ident is None or not isinstance(data, dict):
+        return _unreadable(CUSTOMER, data)
     try:
         billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
         categories: set[Category] = {Category.ACCOUNT}
         evidence: list[str] = []
         if _held(data.get("email")) or _held(billing.get("email")):
             categories.add(Category.EMAIL)
-        if any(_held(part.get(n)) for part in (data, billing, shipping) for n in _NAME):
+        if _any_held(data, _NAME) or _any_held(billing, _NAME) or _any_held(shipping, _NAME):
             categories.add(Category.NAME)
-        if any(_held(billing.get(n)) for n in _ADDRESS):
+        if _any_held(billing, _ADDRESS):
             categories.add(Category.BILLING_ADDRESS)
-        if any(_held(shipping.get(n)) for n in _ADDRESS):
+        if _any_held(shipping, _ADDRESS):
             categories.add(Category.DELIVERY_ADDRESS)
         if _held(billing.get("phone")) or _held(shipping.get("phone")):
             categories.add(Category.PHONE)
         meta = _meta(data)
         _scan_meta("meta_data", meta, categories, evidence)
-        _scan_address("billing", billing, categories, evidence)
-        _scan_address("shipping", shipping, categories, evidence)
-        last_active = next((value for key, value in meta if key == "wc_last_active"), None)
+        _scan_addresses(billing, shipping, categories, evidence)
+        last_active = None
+        for key, value in meta:
+            if key == "wc_last_active":
+                last_active = value
+                break
         role = data.get("role")
         return Record(
             record_type=CUSTOMER,
@@ -316,12 +335,9 @@ def classify_order(data: object) -> Record | Skip:
     """An order (any status) → Record: order history always; contact, addresses, payment
     method type, network data, notes when held. An order WooCommerce anonymised keeps only
     what the anonymiser left."""
-    skipped = _skip(ORDER, data)
-    if skipped is not None:
-        return skipped
-    assert isinstance(data, dict)  # noqa: S101 - checked by _skip
     ident = _ident(data)
-    assert ident is not None  # noqa: S101 - checked by _skip
+    if ident is None or not isinstance(data, dict):
+        return _unreadable(ORDER, data)
     try:
         billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
         meta = _meta(data)
@@ -330,11 +346,11 @@ def classify_order(data: object) -> Record | Skip:
         evidence: list[str] = []
         if _held(billing.get("email")):
             categories.add(Category.EMAIL)
-        if any(_held(part.get(n)) for part in (billing, shipping) for n in _NAME):
+        if _any_held(billing, _NAME) or _any_held(shipping, _NAME):
             categories.add(Category.NAME)
-        if any(_held(billing.get(n)) for n in _ADDRESS):
+        if _any_held(billing, _ADDRESS):
             categories.add(Category.BILLING_ADDRESS)
-        if any(_held(shipping.get(n)) for n in _ADDRESS):
+        if _any_held(shipping, _ADDRESS):
             categories.add(Category.DELIVERY_ADDRESS)
         if _held(billing.get("phone")) or _held(shipping.get("phone")):
             categories.add(Category.PHONE)
@@ -352,8 +368,7 @@ def classify_order(data: object) -> Record | Skip:
             if isinstance(item, dict):
                 _scan_meta("line_items meta_data", _meta(item), categories, evidence,
                            free_text=False)
-        _scan_address("billing", billing, categories, evidence)
-        _scan_address("shipping", shipping, categories, evidence)
+        _scan_addresses(billing, shipping, categories, evidence)
         modified = parse_time(data.get("date_modified_gmt"))
         customer_id = data.get("customer_id")
         owner = _ident({"id": customer_id})
@@ -395,10 +410,13 @@ class _Page:
     offset: int
     items: list[Any]
     total: int | None
+    # Each item's id (None when it has none), worked out once per page.
+    keys: list[int | None] = field(init=False)
+    ids: list[int] = field(init=False)
 
-    @property
-    def ids(self) -> list[int]:
-        return [i for i in (_int_id(item) for item in self.items) if i is not None]
+    def __post_init__(self) -> None:
+        self.keys = [_int_id(item) for item in self.items]
+        self.ids = [key for key in self.keys if key is not None]
 
 
 class _Listing:
@@ -494,7 +512,8 @@ class _Listing:
                     log.warning("woocommerce.listing_shifted", source=self.source,
                                 path=self.path, offset=page.offset)
                 seen = set(previous.ids)
-                fresh = [item for item in page.items if _int_id(item) not in seen]
+                fresh = [item for item, key in zip(page.items, page.keys, strict=True)
+                         if key not in seen]
                 yield fresh
                 if self._ended(page):
                     break
@@ -510,6 +529,23 @@ class _Listing:
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _checkout_owners(items: Iterable[Any], since: datetime | None) -> set[int]:
+    """Accounts of the orders created or paid since `since` (every order's when None)."""
+    owners: set[int] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        owner = _int_id({"id": item.get("customer_id")})
+        if owner is None:
+            continue
+        if since is None or any(
+                moment is not None and moment >= since
+                for moment in (parse_time(item.get("date_created_gmt")),
+                               parse_time(item.get("date_paid_gmt")))):
+            owners.add(owner)
+    return owners
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -638,9 +674,10 @@ class WooCommerceConnector:
     def _incremental(self, state: _Cursor) -> Iterator[Batch]:
         started = self.settings.clock()
         window: dict[str, str] = {}
+        since = None
         if state.orders_since is not None:
-            window = {"modified_after": format_gmt(state.orders_since - self.settings.overlap),
-                      "dates_are_gmt": "true"}
+            since = state.orders_since - self.settings.overlap
+            window = {"modified_after": format_gmt(since), "dates_are_gmt": "true"}
         owners: set[int] = set()
         orders_whole = True
         for status in ORDER_LISTINGS:
@@ -648,11 +685,13 @@ class WooCommerceConnector:
             with closing(iter(listing)) as pages:
                 for items in pages:
                     records, skipped = _split(classify_order(item) for item in items)
-                    owners.update(int(r.parent_id) for r in records if r.parent_id)
+                    owners.update(_checkout_owners(items, since))
                     yield Batch(records, skipped=skipped)
             orders_whole = orders_whole and listing.connected
         # Customers have no modified filter. New accounts: newest first down to the highest
-        # id already known. Changed accounts: those whose orders changed in this window.
+        # id already known. Changed accounts: those who checked out or paid in this window
+        # (WooCommerce saves the checkout's addresses to the account then; the shop
+        # fulfilling, refunding or editing an order leaves the account as it was).
         # Profile edits without an order, wc_last_active moving and deletions wait for the
         # weekly full pull (or reconciliation), which reads every customer.
         seen: set[int] = set()

@@ -3,7 +3,9 @@ connector modules sharing `Settings`/`connect`) and syncs them into the ledger."
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from connectors import mailchimp, stripe, woocommerce
@@ -45,26 +47,51 @@ def opened(connector: Connector) -> Iterator[Connector]:
 def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = None,
                     full: bool = False,
                     progress: ProgressCallback | None = None,
-                    should_stop: StopCheck | None = None) -> list[SyncResult]:
-    """Sync every selected source, one after the other; one source failing never stops
-    the others. `should_stop` ends the work between batches and between sources."""
-    results: list[SyncResult] = []
-    for name in select_names(settings, only):
+                    should_stop: StopCheck | None = None,
+                    parallel: int = 1) -> list[SyncResult]:
+    """Sync every selected source; one source failing never stops the others. `should_stop`
+    ends the work between batches and between sources. With `parallel` > 1 that many sources
+    sync at once, each in its own thread (their waits on upstream latency overlap; each
+    source still keeps its own connection limits, and the ledger's writes stay one
+    transaction per batch). Results come back in the configured order either way."""
+    names = select_names(settings, only)
+
+    def run(name: str) -> list[SyncResult]:
         if should_stop is not None and should_stop():
-            break
-        if name.startswith("woo:"):
-            shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
-            with opened(woocommerce.connect(shop.to_connector())) as connector:
-                results.append(sync_source(ledger, connector, full=full, progress=progress,
-                                           should_stop=should_stop))
-        elif name == "stripe" and settings.stripe is not None:
-            with opened(stripe.connect(settings.stripe.to_connector())) as connector:
-                results.append(sync_source(ledger, connector, full=full, progress=progress,
-                                           should_stop=should_stop))
-        elif name == "mailchimp" and settings.mailchimp is not None:
-            results.extend(_sync_mailchimp(ledger, settings, full=full, progress=progress,
-                                           should_stop=should_stop))
-    return results
+            return []
+        return _sync_one(ledger, settings, name, full=full, progress=progress,
+                         should_stop=should_stop)
+
+    if parallel <= 1 or len(names) <= 1:
+        results: list[SyncResult] = []
+        for name in names:
+            if should_stop is not None and should_stop():
+                break
+            results.extend(run(name))
+        return results
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sync") as pool:
+        # Each thread runs in a copy of the caller's context (log bindings).
+        futures = [pool.submit(contextvars.copy_context().run, run, name) for name in names]
+        return [result for future in futures for result in future.result()]
+
+
+def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
+              progress: ProgressCallback | None,
+              should_stop: StopCheck | None) -> list[SyncResult]:
+    size = settings.ledger.batch_size
+    if name.startswith("woo:"):
+        shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
+        with opened(woocommerce.connect(shop.to_connector())) as connector:
+            return [sync_source(ledger, connector, full=full, progress=progress,
+                                should_stop=should_stop, batch_size=size)]
+    if name == "stripe" and settings.stripe is not None:
+        with opened(stripe.connect(settings.stripe.to_connector())) as connector:
+            return [sync_source(ledger, connector, full=full, progress=progress,
+                                should_stop=should_stop, batch_size=size)]
+    if name == "mailchimp" and settings.mailchimp is not None:
+        return _sync_mailchimp(ledger, settings, full=full, progress=progress,
+                               should_stop=should_stop)
+    return []
 
 
 def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
@@ -82,7 +109,8 @@ def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
             if should_stop is not None and should_stop():
                 continue
             results.append(sync_source(ledger, connector, full=full, progress=progress,
-                                       should_stop=should_stop))
+                                       should_stop=should_stop,
+                                       batch_size=settings.ledger.batch_size))
     if account.listing_complete and not settings.mailchimp.audiences:
         retire_sources(ledger, "mailchimp:", [c.source for c in audiences])
     return results

@@ -10,31 +10,30 @@ idempotent, so re-reading changes nothing).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, aliased
 
 from connectors.base import Batch, Connector, Key, Record, utcnow
 from connectors.http import APIError
 from daemon import trail
-from daemon.ledger import Holding, Ledger, Source, Subject, SyncRun, categories_text
+from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
 
 log = structlog.get_logger("daemon.sync")
 
 INTERRUPTED = "interrupted: the process stopped before the run finished"
 # A run ended between batches because the daemon was asked to stop; the next run resumes.
 STOPPED = "stopped"
-
-_COMPARED = ("subject_id", "categories", "status", "anonymised", "parent_id", "created_at",
-             "last_activity_at", "modified_at", "evidence")
-
+# Records committed per transaction when the caller does not say (config: ledger.batch_size).
+DEFAULT_BATCH_SIZE = 500
+# A group of batches is committed after this long even when it is not full yet.
+GROUP_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class SyncResult:
@@ -62,29 +61,98 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def _subject_ids(session: Session, emails: set[str], now: datetime) -> dict[str, int]:
+class _Driver:
+    """The hot path of a sync (thousands of rows a second) talks to the database driver
+    directly: plain SQL in the driver's placeholder style, values in the form the driver
+    takes and gives back. SQLAlchemy's per-value type processing cost more than SQLite's
+    own work. The forms match what the ORM writes and reads (UTCDateTime), so both paths
+    see the same rows.
+
+    Only placeholders and fixed table and column names are ever spliced into the SQL below
+    (hence the S608 exemptions); every value is bound."""
+
+    def __init__(self, session: Session) -> None:
+        connection = session.connection()
+        self.sqlite = connection.dialect.name == "sqlite"
+        self.mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        # The driver's own cursor, inside the session's transaction.
+        self.cursor = connection.connection.cursor()
+        m = self.mark
+        self.insert_subjects = (
+            f"INSERT INTO subjects (email, first_seen, last_seen) VALUES ({m}, {m}, {m}) "  # noqa: S608
+            "ON CONFLICT (email) DO NOTHING")
+        self.insert_holdings = (
+            f"INSERT INTO holdings ({', '.join(_INSERTED)}) "  # noqa: S608
+            f"VALUES ({self.marks(len(_INSERTED))})")
+        assignments = ", ".join(f"{name} = {m}" for name in (*_COMPARED, "last_seen"))
+        self.update_holdings = (
+            f"UPDATE holdings SET {assignments}, gone_at = NULL WHERE id = {m}")  # noqa: S608
+
+    def time(self, value: datetime | None) -> Any:
+        """A time as stored: SQLite keeps SQLAlchemy's naive-UTC text, PostgreSQL an aware
+        timestamp."""
+        if value is None:
+            return None
+        if value.tzinfo is not UTC:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to the ledger; use aware UTC times")
+            value = value.astimezone(UTC)
+        if self.sqlite:
+            # "YYYY-MM-DD HH:MM:SS.ffffff" without the "+00:00": one call, no copies.
+            return value.isoformat(" ", "microseconds")[:26]
+        return value
+
+    def marks(self, count: int) -> str:
+        return ", ".join([self.mark] * count)
+
+    def subjects_by_email(self, emails: Sequence[str]) -> list[Any]:
+        return self._rows(f"SELECT email, id FROM subjects "  # noqa: S608
+                          f"WHERE email IN ({self.marks(len(emails))})", emails)
+
+    def held(self, source_id: int, record_type: str, external_ids: Sequence[str],
+             columns: Sequence[str]) -> list[Any]:
+        """Rows of these holdings, found through the unique (source, type, id) index."""
+        return self._rows(
+            f"SELECT {', '.join(columns)} FROM holdings WHERE source_id = {self.mark} "  # noqa: S608
+            f"AND record_type = {self.mark} AND external_id IN "
+            f"({self.marks(len(external_ids))})", (source_id, record_type, *external_ids))
+
+    def touch(self, table: str, ids: Sequence[int], stamp: Any) -> None:
+        """last_seen = stamp for these rows of `subjects` or `holdings`."""
+        assert table in ("subjects", "holdings")  # noqa: S101 - never a caller's text
+        self.cursor.execute(
+            f"UPDATE {table} SET last_seen = {self.mark} "  # noqa: S608
+            f"WHERE id IN ({self.marks(len(ids))})", (stamp, *ids))
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.cursor.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.cursor.close()
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        self.cursor.execute(sql, tuple(params))
+        return self.cursor.fetchall()
+
+
+def _subject_ids(driver: _Driver, emails: set[str], now: datetime) -> dict[str, int]:
     """Ids of the subjects with these emails, creating the missing ones (race-safe on
     PostgreSQL and SQLite alike: a concurrent insert of the same email is ignored)."""
     found: dict[str, int] = {}
     ordered = sorted(emails)
     for chunk in _chunks(ordered, 500):
-        found.update(session.execute(
-            select(Subject.email, Subject.id).where(Subject.email.in_(chunk))).tuples().all())
+        found.update(driver.subjects_by_email(chunk))
     missing = [email for email in ordered if email not in found]
     if missing:
-        dialect = session.get_bind().dialect.name
-        make = pg_insert if dialect == "postgresql" else sqlite_insert
-        statement = make(Subject).on_conflict_do_nothing(index_elements=["email"])
-        session.execute(statement, [{"email": e, "first_seen": now, "last_seen": now}
-                                    for e in missing])
+        stamp = driver.time(now)
+        driver.run_many(driver.insert_subjects, [(email, stamp, stamp) for email in missing])
         for chunk in _chunks(missing, 500):
-            found.update(session.execute(
-                select(Subject.email, Subject.id).where(Subject.email.in_(chunk)))
-                .tuples().all())
+            found.update(driver.subjects_by_email(chunk))
     return found
 
 
-def _parent_subjects(session: Session, source_id: int, records: Iterable[Record],
+def _parent_subjects(driver: _Driver, source_id: int, records: Iterable[Record],
                      subjects: dict[str, int]) -> dict[str, int]:
     """Subjects of the customers that records without an email belong to: a charge or order
     that carries no email of its own is still that customer's personal data."""
@@ -95,29 +163,45 @@ def _parent_subjects(session: Session, source_id: int, records: Iterable[Record]
              if r.record_type == "customer" and r.external_id in wanted and r.email in subjects}
     missing = sorted(wanted - found.keys())
     for chunk in _chunks(missing, 500):
-        found.update(session.execute(
-            select(Holding.external_id, Holding.subject_id)
-            .where(Holding.source_id == source_id, Holding.record_type == "customer",
-                   Holding.external_id.in_(chunk), Holding.subject_id.is_not(None))
-        ).tuples().all())
+        found.update((external_id, subject_id) for external_id, subject_id in driver.held(
+            source_id, "customer", chunk, ("external_id", "subject_id"))
+            if subject_id is not None)
     return found
 
 
-def _row(record: Record, source_id: int, subject_id: int | None) -> dict[str, Any]:
-    return {
-        "source_id": source_id,
-        "record_type": record.record_type,
-        "external_id": record.external_id,
-        "subject_id": subject_id,
-        "categories": categories_text(record.categories),
-        "status": record.status,
-        "anonymised": record.anonymised,
-        "parent_id": record.parent_id,
-        "created_at": record.created_at,
-        "last_activity_at": record.last_activity_at,
-        "modified_at": record.modified_at,
-        "evidence": json.dumps(list(record.evidence)) if record.evidence else None,
-    }
+# Compared with what is held to tell a changed record from an unchanged one, in this order.
+_COMPARED = ("subject_id", "categories", "status", "anonymised", "parent_id", "created_at",
+             "last_activity_at", "modified_at", "evidence")
+_INSERTED = ("source_id", "record_type", "external_id", *_COMPARED, "first_seen", "last_seen",
+             "gone_at")
+
+
+# Few distinct category sets exist; formatting one per record showed in profiles.
+_CATEGORY_TEXTS: dict[frozenset[str], str] = {}
+
+
+def _categories_text(categories: frozenset[str]) -> str:
+    text = _CATEGORY_TEXTS.get(categories)
+    if text is None:
+        if len(_CATEGORY_TEXTS) > 4096:
+            _CATEGORY_TEXTS.clear()
+        text = _CATEGORY_TEXTS[categories] = categories_text(categories)
+    return text
+
+
+def _values(driver: _Driver, record: Record, subject_id: int | None) -> tuple[Any, ...]:
+    """The compared columns of a record, as the driver stores them."""
+    return (
+        subject_id,
+        _categories_text(record.categories),
+        record.status,
+        record.anonymised,
+        record.parent_id,
+        driver.time(record.created_at),
+        driver.time(record.last_activity_at),
+        driver.time(record.modified_at),
+        json.dumps(list(record.evidence)) if record.evidence else None,
+    )
 
 
 @dataclass
@@ -126,6 +210,21 @@ class _Counts:
     changed: int = 0
     skipped: int = 0
     gone: int = 0
+
+
+def _held(driver: _Driver, source_id: int,
+          keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(id, gone_at, *compared) of the holdings with these keys."""
+    by_type: dict[str, list[str]] = {}
+    for record_type, external_id in keys:
+        by_type.setdefault(record_type, []).append(external_id)
+    held: dict[tuple[str, str], tuple[Any, ...]] = {}
+    columns = ("external_id", "id", "gone_at", *_COMPARED)
+    for record_type, external_ids in by_type.items():
+        for chunk in _chunks(sorted(external_ids), 500):
+            for row in driver.held(source_id, record_type, chunk, columns):
+                held[(record_type, row[0])] = tuple(row[1:])
+    return held
 
 
 def upsert_records(session: Session, source_id: int, records: Sequence[Record],
@@ -138,42 +237,44 @@ def upsert_records(session: Session, source_id: int, records: Sequence[Record],
         latest[(record.record_type, record.external_id)] = record
     if not latest:
         return 0
-    subjects = _subject_ids(session, {r.email for r in latest.values() if r.email}, now)
-    existing: dict[tuple[str, str], Any] = {}
-    ids = sorted({external_id for _, external_id in latest})
-    for chunk in _chunks(ids, 500):
-        for row in session.execute(
-            select(Holding.id, Holding.record_type, Holding.external_id, Holding.gone_at,
-                   *(getattr(Holding, name) for name in _COMPARED))
-            .where(Holding.source_id == source_id, Holding.external_id.in_(chunk))
-        ):
-            existing[(row.record_type, row.external_id)] = row
-    parents = _parent_subjects(session, source_id, latest.values(), subjects)
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    # Statements below bypass the ORM: whatever it still holds must be written first.
+    session.flush()
+    driver = _Driver(session)
+    try:
+        return _upsert(driver, source_id, latest, now, touch_unchanged=touch_unchanged)
+    finally:
+        driver.close()
+
+
+def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Record],
+            now: datetime, *, touch_unchanged: bool) -> int:
+    subjects = _subject_ids(driver, {r.email for r in latest.values() if r.email}, now)
+    existing = _held(driver, source_id, latest)
+    parents = _parent_subjects(driver, source_id, latest.values(), subjects)
+    stamp = driver.time(now)
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
     unchanged: list[int] = []
     for key, record in latest.items():
         subject_id = subjects.get(record.email) if record.email else \
             parents.get(record.parent_id or "")
-        values = _row(record, source_id, subject_id)
+        values = _values(driver, record, subject_id)
         old = existing.get(key)
         if old is None:
-            inserts.append({**values, "first_seen": now, "last_seen": now, "gone_at": None})
-        elif old.gone_at is not None or any(getattr(old, n) != values[n] for n in _COMPARED):
-            updates.append({**values, "id": old.id, "last_seen": now, "gone_at": None})
+            inserts.append((source_id, *key, *values, stamp, stamp, None))
+        elif old[1] is not None or old[2:] != values:
+            updates.append((*values, stamp, old[0]))
         else:
-            unchanged.append(old.id)
-    if inserts:
-        session.execute(insert(Holding), inserts)
-    if updates:
-        session.execute(update(Holding), updates)
-    if touch_unchanged and unchanged:
+            unchanged.append(old[0])
+    driver.run_many(driver.insert_holdings, inserts)
+    driver.run_many(driver.update_holdings, updates)
+    if touch_unchanged:
         for chunk in _chunks(unchanged, 500):
-            session.execute(update(Holding).where(Holding.id.in_(chunk)).values(last_seen=now))
-    touched = [subjects[r.email] for r in latest.values() if r.email in subjects]
+            driver.touch("holdings", chunk, stamp)
     if inserts or updates:
-        for chunk in _chunks(sorted(set(touched)), 500):
-            session.execute(update(Subject).where(Subject.id.in_(chunk)).values(last_seen=now))
+        touched = sorted({subjects[r.email] for r in latest.values() if r.email in subjects})
+        for chunk in _chunks(touched, 500):
+            driver.touch("subjects", chunk, stamp)
     return len(inserts) + len(updates)
 
 
@@ -192,6 +293,25 @@ def mark_gone(session: Session, source_id: int, keys: Iterable[Key], now: dateti
                 .values(gone_at=now)
             ).rowcount
     return total
+
+
+def link_to_parents(session: Session, source_id: int) -> int:
+    """Holdings without an email of their own whose customer was not yet held when they
+    were written (lists read side by side, new orders before new accounts): give them their
+    customer's subject. Returns how many were linked."""
+    parent = aliased(Holding)
+    subject = (select(parent.subject_id)
+               .where(parent.source_id == Holding.source_id, parent.record_type == "customer",
+                      parent.external_id == Holding.parent_id)
+               .limit(1).scalar_subquery())
+    return session.execute(
+        update(Holding)
+        .where(Holding.source_id == source_id, Holding.subject_id.is_(None),
+               Holding.parent_id.is_not(None), Holding.gone_at.is_(None),
+               subject.is_not(None))
+        .values(subject_id=subject)
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def mark_unseen_gone(session: Session, source_id: int, record_types: Iterable[str],
@@ -230,13 +350,15 @@ def _start_run(ledger: Ledger, connector: Connector, mode: str,
 
 
 def _commit_batch(ledger: Ledger, source_id: int, run_id: int, batch: Batch, *,
-                  full: bool, started: datetime, counts: _Counts) -> None:
+                  full: bool, started: datetime, counts: _Counts, sweep: bool = True) -> None:
     now = utcnow()
     with ledger.session() as session:
         changed = upsert_records(session, source_id, batch.records, now,
                                     touch_unchanged=full)
         gone = mark_gone(session, source_id, batch.gone, now) if batch.gone else 0
-        if full and batch.complete:
+        if batch.complete:
+            link_to_parents(session, source_id)
+        if full and batch.complete and sweep:
             gone += mark_unseen_gone(session, source_id, batch.listed_types, started, now)
         values: dict[str, Any] = {}
         if batch.cursor is not None:
@@ -255,6 +377,62 @@ def _commit_batch(ledger: Ledger, source_id: int, run_id: int, batch: Batch, *,
                     external_id=skip.external_id, reason=skip.reason)
 
 
+def _grouped(batches: Iterator[Batch], size: int,
+             should_stop: StopCheck | None = None) -> Iterator[Batch]:
+    """Consecutive batches merged into one of at least `size` records (a commit costs more
+    than a page of rows). A batch that carries a cursor, gone keys or the end of the pull
+    closes the group it ends, so what it says still covers everything before it. The first
+    batch, a group open for a second and a group when a stop is asked for are committed at
+    once (progress shows, a slow source still commits, a stop is not delayed). When the pull
+    fails, what was read before the failure is still handed over, then the error."""
+    pending: list[Batch] = []
+    count = 0
+    opened = 0.0
+    first = True
+    try:
+        for batch in batches:
+            if not pending:
+                opened = time.monotonic()
+            pending.append(batch)
+            count += len(batch.records)
+            if (first or count >= size or batch.cursor is not None or batch.complete
+                    or batch.gone or time.monotonic() - opened >= GROUP_SECONDS
+                    or (should_stop is not None and should_stop())):
+                yield _merged(pending)
+                pending, count, first = [], 0, False
+    except APIError:
+        if pending:
+            yield _merged(pending)
+        raise
+    if pending:
+        yield _merged(pending)
+
+
+def _merged(batches: list[Batch]) -> Batch:
+    if len(batches) == 1:
+        return batches[0]
+    last = batches[-1]
+    return Batch(records=[r for b in batches for r in b.records], cursor=last.cursor,
+                 skipped=[s for b in batches for s in b.skipped], complete=last.complete,
+                 listed_types=last.listed_types, gone=last.gone)
+
+
+def _catch_up(ledger: Ledger, connector: Connector, source_id: int, run_id: int,
+              listing: Batch, *, started: datetime, counts: _Counts) -> None:
+    """End a complete full listing: first read what changed upstream while it ran, then mark
+    gone what neither saw. A record that moved from one listing to another meanwhile
+    (WooCommerce's `any` and `trash`, Mailchimp's default and archived) was listed by
+    neither, but it changed, so a pull from the listing's cursor has it."""
+    for batch in connector.pull(listing.cursor):
+        _commit_batch(ledger, source_id, run_id, batch, full=True, started=started,
+                      counts=counts, sweep=False)
+    with ledger.session() as session:
+        counts.gone += mark_unseen_gone(session, source_id, listing.listed_types, started,
+                                        utcnow())
+        session.execute(update(SyncRun).where(SyncRun.id == run_id)
+                        .values(records_gone=counts.gone))
+
+
 def _finish_run(ledger: Ledger, run_id: int, status: str, error: str | None) -> None:
     with ledger.session() as session:
         session.execute(update(SyncRun).where(SyncRun.id == run_id).values(
@@ -270,11 +448,13 @@ def _finish_run(ledger: Ledger, run_id: int, status: str, error: str | None) -> 
 
 def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,
                 progress: ProgressCallback | None = None,
-                should_stop: StopCheck | None = None) -> SyncResult:
+                should_stop: StopCheck | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> SyncResult:
     """Pull one source into the ledger. Upstream failures end the run as failed (recorded,
     returned); anything else is a bug and is raised after the run is recorded.
     `should_stop`, asked after each committed batch, ends the run early as failed with
-    STOPPED: what was committed stays, and the cursor points no further than that."""
+    STOPPED: what was committed stays, and the cursor points no further than that.
+    Consecutive batches are committed together up to `batch_size` records (see _grouped)."""
     mode = "full" if full else "incremental"
     started = utcnow()
     source_id, run_id, cursor = _start_run(ledger, connector, mode, started)
@@ -282,14 +462,16 @@ def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,
     context = structlog.contextvars.bind_contextvars(source=connector.source, run_id=run_id)
     try:
         return _pull_into(ledger, connector, source_id, run_id, cursor, mode=mode,
-                          started=started, progress=progress, should_stop=should_stop)
+                          started=started, progress=progress, should_stop=should_stop,
+                          batch_size=batch_size)
     finally:
         structlog.contextvars.reset_contextvars(**context)
 
 
 def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int,
                cursor: str | None, *, mode: str, started: datetime,
-               progress: ProgressCallback | None, should_stop: StopCheck | None) -> SyncResult:
+               progress: ProgressCallback | None, should_stop: StopCheck | None,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> SyncResult:
     full = mode == "full"
     bound = log.bind(source=connector.source, run_id=run_id, mode=mode)
     bound.info("sync.start")
@@ -297,9 +479,13 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
     complete = False
     try:
         batches = connector.pull(None if full else cursor)
-        for batch in batches:
+        listing: Batch | None = None
+        for batch in _grouped(batches, batch_size, should_stop):
+            # A complete full listing with a cursor sweeps only after _catch_up.
+            if full and batch.complete and batch.cursor is not None:
+                listing = batch
             _commit_batch(ledger, source_id, run_id, batch, full=full, started=started,
-                          counts=counts)
+                          counts=counts, sweep=listing is None)
             complete = complete or batch.complete
             if progress is not None:
                 progress(connector.source, counts.seen)
@@ -311,6 +497,9 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
                 bound.info("sync.stopped", seen=counts.seen)
                 return SyncResult(connector.source, run_id, mode, "failed", counts.seen,
                                   counts.changed, counts.skipped, counts.gone, STOPPED)
+        if listing is not None:
+            _catch_up(ledger, connector, source_id, run_id, listing, started=started,
+                      counts=counts)
     except APIError as exc:
         _finish_run(ledger, run_id, "failed", exc.message)
         bound.error("sync.failed", error=exc.message, seen=counts.seen)

@@ -42,7 +42,7 @@ class RunningEstate:
         return self.servers[source].url
 
     def write_config(self, directory: Path, *, ledger_url: str | None = None,
-                     extra: str = "") -> Path:
+                     batch_size: int | None = None, extra: str = "") -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         secrets = directory / "secrets"
         secrets.mkdir(mode=0o700, exist_ok=True)
@@ -51,6 +51,8 @@ class RunningEstate:
                  f'state_dir = "{directory}"']
         if ledger_url:
             lines.append(f'url = "{ledger_url}"')
+        if batch_size:
+            lines.append(f"batch_size = {batch_size}")
         for shop, twin in self.estate.shops.items():
             key = _write_secret(secrets, f"{shop}-key", twin.consumer_key)
             secret = _write_secret(secrets, f"{shop}-secret", twin.consumer_secret)

@@ -124,7 +124,8 @@ def estate() -> Iterator[RunningEstate]:
 
 
 def write_config(running: RunningEstate, smtp: Mailbox, directory: Path, *,
-                 ledger_url: str | None = None, schedule: str = "") -> Path:
+                 ledger_url: str | None = None, schedule: str = "",
+                 batch_size: int | None = None) -> Path:
     secrets = directory / "secrets"
     secrets.mkdir(parents=True, mode=0o700, exist_ok=True)
     password = secrets / "smtp-password"
@@ -135,7 +136,8 @@ def write_config(running: RunningEstate, smtp: Mailbox, directory: Path, *,
              f'username = "{SMTP_USER}"\npassword = "file:{password}"\n'
              f'tls_ca_file = "{smtp.ca_file}"\ntimeout = "10s"\n'
              f"\n[schedule]\n{schedule}")
-    return running.write_config(directory, ledger_url=ledger_url, extra=extra)
+    return running.write_config(directory, ledger_url=ledger_url, batch_size=batch_size,
+                                extra=extra)
 
 
 # ----------------------------------------------------------------------- the daemon side
@@ -427,7 +429,9 @@ def test_daemon_exits_before_ready_with_one_clear_line_on_bad_input(
 def test_daemon_killed_mid_sync_leaves_a_ledger_that_the_next_run_completes(
         estate: RunningEstate, smtp: Mailbox, tmp_path: Path,
         spawn: Callable[..., Daemon]) -> None:
-    config = write_config(estate, smtp, tmp_path / "etc", schedule='sync_interval = "1h"\n')
+    # Small batches, so that the kill lands between two of them inside a source.
+    config = write_config(estate, smtp, tmp_path / "etc", schedule='sync_interval = "1h"\n',
+                          batch_size=20)
     url = sqlite_url(tmp_path / "etc")
     twins = [server.twin for server in estate.servers.values()]
     for twin in twins:
@@ -466,7 +470,9 @@ def test_daemon_killed_mid_sync_leaves_a_ledger_that_the_next_run_completes(
 def test_sigterm_mid_sync_commits_the_batch_and_exits_0(
         estate: RunningEstate, smtp: Mailbox, tmp_path: Path,
         spawn: Callable[..., Daemon]) -> None:
-    config = write_config(estate, smtp, tmp_path / "etc", schedule='sync_interval = "1h"\n')
+    # Small batches, so that a stop lands between two of them inside the first source.
+    config = write_config(estate, smtp, tmp_path / "etc", schedule='sync_interval = "1h"\n',
+                          batch_size=20)
     url = sqlite_url(tmp_path / "etc")
     twins = [server.twin for server in estate.servers.values()]
     for twin in twins:

@@ -146,7 +146,7 @@ def test_canary_values_never_reach_the_ledger(
 
 
 def _wait_for_committed_batch(ledger: Ledger, process: subprocess.Popen[bytes],
-                              deadline: float) -> None:
+                              deadline: float, log_path: Path) -> None:
     while time.monotonic() < deadline:
         with ledger.sessions() as session:
             seen = session.scalar(select(SyncRun.records_seen)
@@ -155,7 +155,8 @@ def _wait_for_committed_batch(ledger: Ledger, process: subprocess.Popen[bytes],
         if seen:
             return
         if process.poll() is not None:
-            pytest.fail(f"the sync ended before it could be killed: {process.returncode}")
+            pytest.fail(f"the sync ended before it could be killed: {process.returncode}\n"
+                        + log_path.read_text(errors="replace")[-3000:])
         time.sleep(0.02)
     pytest.fail("no batch was committed in time")
 
@@ -167,10 +168,12 @@ def test_sync_killed_mid_run_resumes_to_ground_truth(
     for server in running.servers.values():
         server.twin.faults.latency = 0.15
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([str(CLI), "--config", str(config), "sync", "--full"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / "killed-sync.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([str(CLI), "--config", str(config), "sync", "--full"],
+                                   env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_for_committed_batch(ledger, process, time.monotonic() + 60)
+        _wait_for_committed_batch(ledger, process, time.monotonic() + 60, log_path)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:

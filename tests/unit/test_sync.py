@@ -224,3 +224,29 @@ def test_record_without_email_belongs_to_its_parent_customers_subject(ledger: Le
     sync_source(ledger, FakeConnector([customer, charge, later], page=3))
     state = holdings(ledger)
     assert state["ch_1"][3] == state["cus_1"][3] == state["ch_2"][3] is not None
+
+
+class MovedWhileListed(FakeConnector):
+    """Two listings, like WooCommerce's `any` and `trash` or Mailchimp's default and
+    archived: order 2 moved from the second to the first while they were read, so the full
+    pull lists it in neither; as upstream changed it, a pull from the cursor the full pull
+    left (what changed since it started) has it."""
+
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        self.cursors_asked.append(cursor)
+        if cursor is None:
+            yield Batch(records=[rec("1")])
+            yield Batch(records=[rec("3")], cursor=json.dumps({"since": "start"}),
+                        complete=True, listed_types=frozenset({"order"}))
+        else:
+            yield Batch(records=[rec("2", status="processing")], cursor=cursor, complete=True)
+
+
+def test_full_sync_keeps_a_record_that_moved_between_listings_while_they_ran(
+        ledger: Ledger) -> None:
+    sync_source(ledger, FakeConnector([rec("1"), rec("2", status="trash"), rec("3")]),
+                full=True)
+    result = sync_source(ledger, MovedWhileListed([]), full=True)
+    assert result.ok and result.gone == 0
+    categories, status, gone, _ = holdings(ledger)["2"]
+    assert (status, gone) == ("processing", False)

@@ -267,9 +267,10 @@ def test_rate_limit_is_retried_honouring_retry_after() -> None:
 def test_server_errors_end_as_retriable_after_the_configured_attempts() -> None:
     responses.get(f"{BASE}/v1/customers", status=500,
                   json={"error": {"type": "api_error", "message": "boom"}})
+    responses.get(f"{BASE}/v1/charges", json=listing("/v1/charges", []))
     with pytest.raises(RetriableAPIError, match="gave up after 3 attempts"):
         list(make_connector(retry_attempts=3).list_keys())
-    assert len(responses.calls) == 3
+    assert sum("/v1/customers" in call.request.url for call in responses.calls) == 3
 
 
 @responses.activate
@@ -361,43 +362,44 @@ def recent_cursor(mark: int, at: datetime | None = None) -> str:
     return json.dumps({"v": 1, "customer": mark, "charge": mark, "event": mark, "at": moment})
 
 
-def test_incremental_pull_lists_new_objects_and_events_from_the_cursor_minus_overlap() -> None:
+def test_incremental_pull_reads_new_objects_from_events_since_the_cursor_minus_overlap(
+) -> None:
     mark = 1_800_000_000
+    new_customer = customer("cus_new", created=mark + 50, email="new@example.com")
+    new_charge = charge("ch_new", created=mark + 60)
     fake = FakeStripe({
-        "/v1/customers": [customer("cus_new", created=mark + 50, email="new@example.com")],
-        "/v1/charges": [charge("ch_new", created=mark + 60)],
-        "/v1/events": [],
+        "/v1/events": [event("evt_2", "charge.succeeded", new_charge, mark + 60),
+                       event("evt_1", "customer.created", new_customer, mark + 50)],
     })
     with responses.RequestsMock() as rsps:
         fake.install(rsps)
         batches, records = drain(make_connector(overlap=timedelta(minutes=10)).pull(
             recent_cursor(mark)))
+    # One request: the event feed holds the creations too, so no list is read twice.
+    assert [path for path, _ in fake.queries] == ["/v1/events"]
     queries = dict((path, q) for path, q in fake.queries)
-    for path in ("/v1/customers", "/v1/charges", "/v1/events"):
-        assert queries[path]["created[gte]"] == [str(mark - 600)]
+    assert queries["/v1/events"]["created[gte]"] == [str(mark - 600)]
     assert queries["/v1/events"]["types[]"] == list(EVENT_TYPES)
     assert {r.external_id for r in records} == {"cus_new", "ch_new"}
     last = batches[-1]
     assert last.complete and not last.listed_types
     cursor = json.loads(last.cursor)
     assert (cursor["customer"], cursor["charge"], cursor["event"]) == \
-        (mark + 50, mark + 60, mark)
+        (mark + 50, mark + 60, mark + 60)
 
 
 def test_incremental_pull_turns_events_into_changes_and_gone_keys() -> None:
     mark = 1_800_000_000
     old = customer("cus_old", created=1_000, email="old@example.com", phone="+44 1")
     fake = FakeStripe({
-        "/v1/customers": [customer("cus_new", created=mark + 5, email="n@example.com")],
-        "/v1/charges": [],
         "/v1/events": [
             event("evt_5", "customer.deleted", customer("cus_gone", created=900), mark + 40),
             event("evt_4", "customer.updated", old, mark + 30),
             event("evt_3", "charge.refunded", charge("ch_old", created=800,
                                                       status="succeeded"), mark + 20),
             event("evt_2", "customer.updated", customer("cus_old", created=1_000), mark + 10),
-            event("evt_1", "customer.created", customer("cus_new", created=mark + 5),
-                  mark + 5),
+            event("evt_1", "customer.created",
+                  customer("cus_new", created=mark + 5, email="n@example.com"), mark + 5),
             event("evt_0", "invoice.paid", {"object": "invoice", "id": "in_1"}, mark + 1),
         ],
     })
@@ -405,7 +407,7 @@ def test_incremental_pull_turns_events_into_changes_and_gone_keys() -> None:
         fake.install(rsps)
         batches, records = drain(make_connector().pull(recent_cursor(mark)))
     by_id = {r.external_id: r for r in records}
-    # The listed customer and the newest event of each object, once.
+    # The newest event of each object, once.
     assert sorted(by_id) == ["ch_old", "cus_new", "cus_old"]
     assert len(records) == 3
     assert by_id["cus_old"].categories == {Category.EMAIL, Category.PHONE}
@@ -413,17 +415,20 @@ def test_incremental_pull_turns_events_into_changes_and_gone_keys() -> None:
     assert json.loads(batches[-1].cursor)["event"] == mark + 40
 
 
-def test_incremental_pull_marks_gone_a_customer_listed_then_deleted() -> None:
+def test_incremental_pull_marks_gone_a_customer_created_then_deleted() -> None:
     mark = 1_800_000_000
     fake = FakeStripe({
-        "/v1/customers": [customer("cus_new", created=mark + 5, email="n@example.com")],
-        "/v1/charges": [],
-        "/v1/events": [event("evt_9", "customer.deleted", customer("cus_new"), mark + 9)],
+        "/v1/events": [
+            event("evt_9", "customer.deleted", customer("cus_new"), mark + 9),
+            event("evt_5", "customer.created",
+                  customer("cus_new", created=mark + 5, email="n@example.com"), mark + 5),
+        ],
     })
     with responses.RequestsMock() as rsps:
         fake.install(rsps)
         batches, records = drain(make_connector().pull(recent_cursor(mark)))
-    assert [r.external_id for r in records] == ["cus_new"]
+    # Its deletion is its latest state: never held, only marked gone.
+    assert records == []
     assert batches[-1].gone == [Key("customer", "cus_new")]
 
 
