@@ -28,16 +28,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.twins import RunningTwin, TwinFleet, TwinSpec, median, peak_rss_mb  # noqa: E402
+from bench.twins import RunningTwin, TwinFleet, TwinSpec, median, peak_rss_mb, run_as_the_unit_does  # noqa: E402
 
 PER_PAGE = 100
 
 
 def _pipeline(url: str, secrets: dict[str, str], profile: str | None) -> dict[str, Any]:
+    import logging
+
     from connectors import woocommerce
+    from daemon import logs
     from daemon.ledger import Ledger
     from daemon.sync import sync_source
 
+    # The daemon's own logging (JSON lines), warnings only.
+    logs.configure(sys.stderr, level=logging.WARNING, json=True)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
         ledger = Ledger.open(f"sqlite:///{folder}/ledger.db")
         connector = woocommerce.connect(woocommerce.Settings(
@@ -129,6 +134,7 @@ def measure(kind: str, twin: RunningTwin, profile: str | None = None) -> dict[st
 
 
 def main() -> None:
+    run_as_the_unit_does()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)

@@ -177,7 +177,11 @@ def parse_time(value: object, *, naive_is_utc: bool = True) -> datetime | None:
     if text in _ZERO_DATES:
         return None
     if text.isdigit():
-        return parse_time(int(text))
+        seconds = int(text)
+        try:
+            return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
+        except (OverflowError, OSError, ValueError):
+            return None
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:

@@ -61,9 +61,16 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return re.sub(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*", r"\1?…", text)
 
 
+# A path segment that is an MD5: Mailchimp names a member by the hash of their email.
+_HASHED_SEGMENT = re.compile(r"/[0-9a-fA-F]{32}(?=/|$)")
+
+
 def strip_query(url: str) -> str:
+    """The URL as messages and logs show it: no query string (keys, signatures) and no
+    person's hashed email in the path."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    path = _HASHED_SEGMENT.sub("/…", parts.path)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -97,9 +97,9 @@ class Settings:
     base_url: str | None = None
     # Audience ids or names; empty: every audience of the account.
     audiences: tuple[str, ...] = ()
-    page_size: int = 500
+    page_size: int = 1000
     timeout: float = 120.0
-    concurrency: int = 8
+    concurrency: int = 4
     overlap: timedelta = timedelta(minutes=10)
     retry_attempts: int = 5
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)

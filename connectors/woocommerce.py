@@ -254,7 +254,14 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
 
 def _any_held(data: Mapping[str, Any], names: Iterable[str]) -> bool:
     for name in names:
-        if _held(data.get(name)):
+        value = data.get(name)
+        if isinstance(value, str):
+            # _held for text, inline: this runs for every field of every record.
+            text = value.strip()
+            if has_value(text) and not (
+                    len(text) in _PLACEHOLDER_SIZES and text.lower() in _PLACEHOLDERS):
+                return True
+        elif _held(value):
             return True
     return False
 
@@ -262,10 +269,11 @@ def _any_held(data: Mapping[str, Any], names: Iterable[str]) -> bool:
 def _scan_addresses(billing: Mapping[str, Any], shipping: Mapping[str, Any],
                     categories: set[Category], evidence: list[str]) -> None:
     """A card number typed into a name or address field. One look at all the fields first
-    (a line break ends a digit run): they rarely hold one."""
+    (a line break ends a digit run): they rarely hold one, and fields shorter than a card
+    number cannot."""
     texts = [value for value in (*map(billing.get, _TYPED), *map(shipping.get, _TYPED))
-             if isinstance(value, str)]
-    if not contains_card_number("\n".join(texts)):
+             if isinstance(value, str) and len(value) >= 13]
+    if not texts or not contains_card_number("\n".join(texts)):
         return
     for where, address in (("billing", billing), ("shipping", shipping)):
         for name in _TYPED:

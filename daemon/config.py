@@ -228,11 +228,12 @@ class MailchimpSettings(_Section):
     audiences: list[str] = Field(default_factory=list,
                                  description="Audience ids or names to audit; empty: all.",
                                  examples=[["Newsletter"]])
-    page_size: int = Field(default=500, ge=1, le=1000, description="Members per page (≤ 1000).",
-                           examples=[500])
-    concurrency: int = Field(default=8, ge=1, le=10,
-                             description="Simultaneous connections (Mailchimp allows 10).",
-                             examples=[8])
+    page_size: int = Field(default=1000, ge=1, le=1000,
+                           description="Members per page (Mailchimp's largest is 1000: fewest "
+                                       "requests).", examples=[1000])
+    concurrency: int = Field(default=4, ge=1, le=10,
+                             description="Simultaneous connections (Mailchimp allows 10; each "
+                                         "holds a page in memory).", examples=[4])
     timeout: Period = Field(default=timedelta(seconds=120), description="Answer timeout.",
                             examples=["120s"])
     overlap: Period = Field(default=timedelta(minutes=10),
@@ -449,6 +450,12 @@ class ScheduleSettings(_Section):
         default=timedelta(minutes=5),
         description="How often emails the mail server has not accepted yet are retried.",
         examples=["5min"])
+    parallel_syncs: int = Field(
+        default=3, ge=1, le=16,
+        description="How many sources sync at the same time; the others wait their turn. "
+                    "The weekly reconciliation starts every source at once: each source "
+                    "syncing adds its connections and some 15 MB of memory.",
+        examples=[3])
     misfire_grace: Period = Field(
         default=timedelta(hours=6),
         description="How late the nightly audit or the weekly reconciliation may still start "

@@ -295,6 +295,7 @@ class Daemon:
         self._last: dict[str, str] = {}
         self._active: set[str] = set()
         self._status_lock = threading.Lock()
+        self._sync_slots = threading.BoundedSemaphore(settings.schedule.parallel_syncs)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             # Room for every source's sync, the nightly job, the outbox and the startup
@@ -394,8 +395,17 @@ class Daemon:
             log.info("job.skipped", reason="already done for this tick",
                      last_started=last.isoformat())
             return "skipped"
-        results = sync_configured(self.ledger, self.settings, only=name, full=full,
-                                  progress=self._progress, should_stop=self.stopping.is_set)
+        # Read once: a reload's new limit applies to the syncs that start after it.
+        slots = self._sync_slots
+        while not slots.acquire(timeout=1.0):
+            if self.stopping.is_set():
+                return "stopped"
+        try:
+            results = sync_configured(self.ledger, self.settings, only=name, full=full,
+                                      progress=self._progress,
+                                      should_stop=self.stopping.is_set)
+        finally:
+            slots.release()
         if not results:
             return "stopped"
         return "ok" if all(r.ok for r in results) else (
@@ -559,6 +569,8 @@ class Daemon:
             return False
         self.notifier.reloading()
         logs.add_secrets(fresh.secret_values())
+        if fresh.schedule.parallel_syncs != self.settings.schedule.parallel_syncs:
+            self._sync_slots = threading.BoundedSemaphore(fresh.schedule.parallel_syncs)
         self.settings = fresh
         self.schedule()
         log.info("daemon.reloaded", sources=fresh.source_names)

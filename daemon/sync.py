@@ -136,20 +136,23 @@ class _Driver:
         return self.cursor.fetchall()
 
 
-def _subject_ids(driver: _Driver, emails: set[str], now: datetime) -> dict[str, int]:
+def _subject_ids(driver: _Driver, emails: set[str],
+                 now: datetime) -> tuple[dict[str, int], set[str]]:
     """Ids of the subjects with these emails, creating the missing ones (race-safe on
-    PostgreSQL and SQLite alike: a concurrent insert of the same email is ignored)."""
+    PostgreSQL and SQLite alike: a concurrent insert of the same email is ignored), and the
+    emails that were already held."""
     found: dict[str, int] = {}
     ordered = sorted(emails)
     for chunk in _chunks(ordered, 500):
         found.update(driver.subjects_by_email(chunk))
+    held = set(found)
     missing = [email for email in ordered if email not in found]
     if missing:
         stamp = driver.time(now)
         driver.run_many(driver.insert_subjects, [(email, stamp, stamp) for email in missing])
         for chunk in _chunks(missing, 500):
             found.update(driver.subjects_by_email(chunk))
-    return found
+    return found, held
 
 
 def _parent_subjects(driver: _Driver, source_id: int, records: Iterable[Record],
@@ -248,7 +251,8 @@ def upsert_records(session: Session, source_id: int, records: Sequence[Record],
 
 def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Record],
             now: datetime, *, touch_unchanged: bool) -> int:
-    subjects = _subject_ids(driver, {r.email for r in latest.values() if r.email}, now)
+    subjects, held_before = _subject_ids(driver, {r.email for r in latest.values() if r.email},
+                                         now)
     existing = _held(driver, source_id, latest)
     parents = _parent_subjects(driver, source_id, latest.values(), subjects)
     stamp = driver.time(now)
@@ -272,7 +276,8 @@ def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Recor
         for chunk in _chunks(unchanged, 500):
             driver.touch("holdings", chunk, stamp)
     if inserts or updates:
-        touched = sorted({subjects[r.email] for r in latest.values() if r.email in subjects})
+        # Subjects created above were written with last_seen = now already.
+        touched = sorted({subjects[r.email] for r in latest.values() if r.email in held_before})
         for chunk in _chunks(touched, 500):
             driver.touch("subjects", chunk, stamp)
     return len(inserts) + len(updates)

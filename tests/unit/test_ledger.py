@@ -3,22 +3,54 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from daemon import trail
-from daemon.ledger import Base, Ledger, LedgerError, Subject
+from daemon.ledger import SCHEMA_REVISION, Base, Ledger, LedgerError, Subject, schema_revision
 
 
 def test_migrations_match_the_models(ledger: Ledger) -> None:
     with ledger.engine.connect() as connection:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_schema_revision_names_the_newest_migration() -> None:
+    config = Config()
+    config.set_main_option("script_location", "daemon:migrations")
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+def test_opening_a_current_ledger_leaves_alembic_unloaded(ledger_url: str) -> None:
+    Ledger.open(ledger_url).close()
+    probe = ("import sys; from daemon.ledger import Ledger; "
+             f"Ledger.open({ledger_url!r}).close(); print('alembic' in sys.modules)")
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert answer.stdout.strip() == "False"
+
+
+def test_a_ledger_behind_the_newest_migration_is_brought_up_to_it(ledger: Ledger) -> None:
+    with ledger.engine.begin() as connection:
+        connection.execute(text("DROP TABLE ledger_keys"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    again = Ledger.open(ledger.engine.url.render_as_string(hide_password=False))
+    try:
+        assert schema_revision(again.engine) == SCHEMA_REVISION
+        with again.engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM ledger_keys")).scalar() == 0
+    finally:
+        again.close()
 
 
 def test_sqlite_ledger_file_is_private(tmp_path: Path) -> None:

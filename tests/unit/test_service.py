@@ -228,6 +228,59 @@ def test_sync_job_is_skipped_when_this_tick_already_ran(ledger: Ledger, make_dae
     assert daemon._sync("stripe", False) == "skipped"
 
 
+def test_syncs_beyond_parallel_syncs_wait_their_turn(ledger: Ledger, make_daemon,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from daemon import sources
+
+    daemon = make_daemon(schedule={"parallel_syncs": 2})
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+
+    def slow_sync(*_args: object, **_kwargs: object) -> list[object]:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        time.sleep(0.2)
+        with lock:
+            running["now"] -= 1
+        return []
+
+    monkeypatch.setattr(sources, "sync_configured", slow_sync)
+    threads = [threading.Thread(target=daemon._sync, args=(f"woo:shop{n}", True))
+               for n in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert running == {"now": 0, "most": 2}
+
+
+def test_a_sync_waiting_for_its_turn_gives_up_when_the_daemon_stops(
+        ledger: Ledger, make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from daemon import sources
+
+    daemon = make_daemon(schedule={"parallel_syncs": 1})
+    release = threading.Event()
+    monkeypatch.setattr(sources, "sync_configured",
+                        lambda *_a, **_k: release.wait(10) and [])
+    first = threading.Thread(target=daemon._sync, args=("woo:first", True))
+    first.start()
+    time.sleep(0.2)
+    outcome: list[str] = []
+    waiting = threading.Thread(target=lambda: outcome.append(daemon._sync("woo:second", True)))
+    waiting.start()
+    time.sleep(0.2)
+    daemon.request_stop()
+    waiting.join(timeout=5)
+    release.set()
+    first.join(timeout=5)
+    assert outcome == ["stopped"]
+
+
 def test_nightly_runs_once_per_night_across_daemons(ledger: Ledger, make_daemon) -> None:
     first, second = make_daemon(), make_daemon()
     assert first._nightly(True) == "ok"

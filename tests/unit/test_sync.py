@@ -98,6 +98,21 @@ def test_second_identical_sync_changes_nothing(ledger: Ledger) -> None:
         assert sorted(session.scalars(select(Holding.last_seen))) == seen_before
 
 
+def test_a_new_holding_marks_its_known_subject_seen_and_a_new_subject_seen_now(
+        ledger: Ledger) -> None:
+    sync_source(ledger, FakeConnector([rec("1", "ada@example.com")]))
+    with ledger.sessions() as session:
+        first_seen = session.scalar(select(Subject.last_seen))
+    sync_source(ledger, FakeConnector([rec("1", "ada@example.com"), rec("2", "ada@example.com"),
+                                       rec("3", "bo@example.com")]))
+    with ledger.sessions() as session:
+        seen = {e: t for e, t in session.execute(select(Subject.email, Subject.last_seen))}
+        held = {i: t for i, t in session.execute(select(Holding.external_id, Holding.last_seen))}
+    assert seen["ada@example.com"] > first_seen
+    # Each batch stamps what it wrote with one time (pages of two: "1", "2" | "3").
+    assert (seen["ada@example.com"], seen["bo@example.com"]) == (held["2"], held["3"])
+
+
 def test_cursor_is_committed_only_with_the_last_batch(ledger: Ledger) -> None:
     connector = FakeConnector([rec(str(i)) for i in range(6)], page=2, fail_after=2)
     result = sync_source(ledger, connector)

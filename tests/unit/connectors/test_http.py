@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import requests
 import responses
+from structlog.testing import capture_logs
 
 from connectors.http import (
     FatalAPIError,
@@ -88,6 +91,18 @@ def test_secrets_never_reach_an_error_message() -> None:
     with pytest.raises(FatalAPIError) as caught:
         client().get_json("/v1/x", {"key": SECRET})
     assert SECRET not in str(caught.value)
+
+
+@responses.activate
+def test_a_hashed_email_in_the_path_never_reaches_a_message_or_a_log() -> None:
+    member = hashlib.md5(b"canary.person@example.com").hexdigest()  # noqa: S324 - Mailchimp's id
+    path = f"/3.0/lists/abc123/members/{member}"
+    responses.get(f"{BASE}{path}", status=503, json={"error": {"message": "busy"}})
+    with capture_logs() as logged, pytest.raises(RetriableAPIError) as caught:
+        client().get_json(path)
+    assert [entry["event"] for entry in logged] == ["upstream.retry"] * 2
+    assert member not in str(caught.value) and member not in repr(logged)
+    assert "/members/…" in str(caught.value)
 
 
 @responses.activate
