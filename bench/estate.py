@@ -159,21 +159,31 @@ def lower_bounds(fleet: TwinFleet, sizes: Sizes, latency: float) -> list[Bound]:
 # -- benchmark 2 -------------------------------------------------------------------------------
 
 
-def full_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes, latency: float,
-              parallel: int, out: Any) -> None:
+def _timed_sync(fleet: TwinFleet, ledger: Any, settings: Any, *, full: bool, parallel: int,
+                latency: float) -> tuple[list[Any], float, dict[str, int]]:
+    """One sync of every source with the twins answering after `latency`: its results, wall
+    time and the requests each twin answered. Raises when a source failed."""
     from daemon.sources import sync_configured
 
-    bounds = lower_bounds(fleet, sizes, latency)
     fleet.set_latency(latency)
     before = fleet.requests_made()
     started = time.perf_counter()
-    results = sync_configured(ledger, settings, full=True, parallel=parallel)
+    results = sync_configured(ledger, settings, full=full, parallel=parallel)
     wall = time.perf_counter() - started
     after = fleet.requests_made()
     fleet.set_latency(0)
     failed = [f"{r.source}: {r.error}" for r in results if not r.ok]
     if failed:
-        raise RuntimeError("the full sync failed: " + "; ".join(failed))
+        kind = "full" if full else "incremental"
+        raise RuntimeError(f"the {kind} sync failed: " + "; ".join(failed))
+    return results, wall, {name: after[name] - before[name] for name in after}
+
+
+def full_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes, latency: float,
+              parallel: int, out: Any) -> None:
+    bounds = lower_bounds(fleet, sizes, latency)
+    results, wall, made = _timed_sync(fleet, ledger, settings, full=True, parallel=parallel,
+                                      latency=latency)
     seen = sum(r.seen for r in results)
     total = sum(b.seconds for b in bounds)
     widest = max(b.seconds for b in bounds)
@@ -182,8 +192,7 @@ def full_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes, latenc
     out.write(f"  {'system':12} {'requests':>9} {'pages':>7}  lower bound\n")
     for bound in bounds:
         name = bound.system.split(":")[-1] if bound.system.startswith("woo:") else bound.system
-        made = after[name] - before[name]
-        out.write(f"  {bound.system:12} {made:9,} {bound.pages:7,}  {bound.seconds:7.1f} s = "
+        out.write(f"  {bound.system:12} {made[name]:9,} {bound.pages:7,}  {bound.seconds:7.1f} s = "
                   f"{bound.formula}\n")
     out.write("  time per source: " + ", ".join(
         f"{name} {seconds:.0f} s" for name, seconds in run_times(ledger).items()) + "\n")
@@ -311,8 +320,6 @@ def _mailchimp_changes(twin: RunningTwin, sizes: Sizes, rng: random.Random,
 
 def incremental_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes,
                      share: float, parallel: int, latency: float, out: Any) -> None:
-    from daemon.sources import sync_configured
-
     rng = random.Random(8)  # noqa: S311 - benchmark data
     jobs: list[Callable[[], Changes]] = [
         *(lambda twin=fleet.twins[shop]: _woo_changes(twin, sizes, rng, share)
@@ -322,16 +329,8 @@ def incremental_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes,
     ]
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         changes = list(pool.map(lambda job: job(), jobs))
-    fleet.set_latency(latency)
-    before = fleet.requests_made()
-    started = time.perf_counter()
-    results = sync_configured(ledger, settings, parallel=parallel)
-    wall = time.perf_counter() - started
-    after = fleet.requests_made()
-    fleet.set_latency(0)
-    failed = [f"{r.source}: {r.error}" for r in results if not r.ok]
-    if failed:
-        raise RuntimeError("the incremental sync failed: " + "; ".join(failed))
+    results, wall, made = _timed_sync(fleet, ledger, settings, full=False, parallel=parallel,
+                                      latency=latency)
     out.write(f"\nBenchmark 3: incremental sync after changing {share:.0%} of the records "
               f"({wall:.1f} s at {latency * 1000:g} ms latency)\n")
     out.write(f"  {'source':12} {'changed':>8} {'ideal':>7} {'requests':>9}\n")
@@ -339,10 +338,9 @@ def incremental_sync(fleet: TwinFleet, settings: Any, ledger: Any, sizes: Sizes,
     for change in changes:
         name = change.system.split(":")[-1] if change.system.startswith("woo:") \
             else change.system
-        made = after[name] - before[name]
-        made_total += made
+        made_total += made[name]
         out.write(f"  {change.system:12} {change.records:8,} {change.ideal_pages:7.1f} "
-                  f"{made:9,}\n")
+                  f"{made[name]:9,}\n")
     ideal = sum(c.ideal_pages for c in changes)
     out.write(f"  requests {made_total:,} against the ideal {ideal:.1f} = Σ(changed ÷ page size "
               f"+ 1) → ratio {made_total / ideal:.2f} (target ≤ 1.1)\n")
