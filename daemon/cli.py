@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from connectors.base import normalise_email
 from daemon import logs
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.ledger import Ledger, LedgerError
@@ -137,28 +136,36 @@ def sync(app: App, only: str | None, full: bool) -> None:
         sys.exit(1)
 
 
+def _email(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An EMAIL argument or option, normalised; a usage error naming the parameter when it
+    is not an email address."""
+    from daemon.access import RequestError, require_email
+
+    try:
+        return require_email(value) if value is not None else None
+    except RequestError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
-@click.argument("email")
+@click.argument("email", callback=_email)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--current", is_flag=True, help="Leave out holdings gone upstream.")
 @click.pass_obj
 def where(app: App, email: str, as_json: bool, current: bool) -> None:
     """Every holding of one person: source, record, categories, dates."""
-    normalised = normalise_email(email)
-    if normalised is None:
-        raise click.BadParameter(f"{email!r} is not an email address", param_hint="EMAIL")
     ledger = app.ledger()
     try:
-        holdings = ledger.holdings_for(normalised, include_gone=not current)
+        holdings = ledger.holdings_for(email, include_gone=not current)
     finally:
         ledger.close()
     if as_json:
         click.echo(json.dumps([asdict(h) for h in holdings], default=str, indent=2))
         return
     if not holdings:
-        click.echo(f"{normalised} is held nowhere the ledger knows of.")
+        click.echo(f"{email} is held nowhere the ledger knows of.")
         return
-    click.echo(f"{normalised} — {len(holdings)} holding(s)")
+    click.echo(f"{email} — {len(holdings)} holding(s)")
     for h in holdings:
         state = f"gone {_time(h.gone_at)}" if h.gone_at else (h.status or "held")
         if h.anonymised:
@@ -362,7 +369,7 @@ def ack(app: App, rule: str, source: str, external_id: str, reason: str,
 
 
 @main.command()
-@click.argument("email")
+@click.argument("email", callback=_email)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
               show_default=True,
               help="Directory for the copy (made 0700 if missing; the files are 0600).")
@@ -371,16 +378,12 @@ def export(app: App, email: str, out: Path) -> None:
     """Answer an access request: look EMAIL up live in every shop, Stripe and Mailchimp and
     write what is held (a JSON file, and a page the person can read). Exits 1 when a system
     did not answer: the copy is then not complete."""
-    from daemon.access import RequestError, require_email, run_export, summary_lines
+    from daemon.access import RequestError, run_export, summary_lines
 
-    try:
-        address = require_email(email)
-    except RequestError as exc:
-        raise click.BadParameter(str(exc), param_hint="EMAIL") from None
     settings = app.settings
     ledger = app.ledger()
     try:
-        result = run_export(ledger, settings, address, out)
+        result = run_export(ledger, settings, email, out)
     except RequestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -392,16 +395,16 @@ def export(app: App, email: str, out: Path) -> None:
     if not result.complete:
         missing = ", ".join(a.source for a in result.answers if not a.answered)
         click.echo(f"INCOMPLETE: {missing} did not answer, so this copy is NOT everything held "
-                   f"about {address}. Do not send it as the full answer; run export again "
+                   f"about {email}. Do not send it as the full answer; run export again "
                    "once the system answers.", err=True)
         sys.exit(1)
     if result.records == 0:
-        click.echo(f"{address} is held nowhere: every system answered and none holds anything "
+        click.echo(f"{email} is held nowhere: every system answered and none holds anything "
                    "about this address (the files say so).")
 
 
 @main.command()
-@click.argument("email")
+@click.argument("email", callback=_email)
 @click.option("--apply", "do_apply", is_flag=True,
               help="Carry the plan out. Without it only the plan is shown: nothing changes.")
 @click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
@@ -411,18 +414,14 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
     or kept (and why); with --apply, do it, record every step in the audit trail, update the
     ledger and verify live that nothing else is left. Safe to run again: a run that stopped
     half-way is completed by the next. Exits 1 unless verified complete."""
-    from daemon.access import RequestError, open_systems, require_email
+    from daemon.access import RequestError, open_systems
     from daemon.erasure import apply_plan, make_plan, plan_lines, result_lines
 
-    try:
-        address = require_email(email)
-    except RequestError as exc:
-        raise click.BadParameter(str(exc), param_hint="EMAIL") from None
     settings = app.settings
     ledger = app.ledger()
     try:
         with open_systems(settings) as systems:
-            plan = make_plan(ledger, systems, settings.retention, address)
+            plan = make_plan(ledger, systems, settings.retention, email)
             for line in plan_lines(plan):
                 click.echo(line)
             unanswered = ", ".join(a.source for a in plan.lookup.failed)
@@ -430,7 +429,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
                 click.echo(f"INCOMPLETE: {unanswered} did not answer; what is held there is "
                            "not in this plan. Run the command again once it answers.", err=True)
             if not plan.steps and plan.complete:
-                click.echo(f"{address} is held nowhere: every system answered; nothing to "
+                click.echo(f"{email} is held nowhere: every system answered; nothing to "
                            "erase.")
                 return
             if not do_apply:
@@ -439,7 +438,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
                 sys.exit(0 if plan.complete else 1)
             changes = len(plan.changes)
             if changes and not yes and not click.confirm(
-                    f"Apply {changes} change(s) for {address}? Deletions cannot be undone.",
+                    f"Apply {changes} change(s) for {email}? Deletions cannot be undone.",
                     default=False):
                 click.echo("Cancelled: nothing was changed.")
                 sys.exit(1)
@@ -455,7 +454,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
 
 
 @main.command("verify-log")
-@click.option("--person", metavar="EMAIL",
+@click.option("--person", metavar="EMAIL", callback=_email,
               help="Also list the entries about this person (exports, erasure steps), found "
                    "by its keyed hash: the trail never holds the email.")
 @click.pass_obj
@@ -463,17 +462,13 @@ def verify_log(app: App, person: str | None) -> None:
     """Recompute the audit trail's hash chain; name the first entry that was altered or
     removed. Exits 1 when the chain is broken."""
     from daemon import trail
-    from daemon.access import RequestError, entries_about, latest_hash, require_email
+    from daemon.access import entries_about, latest_hash
 
-    try:
-        address = require_email(person) if person is not None else None
-    except RequestError as exc:
-        raise click.BadParameter(str(exc), param_hint="--person") from None
     ledger = app.ledger()
     try:
         result = trail.verify(ledger)
         head = latest_hash(ledger)
-        entries = entries_about(ledger, address) if address is not None else []
+        entries = entries_about(ledger, person) if person is not None else []
     finally:
         ledger.close()
     if result.ok:
@@ -488,7 +483,7 @@ def verify_log(app: App, person: str | None) -> None:
     for entry in entries:
         click.echo(f"  #{entry.id} {entry.at:%Y-%m-%d %H:%M:%S} {entry.actor} {entry.action} "
                    f"{entry.detail}")
-    if address is not None and not entries:
-        click.echo(f"no entry about {address}")
+    if person is not None and not entries:
+        click.echo(f"no entry about {person}")
     if not result.ok:
         sys.exit(1)
