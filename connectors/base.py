@@ -37,6 +37,11 @@ class Category(StrEnum):
     CARD_NUMBER = "card_number"
 
 
+class StopWaiting(Exception):  # noqa: N818 - an instruction, not an error
+    """Raised by a connector's `sleep` (backoff, Retry-After, pacing) when its caller wants
+    the work to end instead: a daemon shutting down does not wait out a rate limit."""
+
+
 @dataclass(frozen=True)
 class Record:
     """One upstream record, as the ledger sees it: identifiers, categories and times only."""

@@ -37,7 +37,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -182,14 +182,12 @@ def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = 
     Raises RequestError when no system is configured at all. `sleep` replaces the
     connectors' wait between retries (tests)."""
     systems = Systems()
-
-    def tuned(config: Any) -> Any:
-        return replace(config, sleep=sleep) if sleep is not None else config
+    tuned: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
 
     for shop in settings.woocommerce:
         source = f"woo:{shop.name}"
         try:
-            connector = woocommerce.connect(tuned(shop.to_connector()))
+            connector = woocommerce.connect(shop.to_connector(**tuned))
         except ValueError as exc:
             systems.failures[source] = str(exc)
             continue
@@ -198,7 +196,7 @@ def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = 
         systems._closers.append(connector.close)
     if settings.stripe is not None:
         try:
-            payments = stripe.connect(tuned(settings.stripe.to_connector()))
+            payments = stripe.connect(settings.stripe.to_connector(**tuned))
         except ValueError as exc:
             systems.failures["stripe"] = str(exc)
         else:
@@ -208,7 +206,7 @@ def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = 
     if settings.mailchimp is not None:
         audiences: list[Any] = []
         try:
-            account = mailchimp.connect(tuned(settings.mailchimp.to_connector()))
+            account = mailchimp.connect(settings.mailchimp.to_connector(**tuned))
         except ValueError as exc:
             systems.failures["mailchimp"] = str(exc)
         else:

@@ -6,7 +6,6 @@ FAIL and the reason; one failing never stops the others.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,13 +32,12 @@ def _count(value: Any, word: str) -> str:
         return f"{word} readable"
 
 
-def _once(settings: Any) -> Any:
-    """Connector settings that try once: a check reports, it does not wait out retries."""
-    return dataclasses.replace(settings, retry_attempts=1)
+# A check reports; it does not wait out retries.
+_ONCE = {"retry_attempts": 1}
 
 
 def _probe_shop(shop: Any) -> str:
-    connector = woocommerce.connect(_once(shop.to_connector()))
+    connector = woocommerce.connect(shop.to_connector(**_ONCE))
     try:
         _, response = connector.client.get_json("orders", {"per_page": 1, "_fields": "id"})
         return f"{_count(response.headers.get('X-WP-Total'), 'orders')}"
@@ -48,7 +46,7 @@ def _probe_shop(shop: Any) -> str:
 
 
 def _probe_stripe(settings: Any) -> str:
-    connector = stripe.connect(_once(settings.to_connector()))
+    connector = stripe.connect(settings.to_connector(**_ONCE))
     try:
         body, _ = connector.http.get_json("/v1/customers", {"limit": 1})
         if not isinstance(body, dict) or body.get("object") != "list":
@@ -59,7 +57,7 @@ def _probe_stripe(settings: Any) -> str:
 
 
 def _probe_mailchimp(settings: Any) -> str:
-    account = mailchimp.connect(_once(settings.to_connector()))
+    account = mailchimp.connect(settings.to_connector(**_ONCE))
     try:
         body, _ = account.client.get_json("lists", {"count": 1, "fields": "total_items"})
         total = body.get("total_items") if isinstance(body, dict) else None

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,14 +186,15 @@ class WooCommerceSettings(_Section):
             raise ValueError(f"{value!r} is not an http(s) address")
         return value.rstrip("/")
 
-    def to_connector(self) -> woocommerce_connector.Settings:
-        return woocommerce_connector.Settings(
+    def to_connector(self, **overrides: Any) -> woocommerce_connector.Settings:
+        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
+        return replace(woocommerce_connector.Settings(
             name=self.name, url=self.url,
             consumer_key=self.consumer_key.get_secret_value(),
             consumer_secret=self.consumer_secret.get_secret_value(),
             per_page=self.per_page, concurrency=self.concurrency,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
-        )
+        ), **overrides)
 
 
 class StripeSettings(_Section):
@@ -211,12 +212,13 @@ class StripeSettings(_Section):
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
 
-    def to_connector(self) -> stripe_connector.Settings:
-        return stripe_connector.Settings(
+    def to_connector(self, **overrides: Any) -> stripe_connector.Settings:
+        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
+        return replace(stripe_connector.Settings(
             api_key=self.api_key.get_secret_value(), base_url=self.base_url.rstrip("/"),
             requests_per_second=self.requests_per_second,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
-        )
+        ), **overrides)
 
 
 class MailchimpSettings(_Section):
@@ -248,14 +250,15 @@ class MailchimpSettings(_Section):
             mailchimp_connector.check_base_url(self.base_url)
         return self
 
-    def to_connector(self) -> mailchimp_connector.Settings:
-        return mailchimp_connector.Settings(
+    def to_connector(self, **overrides: Any) -> mailchimp_connector.Settings:
+        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
+        return replace(mailchimp_connector.Settings(
             api_key=self.api_key.get_secret_value(),
             base_url=self.base_url.rstrip("/") if self.base_url else None,
             audiences=tuple(self.audiences), page_size=self.page_size,
             concurrency=self.concurrency, timeout=self.timeout.total_seconds(),
             overlap=self.overlap,
-        )
+        ), **overrides)
 
 
 class RetentionSettings(_Section):

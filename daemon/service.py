@@ -49,7 +49,7 @@ from sqlalchemy import Engine, create_engine, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from connectors.base import utcnow
+from connectors.base import StopWaiting, utcnow
 from daemon import logs, trail
 from daemon.ledger import AuditLogEntry, Ledger, Source, SyncRun
 from daemon.notify import Notifier, Watchdog, watchdog_interval
@@ -403,13 +403,19 @@ class Daemon:
         try:
             results = sync_configured(self.ledger, self.settings, only=name, full=full,
                                       progress=self._progress,
-                                      should_stop=self.stopping.is_set)
+                                      should_stop=self.stopping.is_set, sleep=self.pause)
         finally:
             slots.release()
         if not results:
             return "stopped"
         return "ok" if all(r.ok for r in results) else (
             "stopped" if any(r.error == STOPPED for r in results) else "failed")
+
+    def pause(self, seconds: float) -> None:
+        """How connectors wait (backoff, Retry-After, pacing) in the daemon: cut short by a
+        stop, which then ends the sync (StopWaiting) instead of waiting out the upstream."""
+        if self.stopping.wait(seconds):
+            raise StopWaiting
 
     def _nightly_job(self, catch_up: bool) -> None:
         self._run(JobSpec(NIGHTLY, NIGHTLY, lambda: self._nightly(catch_up)))

@@ -4,12 +4,13 @@ connector modules sharing `Settings`/`connect`) and syncs them into the ledger."
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from connectors import mailchimp, stripe, woocommerce
-from connectors.base import Connector
+from connectors.base import Connector, StopWaiting
 from connectors.http import APIError
 from daemon.config import Settings
 from daemon.ledger import Ledger
@@ -48,19 +49,21 @@ def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = No
                     full: bool = False,
                     progress: ProgressCallback | None = None,
                     should_stop: StopCheck | None = None,
-                    parallel: int = 1) -> list[SyncResult]:
+                    parallel: int = 1,
+                    sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
     """Sync every selected source; one source failing never stops the others. `should_stop`
     ends the work between batches and between sources. With `parallel` > 1 that many sources
     sync at once, each in its own thread (their waits on upstream latency overlap; each
     source still keeps its own connection limits, and the ledger's writes stay one
-    transaction per batch). Results come back in the configured order either way."""
+    transaction per batch). Results come back in the configured order either way. `sleep` is
+    how connectors wait (backoff, pacing): one that raises StopWaiting ends a sync at once."""
     names = select_names(settings, only)
 
     def run(name: str) -> list[SyncResult]:
         if should_stop is not None and should_stop():
             return []
         return _sync_one(ledger, settings, name, full=full, progress=progress,
-                         should_stop=should_stop)
+                         should_stop=should_stop, sleep=sleep)
 
     if parallel <= 1 or len(names) <= 1:
         results: list[SyncResult] = []
@@ -80,32 +83,37 @@ def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = No
 
 
 def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
-              progress: ProgressCallback | None,
-              should_stop: StopCheck | None) -> list[SyncResult]:
+              progress: ProgressCallback | None, should_stop: StopCheck | None,
+              sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
     size = settings.ledger.batch_size
     if name.startswith("woo:"):
         shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
-        with opened(woocommerce.connect(shop.to_connector())) as connector:
+        with opened(woocommerce.connect(shop.to_connector(sleep=sleep))) as connector:
             return [sync_source(ledger, connector, full=full, progress=progress,
                                 should_stop=should_stop, batch_size=size)]
     if name == "stripe" and settings.stripe is not None:
-        with opened(stripe.connect(settings.stripe.to_connector())) as connector:
+        with opened(stripe.connect(settings.stripe.to_connector(sleep=sleep))) as connector:
             return [sync_source(ledger, connector, full=full, progress=progress,
                                 should_stop=should_stop, batch_size=size)]
     if name == "mailchimp" and settings.mailchimp is not None:
         return _sync_mailchimp(ledger, settings, full=full, progress=progress,
-                               should_stop=should_stop)
+                               should_stop=should_stop, sleep=sleep)
     return []
 
 
 def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
                     progress: ProgressCallback | None,
-                    should_stop: StopCheck | None = None) -> list[SyncResult]:
+                    should_stop: StopCheck | None = None,
+                    sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
     assert settings.mailchimp is not None  # noqa: S101 - guarded by the caller
-    account = mailchimp.connect(settings.mailchimp.to_connector())
+    account = mailchimp.connect(settings.mailchimp.to_connector(sleep=sleep))
     try:
         audiences = account.connectors()
+    except StopWaiting:
+        account.close()
+        return []
     except APIError as exc:
+        account.close()
         return [SyncResult("mailchimp", 0, "incremental", "failed", 0, 0, 0, 0, exc.message)]
     results = []
     for connector in audiences:

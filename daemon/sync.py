@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import Batch, Connector, Key, Record, utcnow
+from connectors.base import Batch, Connector, Key, Record, StopWaiting, utcnow
 from connectors.http import APIError
 from daemon import trail
 from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
@@ -405,7 +405,7 @@ def _grouped(batches: Iterator[Batch], size: int,
                     or (should_stop is not None and should_stop())):
                 yield _merged(pending)
                 pending, count, first = [], 0, False
-    except APIError:
+    except (APIError, StopWaiting):
         if pending:
             yield _merged(pending)
         raise
@@ -498,13 +498,13 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
                 close = getattr(batches, "close", None)
                 if close is not None:
                     close()
-                _finish_run(ledger, run_id, "failed", STOPPED)
-                bound.info("sync.stopped", seen=counts.seen)
-                return SyncResult(connector.source, run_id, mode, "failed", counts.seen,
-                                  counts.changed, counts.skipped, counts.gone, STOPPED)
+                return _stopped(ledger, connector, run_id, mode, counts)
         if listing is not None:
             _catch_up(ledger, connector, source_id, run_id, listing, started=started,
                       counts=counts)
+    except StopWaiting:
+        # Asked to stop while waiting on the upstream (a Retry-After, a backoff).
+        return _stopped(ledger, connector, run_id, mode, counts)
     except APIError as exc:
         _finish_run(ledger, run_id, "failed", exc.message)
         bound.error("sync.failed", error=exc.message, seen=counts.seen)
@@ -519,6 +519,16 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
                gone=counts.gone, complete=complete)
     return SyncResult(connector.source, run_id, mode, "success", counts.seen, counts.changed,
                       counts.skipped, counts.gone, note)
+
+
+def _stopped(ledger: Ledger, connector: Connector, run_id: int, mode: str,
+             counts: _Counts) -> SyncResult:
+    """End a run that was asked to stop: what was committed stays, the cursor with it."""
+    _finish_run(ledger, run_id, "failed", STOPPED)
+    log.info("sync.stopped", source=connector.source, run_id=run_id, mode=mode,
+             seen=counts.seen)
+    return SyncResult(connector.source, run_id, mode, "failed", counts.seen, counts.changed,
+                      counts.skipped, counts.gone, STOPPED)
 
 
 def reconcile_source(ledger: Ledger, connector: Connector) -> SyncResult:

@@ -494,6 +494,32 @@ def test_sigterm_mid_sync_commits_the_batch_and_exits_0(
     assert "sync.stopped" in daemon.stdout()
 
 
+def test_sigterm_while_waiting_out_a_rate_limit_ends_the_sync_at_once(
+        estate: RunningEstate, smtp: Mailbox, tmp_path: Path,
+        spawn: Callable[..., Daemon]) -> None:
+    config = write_config(estate, smtp, tmp_path / "etc", schedule='sync_interval = "1h"\n')
+    url = sqlite_url(tmp_path / "etc")
+    twins = [server.twin for server in estate.servers.values()]
+    # Every upstream asks to be left alone for 100 s: each sync waits out a Retry-After.
+    for twin in twins:
+        twin.faults.inject("status", times=10_000, status=429, retry_after="100", lasting=60)
+    try:
+        daemon = spawn(config)
+        wait_until(lambda: "upstream.retry" in daemon.stdout(), 60, "a sync waiting out 429")
+        asked = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        stopped_after = time.monotonic() - asked
+    finally:
+        for twin in twins:
+            twin.faults.clear()
+    assert stopped_after < 15, f"took {stopped_after:.1f}s: the Retry-After was waited out"
+    ended = runs(url)
+    assert ended and all(r.finished_at is not None for r in ended)
+    assert ("failed", "stopped") in {(r.status, r.error) for r in ended}
+    assert "sync.stopped" in daemon.stdout()
+
+
 def test_two_daemons_on_postgresql_sync_once_per_tick_and_survive_one_dying(
         estate: RunningEstate, smtp: Mailbox, tmp_path: Path, pg_url: str,
         spawn: Callable[..., Daemon]) -> None:

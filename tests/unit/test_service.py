@@ -281,6 +281,18 @@ def test_a_sync_waiting_for_its_turn_gives_up_when_the_daemon_stops(
     assert outcome == ["stopped"]
 
 
+def test_connectors_wait_in_the_daemon_until_it_stops(ledger: Ledger, make_daemon) -> None:
+    from connectors.base import StopWaiting
+
+    daemon = make_daemon()
+    daemon.pause(0.01)
+    daemon.request_stop()
+    started = time.monotonic()
+    with pytest.raises(StopWaiting):
+        daemon.pause(30)
+    assert time.monotonic() - started < 1
+
+
 def test_nightly_runs_once_per_night_across_daemons(ledger: Ledger, make_daemon) -> None:
     first, second = make_daemon(), make_daemon()
     assert first._nightly(True) == "ok"

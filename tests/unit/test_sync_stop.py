@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from connectors.base import Batch, Category, Key, KeyBatch, Record
+from connectors.base import Batch, Category, Key, KeyBatch, Record, StopWaiting
 from daemon.ledger import Holding, Ledger, Source, SyncRun
 from daemon.sync import STOPPED, sync_source
 
@@ -120,3 +120,26 @@ def test_full_sync_stopped_early_marks_nothing_gone(ledger: Ledger) -> None:
         gone = session.scalar(select(func.count()).select_from(Holding)
                               .where(Holding.gone_at.is_not(None)))
     assert gone == 0
+
+
+class WaitingConnector(PagedConnector):
+    """A page with a cursor, a page without one, then its sleep is cut short by a stop
+    (StopWaiting) while it waits out a rate limit."""
+
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        self.cursors_asked.append(cursor)
+        yield Batch(records=[order(0), order(1)], cursor="page-1")
+        yield Batch(records=[order(2), order(3)])
+        raise StopWaiting
+
+
+def test_a_stop_while_waiting_on_the_upstream_ends_the_run_keeping_what_was_read(
+        ledger: Ledger) -> None:
+    # Batches of 100: the second page is still waiting to be committed when the stop comes.
+    result = sync_source(ledger, WaitingConnector(), batch_size=100)
+    assert (result.status, result.error, result.seen) == ("failed", STOPPED, 4)
+    assert held(ledger) == 4
+    assert cursor_of(ledger) == "page-1"
+    with ledger.sessions() as session:
+        run = session.scalars(select(SyncRun)).one()
+    assert (run.status, run.error) == ("failed", STOPPED) and run.finished_at is not None
