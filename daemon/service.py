@@ -333,9 +333,11 @@ class Daemon:
                                 jitter=int(plan.sync_jitter.total_seconds()) or None),
                 self._sync_job, name, False, grace=interval)
             hour, minute = plan.full_sync_time
+            # Stripe's listing is the longest (cursor lists, a read rate): it starts a few
+            # seconds before the others so that it never waits for a parallel_syncs slot.
             add(f"full:{name}",
                 CronTrigger(day_of_week=plan.full_sync_weekday, hour=hour, minute=minute,
-                            timezone=self.zone),
+                            second=0 if name == "stripe" else 5, timezone=self.zone),
                 self._sync_job, name, True, grace=plan.misfire_grace)
         hour, minute = plan.audit_time
         add(NIGHTLY, CronTrigger(hour=hour, minute=minute, timezone=self.zone),

@@ -371,6 +371,21 @@ def test_schedule_adds_a_job_per_source_and_the_nightly_at_local_time(ledger_url
     assert jobs["sync:stripe"].coalesce and jobs["sync:stripe"].max_instances == 1
 
 
+def test_weekly_reconciliation_starts_stripe_before_the_shops(ledger_url: str,
+                                                              make_daemon) -> None:
+    daemon = make_daemon(stripe={"api_key": "env:KEY"},
+                         woocommerce=[{"name": "shop", "url": "https://shop.example",
+                                       "consumer_key": "env:KEY", "consumer_secret": "env:KEY"}],
+                         schedule={"full_sync": "sun 03:00"})
+    daemon.schedule()
+    jobs = {job.id: job for job in daemon.scheduler.get_jobs()}
+    after = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+    stripe = jobs["full:stripe"].trigger.get_next_fire_time(None, after)
+    shop = jobs["full:woo:shop"].trigger.get_next_fire_time(None, after)
+    assert stripe.astimezone(LONDON) == datetime(2026, 7, 5, 3, 0, tzinfo=LONDON)
+    assert shop - stripe == timedelta(seconds=5)
+
+
 def test_reload_replaces_the_jobs_and_keeps_the_old_config_when_the_new_fails(
         ledger_url: str, make_daemon) -> None:
     daemon = make_daemon(stripe={"api_key": "env:KEY"})
