@@ -133,6 +133,14 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
+def count_text(value: object, word: str) -> str:
+    """"1,234 orders" from an upstream's total, or "orders readable" when it gave none."""
+    try:
+        return f"{int(value):,} {word}"  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return f"{word} readable"
+
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 

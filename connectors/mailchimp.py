@@ -36,6 +36,7 @@ from connectors.base import (
     Record,
     Skip,
     contains_card_number,
+    count_text,
     has_value,
     normalise_email,
     parse_time,
@@ -405,6 +406,12 @@ class MailchimpAccount:
         if response.status_code == 404 or _member_id(body) is None:
             return None
         return AudienceInfo(body["id"], str(body.get("name") or ""))
+
+    def probe(self) -> str:
+        """One small authenticated request: how many audiences the key sees."""
+        body, _ = self.client.get_json("lists", {"count": 1, "fields": "total_items"})
+        return count_text(body.get("total_items") if isinstance(body, dict) else None,
+                          "audiences")
 
     def close(self) -> None:
         # Closes pooled connections; the session reopens them if used again.

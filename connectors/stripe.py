@@ -317,6 +317,13 @@ class StripeConnector:
             sleep=settings.sleep,
         )
 
+    def probe(self) -> str:
+        """One small authenticated request: can the key read customers?"""
+        body, _ = self.http.get_json("/v1/customers", {"limit": 1})
+        if not isinstance(body, dict) or body.get("object") != "list":
+            return "answered, but not with a Stripe list: check base_url"
+        return "customers readable"
+
     def close(self) -> None:
         self.http.close()
 

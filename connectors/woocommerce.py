@@ -42,6 +42,7 @@ from connectors.base import (
     Record,
     Skip,
     contains_card_number,
+    count_text,
     format_gmt,
     has_value,
     normalise_email,
@@ -612,6 +613,11 @@ class WooCommerceConnector:
 
     def __repr__(self) -> str:
         return f"WooCommerceConnector({self.source}, {'oauth' if self.oauth else 'basic'})"
+
+    def probe(self) -> str:
+        """One small authenticated request: what the shop answers about its orders."""
+        _, response = self.client.get_json("orders", {"per_page": 1, "_fields": "id"})
+        return count_text(response.headers.get("X-WP-Total"), "orders")
 
     def close(self) -> None:
         self.client.close()

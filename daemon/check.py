@@ -25,45 +25,15 @@ class CheckResult:
     detail: str
 
 
-def _count(value: Any, word: str) -> str:
-    try:
-        return f"{int(value):,} {word}"
-    except (TypeError, ValueError):
-        return f"{word} readable"
-
-
 # A check reports; it does not wait out retries.
 _ONCE = {"retry_attempts": 1}
 
 
-def _probe_shop(shop: Any) -> str:
-    connector = woocommerce.connect(shop.to_connector(**_ONCE))
+def _probe(connector: Any) -> str:
     try:
-        _, response = connector.client.get_json("orders", {"per_page": 1, "_fields": "id"})
-        return f"{_count(response.headers.get('X-WP-Total'), 'orders')}"
+        return str(connector.probe())
     finally:
         connector.close()
-
-
-def _probe_stripe(settings: Any) -> str:
-    connector = stripe.connect(settings.to_connector(**_ONCE))
-    try:
-        body, _ = connector.http.get_json("/v1/customers", {"limit": 1})
-        if not isinstance(body, dict) or body.get("object") != "list":
-            return "answered, but not with a Stripe list: check base_url"
-        return "customers readable"
-    finally:
-        connector.close()
-
-
-def _probe_mailchimp(settings: Any) -> str:
-    account = mailchimp.connect(settings.to_connector(**_ONCE))
-    try:
-        body, _ = account.client.get_json("lists", {"count": 1, "fields": "total_items"})
-        total = body.get("total_items") if isinstance(body, dict) else None
-        return _count(total, "audiences")
-    finally:
-        account.close()
 
 
 def _probe_smtp(settings: Any) -> str:
@@ -105,11 +75,14 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
     """Every check, in order, as it completes."""
     yield _attempt("ledger", lambda: _probe_ledger(settings.ledger.database_url))
     for shop in settings.woocommerce:
-        yield _attempt(f"woo:{shop.name}", lambda shop=shop: _probe_shop(shop))
+        yield _attempt(f"woo:{shop.name}", lambda shop=shop: _probe(
+            woocommerce.connect(shop.to_connector(**_ONCE))))
     if settings.stripe is not None:
-        yield _attempt("stripe", lambda: _probe_stripe(settings.stripe))
+        yield _attempt("stripe", lambda: _probe(
+            stripe.connect(settings.stripe.to_connector(**_ONCE))))
     if settings.mailchimp is not None:
-        yield _attempt("mailchimp", lambda: _probe_mailchimp(settings.mailchimp))
+        yield _attempt("mailchimp", lambda: _probe(
+            mailchimp.connect(settings.mailchimp.to_connector(**_ONCE))))
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
     elif settings.report is not None:
