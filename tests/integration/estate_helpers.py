@@ -3,12 +3,21 @@ it, in one comparable shape."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 
+from daemon.config import Settings, load_settings
 from daemon.ledger import Holding, Ledger, Source, Subject
+from sandbox.demo import RunningEstate
 from sandbox.estate import Estate
 
 Row = tuple[str, str, str, str | None]
+
+
+def settings_for(running: RunningEstate, directory: Path, ledger_url: str) -> Settings:
+    """The settings of a config written for the running estate, into that ledger."""
+    return load_settings(running.write_config(directory, ledger_url=ledger_url))
 
 
 def estate_truth(estate: Estate) -> set[Row]:

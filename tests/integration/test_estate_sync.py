@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
-from daemon.config import Settings, load_settings
 from daemon.ledger import Ledger, SyncRun
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
 from sandbox.estate import EstateSpec, build_estate
-from tests.integration.estate_helpers import estate_truth, holding_count, ledger_truth
+from tests.integration.estate_helpers import estate_truth, holding_count, ledger_truth, settings_for
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 CLI = Path(sys.executable).with_name("privacy-ledger")
@@ -32,10 +31,6 @@ def running(tmp_path: Path) -> Iterator[RunningEstate]:
     estate = build_estate(EstateSpec(seed=11, people=60, now=NOW))
     with RunningEstate(estate) as live:
         yield live
-
-
-def settings_for(running: RunningEstate, directory: Path, ledger_url: str) -> Settings:
-    return load_settings(running.write_config(directory, ledger_url=ledger_url))
 
 
 def test_full_sync_of_the_estate_equals_ground_truth(

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from connectors import stripe, woocommerce
-from daemon.config import Settings, load_settings
 from daemon.ledger import Ledger
 from daemon.sources import sync_configured
 from daemon.sync import sync_source
@@ -21,7 +20,7 @@ from sandbox.estate import EstateSpec, build_estate
 from sandbox.server import TwinServer
 from sandbox.stripe import StripeTwin
 from sandbox.woocommerce import WooCommerceTwin
-from tests.integration.estate_helpers import estate_truth, ledger_truth
+from tests.integration.estate_helpers import estate_truth, ledger_truth, settings_for
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
@@ -131,10 +130,6 @@ def running() -> Iterator[RunningEstate]:
     estate = build_estate(EstateSpec(seed=5, people=80, now=NOW))
     with RunningEstate(estate) as live:
         yield live
-
-
-def settings_for(running: RunningEstate, directory: Path, ledger_url: str) -> Settings:
-    return load_settings(running.write_config(directory, ledger_url=ledger_url))
 
 
 def test_sources_synced_side_by_side_give_the_estate_in_the_configured_order(
