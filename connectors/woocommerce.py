@@ -255,14 +255,7 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
 
 def _any_held(data: Mapping[str, Any], names: Iterable[str]) -> bool:
     for name in names:
-        value = data.get(name)
-        if isinstance(value, str):
-            # _held for text, inline: this runs for every field of every record.
-            text = value.strip()
-            if has_value(text) and not (
-                    len(text) in _PLACEHOLDER_SIZES and text.lower() in _PLACEHOLDERS):
-                return True
-        elif _held(value):
+        if _held(data.get(name)):
             return True
     return False
 

@@ -31,7 +31,7 @@ _ONCE = {"retry_attempts": 1}
 
 def _probe(connector: Any) -> str:
     try:
-        return str(connector.probe())
+        return connector.probe()
     finally:
         connector.close()
 

@@ -66,12 +66,7 @@ def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = No
                          should_stop=should_stop, sleep=sleep)
 
     if parallel <= 1 or len(names) <= 1:
-        results: list[SyncResult] = []
-        for name in names:
-            if should_stop is not None and should_stop():
-                break
-            results.extend(run(name))
-        return results
+        return [result for name in names for result in run(name)]
     # Stripe first: its cursor lists and read rate make it the longest source, and it
     # must not wait for a free worker.
     started = sorted(names, key=lambda name: name != "stripe")
@@ -85,20 +80,20 @@ def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = No
 def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
               progress: ProgressCallback | None, should_stop: StopCheck | None,
               sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
-    size = settings.ledger.batch_size
+    connector: Connector
     if name.startswith("woo:"):
         shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
-        with opened(woocommerce.connect(shop.to_connector(sleep=sleep))) as connector:
-            return [sync_source(ledger, connector, full=full, progress=progress,
-                                should_stop=should_stop, batch_size=size)]
-    if name == "stripe" and settings.stripe is not None:
-        with opened(stripe.connect(settings.stripe.to_connector(sleep=sleep))) as connector:
-            return [sync_source(ledger, connector, full=full, progress=progress,
-                                should_stop=should_stop, batch_size=size)]
-    if name == "mailchimp" and settings.mailchimp is not None:
+        connector = woocommerce.connect(shop.to_connector(sleep=sleep))
+    elif name == "stripe" and settings.stripe is not None:
+        connector = stripe.connect(settings.stripe.to_connector(sleep=sleep))
+    elif name == "mailchimp" and settings.mailchimp is not None:
         return _sync_mailchimp(ledger, settings, full=full, progress=progress,
                                should_stop=should_stop, sleep=sleep)
-    return []
+    else:
+        return []
+    with opened(connector):
+        return [sync_source(ledger, connector, full=full, progress=progress,
+                            should_stop=should_stop, batch_size=settings.ledger.batch_size)]
 
 
 def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
