@@ -152,15 +152,17 @@ def normalise_email(value: object) -> str | None:
     return email if _EMAIL.match(email) else None
 
 
-# Anything but the zeros and punctuation an anonymised phone number keeps.
-_CONTENT = re.compile(r"[^0 +\-()]")
+# The zeros and punctuation an anonymised phone number keeps: no content on their own.
+_NO_CONTENT = "0 +-()"
 
 
 def has_value(value: object) -> bool:
     """True when an upstream field actually holds something (not empty, not only blanks,
     not an empty object, not WooCommerce's anonymised zeros)."""
     if isinstance(value, str):
-        return _CONTENT.search(value.strip()) is not None
+        # Something is left once blanks, zeros and that punctuation are stripped from both
+        # ends exactly when some other character is in it (a regex search cost 4× this).
+        return bool(value.strip().strip(_NO_CONTENT))
     if value is None or value is False:
         return False
     if isinstance(value, dict):
@@ -187,6 +189,12 @@ def parse_time(value: object, *, naive_is_utc: bool = True) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     text = value.strip()
+    if naive_is_utc and len(text) == 19 and text[10] == "T":
+        # WooCommerce's `*_gmt` form, "2017-03-22T16:28:02" (the zero date fails): one call.
+        try:
+            return datetime.fromisoformat(text + "+00:00")
+        except ValueError:
+            return None
     if text in _ZERO_DATES:
         return None
     if text.isdigit():

@@ -209,15 +209,17 @@ class HttpClient:
         )
 
     def get_json(
-        self, path: str, params: Mapping[str, Any] | None = None, *, ok: Iterable[int] = ()
+        self, path: str, params: Mapping[str, Any] | None = None, *, ok: Iterable[int] = (),
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> tuple[Any, requests.Response]:
-        """GET and decode JSON. A body that is not JSON is never taken as "no records": an
+        """GET and decode JSON (`decode`: the body's bytes → a value, raising json's errors
+        for what is not JSON). A body that is not JSON is never taken as "no records": an
         HTML page is fatal (a maintenance page or login wall), a cut-off JSON body is retried."""
         for attempt in range(self.retry.attempts):
             response = self.request("GET", path, params, ok=ok)
             try:
                 # From the bytes: no decoded copy of a large page (JSON is UTF-8).
-                return json.loads(response.content), response
+                return decode(response.content), response
             except (json.JSONDecodeError, requests.JSONDecodeError, UnicodeDecodeError):
                 if looks_like_html(response):
                     raise FatalAPIError(

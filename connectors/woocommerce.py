@@ -6,7 +6,8 @@ HTTPS shops are read with HTTP Basic; plain-HTTP shops with OAuth 1.0a one-legge
 (the official `woocommerce` package signs, afresh on every attempt because a nonce must never
 repeat). Listings are ordered by id and paged by offset with one record of overlap between
 pages, which proves that no page boundary skipped a record; pages are fetched in parallel and
-yielded in order.
+yielded in order. Pulls decode a page's bytes with msgspec straight into the few fields
+classification reads; lookups for access requests read whole records.
 
 Cursor (opaque to the engine), a JSON object:
     {"v": 1, "orders_since": "2026-11-01T06:00:00Z" | null, "max_customer_id": 123 | null}
@@ -27,9 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
 import requests
 import structlog
 from woocommerce.oauth import OAuth
@@ -173,6 +176,114 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# -- the wire: the fields classification reads, decoded by msgspec straight from a page's
+# bytes (every other field is skipped, never built). Any JSON decodes: a field that is not
+# the object the docs describe (PHP sends an empty array as []) stays as it came, and
+# classification treats it as holding nothing. Decoded JSON holds no reference cycles, so
+# the garbage collector need not track these (gc=False).
+
+_Scalar = str | int | float | bool | None
+_NotObject = list[Any] | _Scalar
+
+
+class _Meta(msgspec.Struct, gc=False):
+    key: Any = ""
+    value: Any = None
+
+
+_MetaList = list[_Meta | _NotObject] | dict[str, Any] | _Scalar
+
+
+class _Address(msgspec.Struct, gc=False):
+    first_name: Any = None
+    last_name: Any = None
+    company: Any = None
+    address_1: Any = None
+    address_2: Any = None
+    city: Any = None
+    state: Any = None
+    postcode: Any = None
+    email: Any = None
+    phone: Any = None
+
+
+_NO_ADDRESS = _Address()
+_typed_of = attrgetter(*_TYPED)
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """What customers and orders share."""
+
+    id: Any = None
+    date_created_gmt: Any = None
+    date_modified_gmt: Any = None
+    billing: _Address | _NotObject = None
+    shipping: _Address | _NotObject = None
+    meta_data: _MetaList = None
+
+
+class _Customer(_Entry, gc=False):
+    email: Any = None
+    first_name: Any = None
+    last_name: Any = None
+    role: Any = None
+
+
+class _LineItem(msgspec.Struct, gc=False):
+    meta_data: _MetaList = None
+
+
+class _Order(_Entry, gc=False):
+    status: Any = None
+    customer_id: Any = None
+    date_completed_gmt: Any = None
+    date_paid_gmt: Any = None
+    payment_method: Any = None
+    payment_method_title: Any = None
+    customer_ip_address: Any = None
+    customer_user_agent: Any = None
+    customer_note: Any = None
+    line_items: list[_LineItem | _NotObject] | dict[str, Any] | _Scalar = None
+
+
+_Item = TypeVar("_Item", _Customer, _Order)
+
+
+def _page_decoder(kind: type[_Customer] | type[_Order]) -> Callable[[bytes], Any]:
+    """Bytes of a listing page → a list of `kind` (or whatever else the body is). A body
+    msgspec refuses (a number beyond a double, a lone surrogate) is read by json as before:
+    a slower page, never a lost one."""
+    typed = msgspec.json.Decoder(list[kind | _NotObject] | dict[str, Any] | _Scalar)  # type: ignore[valid-type]
+
+    def decode(content: bytes) -> Any:
+        try:
+            return typed.decode(content)
+        except msgspec.MsgspecError:
+            return json.loads(content)
+
+    return decode
+
+
+_CUSTOMER_PAGE = _page_decoder(_Customer)
+_ORDER_PAGE = _page_decoder(_Order)
+
+
+def _decoded(data: object, kind: type[_Item]) -> _Item | None:
+    """A record as `kind`: as decoded from a page, or from a dict (lookups, tests)."""
+    if type(data) is kind:
+        return data
+    if isinstance(data, dict):
+        try:
+            return msgspec.convert(data, kind)
+        except msgspec.ValidationError:
+            return None
+    return None
+
+
+def _address(value: object) -> _Address:
+    return value if type(value) is _Address else _NO_ADDRESS
+
+
 _PLACEHOLDER_SIZES = frozenset(len(text) for text in _PLACEHOLDERS)
 
 
@@ -181,6 +292,8 @@ def _held(value: object) -> bool:
     placeholder."""
     if isinstance(value, str):
         text = value.strip()
+        if not text:
+            return False
         # Lower-casing every field of every record showed in profiles: sizes first.
         if len(text) in _PLACEHOLDER_SIZES and text.lower() in _PLACEHOLDERS:
             return False
@@ -198,9 +311,15 @@ def _ip_held(value: object, anonymised: bool) -> bool:
 
 
 def _ident(data: object) -> str | None:
-    if not isinstance(data, dict):
-        return None
-    value = data.get("id")
+    """The id of a record (decoded or a dict) as text, or None when it has no valid one."""
+    if isinstance(data, _Entry):
+        return _id_text(data.id)
+    if isinstance(data, dict):
+        return _id_text(data.get("id"))
+    return None
+
+
+def _id_text(value: object) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value > 0:
@@ -215,12 +334,11 @@ def _int_id(data: object) -> int | None:
     return int(ident) if ident is not None else None
 
 
-def _meta(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    items = data.get("meta_data")
-    if not isinstance(items, list):
+def _meta(items: object) -> list[tuple[str, Any]]:
+    """(key, value) of each meta entry of a decoded record's `meta_data`."""
+    if type(items) is not list:
         return []
-    return [(str(item.get("key", "")), item.get("value")) for item in items
-            if isinstance(item, dict)]
+    return [(str(item.key), item.value) for item in items if type(item) is _Meta]
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -245,7 +363,7 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
     WooCommerce's own bookkeeping (keys starting with `_`, flags like "yes"/"1")."""
     for key, value in entries:
         texts = [value] if isinstance(value, str) else list(_strings(value))
-        if any(contains_card_number(text) for text in texts):
+        if any(map(contains_card_number, texts)):
             named = f"{where}[{key}]" if _PLAIN_KEY.fullmatch(key) else where
             scan_text(named, " ".join(texts), categories, evidence)
         elif free_text and not key.startswith("_") and key not in _INTERNAL_META and any(
@@ -253,25 +371,25 @@ def _scan_meta(where: str, entries: Iterable[tuple[str, Any]], categories: set[C
             categories.add(Category.FREE_TEXT)
 
 
-def _any_held(data: Mapping[str, Any], names: Iterable[str]) -> bool:
+def _any_held(address: _Address, names: Iterable[str]) -> bool:
     for name in names:
-        if _held(data.get(name)):
+        if _held(getattr(address, name)):
             return True
     return False
 
 
-def _scan_addresses(billing: Mapping[str, Any], shipping: Mapping[str, Any],
+def _scan_addresses(billing: _Address, shipping: _Address,
                     categories: set[Category], evidence: list[str]) -> None:
     """A card number typed into a name or address field. One look at all the fields first
     (a line break ends a digit run): they rarely hold one, and fields shorter than a card
     number cannot."""
-    texts = [value for value in (*map(billing.get, _TYPED), *map(shipping.get, _TYPED))
+    texts = [value for value in (*_typed_of(billing), *_typed_of(shipping))
              if isinstance(value, str) and len(value) >= 13]
     if not texts or not contains_card_number("\n".join(texts)):
         return
     for where, address in (("billing", billing), ("shipping", shipping)):
         for name in _TYPED:
-            if contains_card_number(address.get(name)):
+            if contains_card_number(getattr(address, name)):
                 categories.add(Category.CARD_NUMBER)
                 note = f"card number pattern in {where}.{name}"
                 if note not in evidence:
@@ -279,7 +397,7 @@ def _scan_addresses(billing: Mapping[str, Any], shipping: Mapping[str, Any],
 
 
 def _unreadable(record_type: str, data: object) -> Skip:
-    if not isinstance(data, dict):
+    if data is None:
         return Skip(record_type, None, f"{record_type} entry is not a JSON object")
     return Skip(record_type, None, f"{record_type} entry without a valid id")
 
@@ -287,24 +405,26 @@ def _unreadable(record_type: str, data: object) -> Skip:
 def classify_customer(data: object) -> Record | Skip:
     """A customer (any role) → Record: an account always; email, name, addresses, phone,
     free text and card numbers when held; last activity from the `wc_last_active` meta."""
-    ident = _ident(data)
-    if ident is None or not isinstance(data, dict):
-        return _unreadable(CUSTOMER, data)
+    customer = _decoded(data, _Customer)
+    ident = _ident(customer)
+    if customer is None or ident is None:
+        return _unreadable(CUSTOMER, customer)
     try:
-        billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
+        billing, shipping = _address(customer.billing), _address(customer.shipping)
         categories: set[Category] = {Category.ACCOUNT}
         evidence: list[str] = []
-        if _held(data.get("email")) or _held(billing.get("email")):
+        if _held(customer.email) or _held(billing.email):
             categories.add(Category.EMAIL)
-        if _any_held(data, _NAME) or _any_held(billing, _NAME) or _any_held(shipping, _NAME):
+        if (_held(customer.first_name) or _held(customer.last_name)
+                or _any_held(billing, _NAME) or _any_held(shipping, _NAME)):
             categories.add(Category.NAME)
         if _any_held(billing, _ADDRESS):
             categories.add(Category.BILLING_ADDRESS)
         if _any_held(shipping, _ADDRESS):
             categories.add(Category.DELIVERY_ADDRESS)
-        if _held(billing.get("phone")) or _held(shipping.get("phone")):
+        if _held(billing.phone) or _held(shipping.phone):
             categories.add(Category.PHONE)
-        meta = _meta(data)
+        meta = _meta(customer.meta_data)
         _scan_meta("meta_data", meta, categories, evidence)
         _scan_addresses(billing, shipping, categories, evidence)
         last_active = None
@@ -312,16 +432,16 @@ def classify_customer(data: object) -> Record | Skip:
             if key == "wc_last_active":
                 last_active = value
                 break
-        role = data.get("role")
+        role = customer.role
         return Record(
             record_type=CUSTOMER,
             external_id=ident,
-            email=_email(data.get("email")) or _email(billing.get("email")),
+            email=_email(customer.email) or _email(billing.email),
             categories=frozenset(categories),
             status=role if isinstance(role, str) and role else None,
-            created_at=parse_time(data.get("date_created_gmt")),
+            created_at=parse_time(customer.date_created_gmt),
             last_activity_at=parse_time(last_active),
-            modified_at=parse_time(data.get("date_modified_gmt")),
+            modified_at=parse_time(customer.date_modified_gmt),
             evidence=tuple(evidence),
         )
     except (TypeError, ValueError, AttributeError) as exc:
@@ -337,16 +457,17 @@ def classify_order(data: object) -> Record | Skip:
     """An order (any status) → Record: order history always; contact, addresses, payment
     method type, network data, notes when held. An order WooCommerce anonymised keeps only
     what the anonymiser left."""
-    ident = _ident(data)
-    if ident is None or not isinstance(data, dict):
-        return _unreadable(ORDER, data)
+    order = _decoded(data, _Order)
+    ident = _ident(order)
+    if order is None or ident is None:
+        return _unreadable(ORDER, order)
     try:
-        billing, shipping = _obj(data.get("billing")), _obj(data.get("shipping"))
-        meta = _meta(data)
+        billing, shipping = _address(order.billing), _address(order.shipping)
+        meta = _meta(order.meta_data)
         anonymised = any(key == "_anonymized" and value == "yes" for key, value in meta)
         categories: set[Category] = {Category.ORDER_HISTORY}
         evidence: list[str] = []
-        if _held(billing.get("email")):
+        if _held(billing.email):
             categories.add(Category.EMAIL)
         if _any_held(billing, _NAME) or _any_held(shipping, _NAME):
             categories.add(Category.NAME)
@@ -354,36 +475,36 @@ def classify_order(data: object) -> Record | Skip:
             categories.add(Category.BILLING_ADDRESS)
         if _any_held(shipping, _ADDRESS):
             categories.add(Category.DELIVERY_ADDRESS)
-        if _held(billing.get("phone")) or _held(shipping.get("phone")):
+        if _held(billing.phone) or _held(shipping.phone):
             categories.add(Category.PHONE)
-        if _held(data.get("payment_method")) or _held(data.get("payment_method_title")):
+        if _held(order.payment_method) or _held(order.payment_method_title):
             categories.add(Category.PAYMENT_METHOD_TYPE)
-        if _ip_held(data.get("customer_ip_address"), anonymised):
+        if _ip_held(order.customer_ip_address, anonymised):
             categories.add(Category.IP_ADDRESS)
-        if _held(data.get("customer_user_agent")):
+        if _held(order.customer_user_agent):
             categories.add(Category.USER_AGENT)
-        note = data.get("customer_note")
+        note = order.customer_note
         if _held(note):
             scan_text("customer_note", note, categories, evidence)
         _scan_meta("meta_data", meta, categories, evidence)
-        for item in data.get("line_items") or ():
-            if isinstance(item, dict):
-                _scan_meta("line_items meta_data", _meta(item), categories, evidence,
-                           free_text=False)
+        if type(order.line_items) is list:
+            for item in order.line_items:
+                if type(item) is _LineItem:
+                    _scan_meta("line_items meta_data", _meta(item.meta_data), categories,
+                               evidence, free_text=False)
         _scan_addresses(billing, shipping, categories, evidence)
-        modified = parse_time(data.get("date_modified_gmt"))
-        customer_id = data.get("customer_id")
-        owner = _ident({"id": customer_id})
-        status = data.get("status")
+        modified = parse_time(order.date_modified_gmt)
+        owner = _id_text(order.customer_id)
+        status = order.status
         return Record(
             record_type=ORDER,
             external_id=ident,
-            email=_email(billing.get("email")),
+            email=_email(billing.email),
             categories=frozenset(categories),
             status=status if isinstance(status, str) and status else None,
-            created_at=parse_time(data.get("date_created_gmt")),
-            last_activity_at=(parse_time(data.get("date_completed_gmt"))
-                              or parse_time(data.get("date_paid_gmt")) or modified),
+            created_at=parse_time(order.date_created_gmt),
+            last_activity_at=(parse_time(order.date_completed_gmt)
+                              or parse_time(order.date_paid_gmt) or modified),
             modified_at=modified,
             parent_id=owner,
             anonymised=anonymised,
@@ -431,10 +552,12 @@ class _Listing:
     Pages after the first are fetched by up to `concurrency` threads and yielded in order;
     at most `concurrency` pages are held at once."""
 
-    def __init__(self, fetch: Callable[[str, dict[str, Any]], tuple[Any, requests.Response]],
+    def __init__(self, fetch: Callable[..., tuple[Any, requests.Response]],
                  source: str, path: str, params: Mapping[str, Any], *, per_page: int,
-                 concurrency: int, descending: bool = False) -> None:
+                 concurrency: int, descending: bool = False,
+                 decode: Callable[[bytes], Any] = json.loads) -> None:
         self._fetch_json = fetch
+        self.decode = decode
         self.source = source
         self.path = path
         self.params = dict(params)
@@ -449,7 +572,8 @@ class _Listing:
 
     def _fetch(self, offset: int) -> _Page:
         body, response = self._fetch_json(
-            self.path, {**self.params, "per_page": self.per_page, "offset": offset})
+            self.path, {**self.params, "per_page": self.per_page, "offset": offset},
+            decode=self.decode)
         if not isinstance(body, list):
             raise FatalAPIError(
                 self.source, f"/{self.path} answered with a JSON {type(body).__name__} where "
@@ -537,16 +661,15 @@ def _checkout_owners(items: Iterable[Any], since: datetime | None) -> set[int]:
     """Accounts of the orders created or paid since `since` (every order's when None)."""
     owners: set[int] = set()
     for item in items:
-        if not isinstance(item, dict):
-            continue
-        owner = _int_id({"id": item.get("customer_id")})
-        if owner is None:
+        order = _decoded(item, _Order)
+        owner = _id_text(order.customer_id) if order is not None else None
+        if order is None or owner is None:
             continue
         if since is None or any(
                 moment is not None and moment >= since
-                for moment in (parse_time(item.get("date_created_gmt")),
-                               parse_time(item.get("date_paid_gmt")))):
-            owners.add(owner)
+                for moment in (parse_time(order.date_created_gmt),
+                               parse_time(order.date_paid_gmt))):
+            owners.add(int(owner))
     return owners
 
 
@@ -628,19 +751,22 @@ class WooCommerceConnector:
         return signed, None
 
     def _listing(self, path: str, params: Mapping[str, Any], *, descending: bool = False,
-                 concurrency: int | None = None) -> _Listing:
+                 concurrency: int | None = None,
+                 decode: Callable[[bytes], Any] = json.loads) -> _Listing:
         return _Listing(self.client.get_json, self.source, path, params,
                         per_page=self.per_page,
                         concurrency=self.concurrency if concurrency is None else concurrency,
-                        descending=descending)
+                        descending=descending, decode=decode)
 
     def _customers(self, **params: Any) -> _Listing:
+        """Customers as classification reads them (lookups read whole records)."""
         return self._listing("customers", {"role": "all", "orderby": "id",
-                                           "order": "asc", **params})
+                                           "order": "asc", **params}, decode=_CUSTOMER_PAGE)
 
     def _orders(self, status: str, **params: Any) -> _Listing:
+        """Orders as classification reads them."""
         return self._listing("orders", {"status": status, "orderby": "id", "order": "asc",
-                                        **params})
+                                        **params}, decode=_ORDER_PAGE)
 
     # -- pull ---------------------------------------------------------------------------------
 
@@ -708,7 +834,7 @@ class WooCommerceConnector:
         else:
             listing = self._listing("customers", {"role": "all", "orderby": "id",
                                                   "order": "desc"},
-                                    descending=True, concurrency=1)
+                                    descending=True, concurrency=1, decode=_CUSTOMER_PAGE)
         top = known or 0
         with closing(iter(listing)) as pages:
             for items in pages:
@@ -777,7 +903,9 @@ class WooCommerceConnector:
         for status in ORDER_LISTINGS:
             queries = [{"search": wanted}] + [{"customer": a} for a in accounts]
             for query in queries:
-                for items in self._orders(status, **query):
+                # Whole records (the person's copy), not the fields classification reads.
+                for items in self._listing("orders", {"status": status, "orderby": "id",
+                                                      "order": "asc", **query}):
                     for item in items:
                         ident = _ident(item)
                         if not ident:
@@ -856,12 +984,15 @@ def anonymised_order_fields(order: Mapping[str, Any]) -> dict[str, Any]:
             out["email"] = DELETED_EMAIL
         return out
 
+    decoded = _decoded(order, _Order)
+    payer = _meta(decoded.meta_data) if decoded is not None else []
+
     body: dict[str, Any] = {
         "billing": masked(_obj(order.get("billing")), email=True),
         "shipping": masked(_obj(order.get("shipping")), email=False),
         "customer_id": 0,
         "customer_note": "",
-        "meta_data": [{"key": key, "value": _PAYER_META[key]} for key, value in _meta(order)
+        "meta_data": [{"key": key, "value": _PAYER_META[key]} for key, value in payer
                       if key in _PAYER_META and has_value(value)]
                      + [{"key": "_anonymized", "value": "yes"}],
     }

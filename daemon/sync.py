@@ -74,6 +74,7 @@ class _Driver:
     def __init__(self, session: Session) -> None:
         connection = session.connection()
         self.sqlite = connection.dialect.name == "sqlite"
+        self._texts: dict[datetime, str] = {}
         self.mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
         # The driver's own cursor, inside the session's transaction.
         self.cursor = connection.connection.cursor()
@@ -97,10 +98,15 @@ class _Driver:
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to the ledger; use aware UTC times")
             value = value.astimezone(UTC)
-        if self.sqlite:
+        if not self.sqlite:
+            return value
+        # Formatting is dear (~2 µs) and times repeat within a batch (created = modified,
+        # one day's last activity); equal instants hash alike, so the text is the same.
+        text = self._texts.get(value)
+        if text is None:
             # "YYYY-MM-DD HH:MM:SS.ffffff" without the "+00:00": one call, no copies.
-            return value.isoformat(" ", "microseconds")[:26]
-        return value
+            text = self._texts[value] = value.isoformat(" ", "microseconds")[:26]
+        return text
 
     def marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)

@@ -94,3 +94,12 @@ def test_has_value_treats_blank_and_anonymised_zeros_as_empty() -> None:
     assert not has_value({"a": "", "b": None})
     assert has_value({"a": "", "b": "x"})
     assert has_value("+44 7700 900123")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("(000) 000-0000", False), ("+00 0000 000000", False), (" - ", False), ("0\t0", True),
+    ("0 a 0", True), ("+44 (0) 0000", True), ("()x", True), ("\u00a0", False), ("é", True),
+])
+def test_has_value_sees_content_beyond_zeros_blanks_and_phone_punctuation(
+        text: str, expected: bool) -> None:
+    assert has_value(text) is expected

@@ -515,6 +515,46 @@ def test_listing_pages_overlap_by_one_record_and_yield_each_record_once() -> Non
 
 
 @responses.activate
+def test_pulled_records_are_classified_as_the_same_entries_read_whole() -> None:
+    """Pulls decode only the fields classification reads, odd shapes included; lookups and
+    tests hand over whole dicts. Both must give the same records."""
+    customers = make_customers(4)
+    customers[0].update(billing=[], shipping="?", meta_data={"k": "v"})
+    customers[1].update(role=None, meta_data=[
+        5, None, {"key": "note", "value": "Please ring the bell twice"}, {"value": CARD}])
+    customers[2]["billing"].update(address_1=CARD, phone="(000) 000-0000")
+    customers[3].update(email="deleted@site.invalid", first_name=["x"],
+                        date_created_gmt=1490200082)
+    orders = make_orders(3)
+    orders[0].update(line_items={"a": 1}, customer_id="26", date_paid_gmt=None)
+    orders[1]["line_items"] = [3, {"meta_data": [{"key": "Engraving", "value": CARD}]}]
+    orders[2].update(shipping=None, customer_ip_address=7, customer_note={"a": "Leave it"})
+    expected = [classify_customer(c) for c in copy.deepcopy(customers)] + \
+        [classify_order(o) for o in copy.deepcopy(orders)]
+    FakeShop(customers, orders).serve()
+    pulled = [r for b in connect(settings()).pull(None) for r in b.records]
+    assert pulled == expected
+    assert len(pulled) == 7
+
+
+@responses.activate
+def test_page_with_json_the_fast_decoder_refuses_is_still_read_whole() -> None:
+    """A number beyond a double and a lone surrogate: valid JSON to `json`, not to msgspec.
+    The page is read the slower way, not retried or lost."""
+    customers = make_customers(2)
+    text = json.dumps(customers)
+    body = text[:-2] + ', "huge": 1e400, "odd": "\\ud800"}]'
+    responses.add(responses.GET, re.compile(f"{API}/customers.*"), status=200, body=body,
+                  headers={"X-WP-Total": "2", "Content-Type": "application/json"})
+    responses.add(responses.GET, re.compile(f"{API}/orders.*"), status=200, json=[],
+                  headers={"X-WP-Total": "0"})
+    batches = list(connect(settings()).pull(None))
+    pulled = [r for b in batches for r in b.records]
+    assert pulled == [classify_customer(c) for c in customers]
+    assert all(not b.skipped for b in batches)
+
+
+@responses.activate
 def test_full_pull_asks_every_role_and_the_trash_in_id_order() -> None:
     shop = FakeShop(make_customers(3), make_orders(2) + make_orders(1, status="trash",
                                                                      start=50))
