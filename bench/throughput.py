@@ -39,6 +39,7 @@ def _pipeline(url: str, secrets: dict[str, str], profile: str | None) -> dict[st
     from connectors import woocommerce
     from daemon import logs
     from daemon.ledger import Ledger
+    from daemon.sources import settle_heap
     from daemon.sync import sync_source
 
     # The daemon's own logging (JSON lines), warnings only.
@@ -48,6 +49,7 @@ def _pipeline(url: str, secrets: dict[str, str], profile: str | None) -> dict[st
         connector = woocommerce.connect(woocommerce.Settings(
             name="bulk", url=url, consumer_key=secrets["consumer_key"],
             consumer_secret=secrets["consumer_secret"], auth="basic"))
+        settle_heap()  # as the daemon and `privacy-ledger sync` do before they sync
         profiler = _profiler(profile)
         started = time.perf_counter()
         result = sync_source(ledger, connector, full=True)

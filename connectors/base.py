@@ -153,7 +153,7 @@ def normalise_email(value: object) -> str | None:
 
 
 # The zeros and punctuation an anonymised phone number keeps: no content on their own.
-_NO_CONTENT = "0 +-()"
+NO_CONTENT = "0 +-()"
 
 
 def has_value(value: object) -> bool:
@@ -162,7 +162,7 @@ def has_value(value: object) -> bool:
     if isinstance(value, str):
         # Something is left once blanks, zeros and that punctuation are stripped from both
         # ends exactly when some other character is in it (a regex search cost 4× this).
-        return bool(value.strip().strip(_NO_CONTENT))
+        return bool(value.strip().strip(NO_CONTENT))
     if value is None or value is False:
         return False
     if isinstance(value, dict):

@@ -115,9 +115,10 @@ def _progress_printer() -> Callable[[str, int], None] | None:
 @click.pass_obj
 def sync(app: App, only: str | None, full: bool) -> None:
     """Pull the configured sources into the ledger."""
-    from daemon.sources import UnknownSourceError, sync_configured
+    from daemon.sources import UnknownSourceError, settle_heap, sync_configured
 
     ledger = app.ledger()
+    settle_heap()
     try:
         results = sync_configured(ledger, app.settings, only=only, full=full,
                                   progress=_progress_printer())

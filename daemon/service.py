@@ -700,6 +700,9 @@ def run_daemon(config_path: Path, settings: Settings, *, once: bool = False,
             lock.acquire()
         ledger = Ledger.open(settings.ledger.database_url)
         daemon = Daemon(config_path, settings, ledger)
+        from daemon.sources import settle_heap
+
+        settle_heap()
     except BaseException:
         if ledger is not None:
             ledger.close()

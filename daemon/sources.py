@@ -4,6 +4,7 @@ connector modules sharing `Settings`/`connect`) and syncs them into the ledger."
 from __future__ import annotations
 
 import contextvars
+import gc
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,14 @@ def select_names(settings: Settings, only: str | None) -> list[str]:
         raise UnknownSourceError(
             f"no source named {only!r}; configured: {', '.join(names) or 'none'}")
     return wanted
+
+
+def settle_heap() -> None:
+    """Once a process has loaded what syncing needs (modules, config, the ledger's engine):
+    move those objects out of the garbage collector's sight. Its full collections otherwise
+    walk them again and again during a sync (4 % of a sync's instructions, callgrind)."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextmanager

@@ -52,3 +52,23 @@ def test_stripe_starts_first_when_sources_wait_for_a_worker(
     # Stripe's cursor lists and read rate make it the longest: it never waits for a worker.
     assert "stripe" in started[:2]
     assert [r.source for r in results] == ["woo:shop0", "woo:shop1", "woo:shop2", "stripe"]
+
+
+def test_settle_heap_collects_garbage_then_freezes_what_is_left() -> None:
+    import gc
+    import weakref
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    leftover = Cycle()
+    gone = weakref.ref(leftover)
+    del leftover
+    try:
+        sources.settle_heap()
+        # Garbage from start-up is collected first, never frozen for the process's life.
+        assert gone() is None
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connectors.base import Batch, Category, Key, KeyBatch, Record, Skip
 from connectors.http import FatalAPIError
@@ -265,3 +265,31 @@ def test_full_sync_keeps_a_record_that_moved_between_listings_while_they_ran(
     assert result.ok and result.gone == 0
     categories, status, gone, _ = holdings(ledger)["2"]
     assert (status, gone) == ("processing", False)
+
+
+@pytest.mark.parametrize("moment", [
+    T0, datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(999, 12, 31, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+])
+def test_times_the_sync_writes_are_stored_as_the_orm_stores_them(ledger: Ledger,
+                                                                 moment: datetime) -> None:
+    """The sync writes through the driver, audits and commands read and compare through the
+    ORM: the stored form must be one, or `last_seen < since` compares text with text."""
+    record = Record(record_type="order", external_id="1", email=None,
+                    categories=frozenset({Category.ORDER_HISTORY}), created_at=moment,
+                    modified_at=moment, last_activity_at=moment)
+    sync_source(ledger, FakeConnector([record]))
+    with ledger.session() as session:
+        source_id = session.scalar(select(Source.id))
+        session.add(Holding(source_id=source_id, record_type="order", external_id="2",
+                            categories=",", anonymised=False, created_at=moment,
+                            first_seen=moment, last_seen=moment))
+    with ledger.engine.connect() as connection:
+        stored = connection.execute(text(
+            "SELECT external_id, created_at, modified_at, last_activity_at FROM holdings "
+            "ORDER BY external_id")).all()
+    assert stored[0][1] == stored[0][2] == stored[0][3] == stored[1][1]
+    with ledger.sessions() as session:
+        assert session.scalar(select(Holding.created_at).where(
+            Holding.external_id == "1")) == moment
