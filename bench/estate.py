@@ -383,6 +383,9 @@ def main() -> None:
         ledger = Ledger.open(url)
         settings = settings_for(fleet, url)
         args.parallel = args.parallel or settings.schedule.parallel_syncs
+        from daemon.sources import settle_heap
+
+        settle_heap()  # as the daemon and `privacy-ledger sync` do before they sync
         if args.skip_full_timing:
             from daemon.sources import sync_configured
 

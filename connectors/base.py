@@ -42,7 +42,9 @@ class StopWaiting(Exception):  # noqa: N818 - an instruction, not an error
     the work to end instead: a daemon shutting down does not wait out a rate limit."""
 
 
-@dataclass(frozen=True)
+# Slots: a sync builds one per upstream record; half the construction time of a dict-backed
+# frozen dataclass (measured), and smaller.
+@dataclass(frozen=True, slots=True)
 class Record:
     """One upstream record, as the ledger sees it: identifiers, categories and times only."""
 

@@ -379,11 +379,14 @@ def _any_held(values: Iterable[object]) -> bool:
 def _scan_addresses(billing: _Address, shipping: _Address,
                     categories: set[Category], evidence: list[str]) -> None:
     """A card number typed into a name or address field. One look at all the fields first
-    (a line break ends a digit run): they rarely hold one, and fields shorter than a card
-    number cannot."""
-    texts = [value for value in (*_typed_of(billing), *_typed_of(shipping))
-             if isinstance(value, str) and len(value) >= 13]
-    if not texts or not contains_card_number("\n".join(texts)):
+    (a line break ends a digit run): they rarely hold one."""
+    values = (*_typed_of(billing), *_typed_of(shipping))
+    try:
+        text = "\n".join(filter(None, values))
+    except TypeError:
+        # A field that is not text (a number, a list) holds no typed card number.
+        text = "\n".join(value for value in values if isinstance(value, str))
+    if not contains_card_number(text):
         return
     for where, address in (("billing", billing), ("shipping", shipping)):
         for name in _TYPED:

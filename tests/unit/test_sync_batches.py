@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -146,7 +147,7 @@ def test_rows_written_by_the_fast_path_read_back_as_given(ledger: Ledger) -> Non
 
 def test_a_changed_time_alone_updates_the_holding(ledger: Ledger) -> None:
     sync_source(ledger, Scripted([Batch([rec("1")], cursor="{}", complete=True)]))
-    later = Record(**{**rec("1").__dict__, "modified_at": T0 + timedelta(microseconds=1)})
+    later = replace(rec("1"), modified_at=T0 + timedelta(microseconds=1))
     result = sync_source(ledger, Scripted([Batch([later], cursor="{}", complete=True)]))
     assert result.changed == 1
     assert live(ledger)["1"].modified_at == T0 + timedelta(microseconds=1)

@@ -218,6 +218,16 @@ def test_card_number_typed_into_an_address_line_is_flagged() -> None:
     data["billing"]["address_2"] = "4111-1111-1111-1111"
     result = record(classify_order(data))
     assert result.evidence == ("card number pattern in billing.address_2",)
+    # Beside a field that is not text at all, still found.
+    data["shipping"]["city"] = 75001
+    assert record(classify_order(data)).evidence == result.evidence
+
+
+def test_digits_split_over_two_address_fields_are_not_a_card_number() -> None:
+    data = docs_customer()
+    data["billing"].update(address_1="Flat 4111 1111", address_2="1111 1111 Long Lane")
+    result = record(classify_customer(data))
+    assert Category.CARD_NUMBER not in result.categories
 
 
 def test_note_with_short_digit_runs_is_free_text_not_a_card() -> None:
