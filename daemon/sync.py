@@ -10,6 +10,7 @@ idempotent, so re-reading changes nothing).
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,15 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 _TWO_DIGITS = [f"{n:02d}" for n in range(60)]
 
 
+@dataclass(frozen=True)
+class _Insert:
+    """An INSERT of many rows: the SQL up to VALUES, one row's placeholders, what follows."""
+
+    head: str
+    row: str
+    tail: str = ""
+
+
 class _Driver:
     """The hot path of a sync (thousands of rows a second) talks to the database driver
     directly: plain SQL in the driver's placeholder style, values in the form the driver
@@ -82,12 +92,15 @@ class _Driver:
         # The driver's own cursor, inside the session's transaction.
         self.cursor = connection.connection.cursor()
         m = self.mark
-        self.insert_subjects = (
-            f"INSERT INTO subjects (email, first_seen, last_seen) VALUES ({m}, {m}, {m}) "  # noqa: S608
-            "ON CONFLICT (email) DO NOTHING")
-        self.insert_holdings = (
-            f"INSERT INTO holdings ({', '.join(_INSERTED)}) "  # noqa: S608
-            f"VALUES ({self.marks(len(_INSERTED))})")
+        self.insert_subjects = _Insert(
+            "INSERT INTO subjects (email, first_seen, last_seen) VALUES ", f"({self.marks(3)})",
+            " ON CONFLICT (email) DO NOTHING")
+        self.insert_holdings = _Insert(
+            f"INSERT INTO holdings ({', '.join(_INSERTED)}) VALUES ",  # noqa: S608
+            f"({self.marks(len(_INSERTED))})")
+        # Values one statement may bind: SQLite's limit was 999 before 3.32, 32,766 since.
+        self.max_values = (connection.connection.dbapi_connection.getlimit(
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if self.sqlite else 65_535)
         assignments = ", ".join(f"{name} = {m}" for name in (*_COMPARED, "last_seen"))
         self.update_holdings = (
             f"UPDATE holdings SET {assignments}, gone_at = NULL WHERE id = {m}")  # noqa: S608
@@ -138,6 +151,18 @@ class _Driver:
         if rows:
             self.cursor.executemany(sql, rows)
 
+    def insert_many(self, insert: _Insert, rows: list[tuple[Any, ...]]) -> None:
+        """Up to 500 rows a statement, as many as the driver may bind: SQLite writes a
+        statement's rows in one step, letting go of the interpreter once rather than per
+        row, and binding is cheaper than executemany's (−5 % of a sync's instructions,
+        callgrind)."""
+        if not rows:
+            return
+        per = max(1, min(500, self.max_values // len(rows[0])))
+        for chunk in _chunks(rows, per):
+            self.cursor.execute(insert.head + ", ".join([insert.row] * len(chunk)) + insert.tail,
+                                [value for row in chunk for value in row])
+
     def close(self) -> None:
         self.cursor.close()
 
@@ -159,7 +184,7 @@ def _subject_ids(driver: _Driver, emails: set[str],
     missing = [email for email in ordered if email not in found]
     if missing:
         stamp = driver.time(now)
-        driver.run_many(driver.insert_subjects, [(email, stamp, stamp) for email in missing])
+        driver.insert_many(driver.insert_subjects, [(email, stamp, stamp) for email in missing])
         for chunk in _chunks(missing, 500):
             found.update(driver.subjects_by_email(chunk))
     return found, held
@@ -280,7 +305,7 @@ def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Recor
             updates.append((*values, stamp, old[0]))
         else:
             unchanged.append(old[0])
-    driver.run_many(driver.insert_holdings, inserts)
+    driver.insert_many(driver.insert_holdings, inserts)
     driver.run_many(driver.update_holdings, updates)
     if touch_unchanged:
         for chunk in _chunks(unchanged, 500):

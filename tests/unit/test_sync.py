@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from connectors.base import Batch, Category, Key, KeyBatch, Record, Skip
 from connectors.http import FatalAPIError
@@ -293,3 +296,21 @@ def test_times_the_sync_writes_are_stored_as_the_orm_stores_them(ledger: Ledger,
     with ledger.sessions() as session:
         assert session.scalar(select(Holding.created_at).where(
             Holding.external_id == "1")) == moment
+
+
+def test_inserts_fit_a_sqlite_that_binds_few_values_a_statement(tmp_path: Path) -> None:
+    """SQLite before 3.32 binds at most 999 values a statement (a holdings row has 16):
+    the sync's multi-row inserts split to fit whatever limit the library has."""
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.db")
+    ledger.engine.dispose()
+
+    @event.listens_for(ledger.engine, "connect")
+    def _few_values(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+
+    records = [rec(str(n), f"person{n}@example.com") for n in range(60)]
+    result = sync_source(ledger, FakeConnector(records, page=60))
+    assert result.ok and result.changed == 60
+    with ledger.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Holding)) == 60
+        assert session.scalar(select(func.count()).select_from(Subject)) == 60
