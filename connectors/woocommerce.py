@@ -314,7 +314,9 @@ def _ip_held(value: object, anonymised: bool) -> bool:
 def _ident(data: object) -> str | None:
     """The id of a record (decoded or a dict) as text, or None when it has no valid one."""
     if isinstance(data, _Entry):
-        return _id_text(data.id)
+        value = data.id
+        # The usual case first: a positive int (a bool is not an int here).
+        return str(value) if type(value) is int and value > 0 else _id_text(value)
     if isinstance(data, dict):
         return _id_text(data.get("id"))
     return None
@@ -331,6 +333,8 @@ def _id_text(value: object) -> str | None:
 
 
 def _int_id(data: object) -> int | None:
+    if isinstance(data, _Entry) and type(data.id) is int and data.id > 0:
+        return data.id
     ident = _ident(data)
     return int(ident) if ident is not None else None
 
@@ -434,15 +438,18 @@ def classify_customer(data: object) -> Record | Skip:
                 last_active = value
                 break
         role = customer.role
+        # An account never edited since it was made carries the same time twice.
+        created = parse_time(customer.date_created_gmt)
         return Record(
             record_type=CUSTOMER,
             external_id=ident,
             email=_email(customer.email) or _email(billing.email),
             categories=frozenset(categories),
             status=role if isinstance(role, str) and role else None,
-            created_at=parse_time(customer.date_created_gmt),
+            created_at=created,
             last_activity_at=parse_time(last_active),
-            modified_at=parse_time(customer.date_modified_gmt),
+            modified_at=(created if customer.date_modified_gmt == customer.date_created_gmt
+                         else parse_time(customer.date_modified_gmt)),
             evidence=tuple(evidence),
         )
     except (TypeError, ValueError, AttributeError) as exc:

@@ -134,8 +134,8 @@ class LedgerSettings(_Section):
                     "PostgreSQL for large estates or several daemons: postgresql+psycopg://…",
         examples=["postgresql+psycopg://privacy_ledger@db.internal/privacy_ledger"],
     )
-    batch_size: int = Field(default=500, ge=1, le=10_000,
-                            description="Records upserted per transaction.", examples=[500])
+    batch_size: int = Field(default=2000, ge=1, le=10_000,
+                            description="Records upserted per transaction.", examples=[2000])
 
     @field_validator("url")
     @classmethod

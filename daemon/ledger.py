@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -245,9 +246,20 @@ def _prepare_sqlite_file(url: str) -> None:
                           "that the state directory exists and is writable.") from None
 
 
+def _bind_quickly() -> None:
+    """sqlite3 binds None and bool through its adapter lookup, which raises and clears an
+    AttributeError for each value (~190 ns; a holdings row binds four, a twentieth of a
+    sync's instructions). Registered, each is found in one dict lookup (~70 ns). What is
+    stored does not change: NULL, and 0 or 1. (The registry is the module's, process-wide.)"""
+    sqlite3.register_adapter(bool, int)
+    # dict.get of an empty dict: None for any value, without a Python frame per value.
+    sqlite3.register_adapter(type(None), {}.get)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         _prepare_sqlite_file(url)
+        _bind_quickly()
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

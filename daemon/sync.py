@@ -32,7 +32,7 @@ INTERRUPTED = "interrupted: the process stopped before the run finished"
 # A run ended between batches because the daemon was asked to stop; the next run resumes.
 STOPPED = "stopped"
 # Records committed per transaction when the caller does not say (config: ledger.batch_size).
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 2000
 # A group of batches is committed after this long even when it is not full yet.
 GROUP_SECONDS = 1.0
 

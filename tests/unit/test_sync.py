@@ -270,6 +270,34 @@ def test_full_sync_keeps_a_record_that_moved_between_listings_while_they_ran(
     assert (status, gone) == ("processing", False)
 
 
+@pytest.mark.parametrize("anonymised", [True, False])
+def test_flags_and_absent_values_the_sync_writes_are_stored_as_the_orm_stores_them(
+        ledger: Ledger, anonymised: bool) -> None:
+    """The sync binds flags and absent values through the driver (on SQLite through
+    registered adapters): stored, they are what the ORM stores — a boolean (0/1 on SQLite)
+    and NULL, never text or a zero."""
+    record = Record(record_type="order", external_id="1", email=None,
+                    categories=frozenset({Category.ORDER_HISTORY}), anonymised=anonymised)
+    sync_source(ledger, FakeConnector([record]))
+    with ledger.session() as session:
+        source_id = session.scalar(select(Source.id))
+        session.add(Holding(source_id=source_id, record_type="order", external_id="2",
+                            categories=",", anonymised=anonymised, first_seen=T0,
+                            last_seen=T0))
+    with ledger.engine.connect() as connection:
+        stored = connection.execute(text(
+            "SELECT anonymised, subject_id IS NULL, status IS NULL, parent_id IS NULL, "
+            "evidence IS NULL, gone_at IS NULL, created_at IS NULL FROM holdings "
+            "ORDER BY external_id")).all()
+    assert stored[0] == stored[1]
+    assert bool(stored[0][0]) is anonymised and all(stored[0][1:])
+    with ledger.sessions() as session:
+        assert session.scalar(select(Holding.anonymised).where(
+            Holding.external_id == "1")) is anonymised
+        assert session.scalar(select(func.count()).select_from(Holding).where(
+            Holding.anonymised.is_(anonymised), Holding.parent_id.is_(None))) == 2
+
+
 @pytest.mark.parametrize("moment", [
     T0, datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=UTC),
     datetime(999, 12, 31, 0, 0, 0, 1, tzinfo=UTC),
