@@ -252,6 +252,8 @@ def parse_duration(text: str) -> timedelta:
 
 
 _DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_THIRTEEN_DIGITS = re.compile(rb"[0-9]{13}")
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -271,9 +273,18 @@ def contains_card_number(text: object) -> bool:
     between digits), i.e. something that looks like a full card number."""
     if not isinstance(text, str) or len(text) < 13:
         return False
-    # Most text holds fewer than 13 digits: counting them costs a tenth of the scan.
-    if text.isascii() and len(text) - len(text.encode().translate(None, b"0123456789")) < 13:
-        return False
+    # Quick looks first, on the UTF-8 bytes: there only ASCII digits, spaces and dashes look
+    # like them, which is all the pattern takes unless the text holds other digits
+    # (Arabic-Indic, full-width: `\d` takes those too). A name like "Chloé" stays quick.
+    if text.isascii() or not _OTHER_DIGIT.search(text):
+        raw = text.encode()
+        # Most text holds fewer than 13 digits: counting them costs a tenth of the scan.
+        if len(raw) - len(raw.translate(None, b"0123456789")) < 13:
+            return False
+        # Without its spaces and dashes a card number is a run of 13 or more digits; looking
+        # for one costs a tenth of the scan below, which an address's digits often start.
+        if not _THIRTEEN_DIGITS.search(raw.translate(None, b" -")):
+            return False
     for match in _DIGIT_RUN.finditer(text):
         digits = re.sub(r"[ -]", "", match.group(0))
         if 13 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,6 +12,7 @@ from connectors.base import (
     Category,
     contains_card_number,
     has_value,
+    luhn_valid,
     normalise_email,
     parse_duration,
     parse_time,
@@ -73,10 +76,54 @@ def test_parse_duration_refuses_missing_units_and_negatives(text: str) -> None:
     ("order 123456789012", False),        # too short
     ("phone +44 7700 900123", False),
     ("0000000000000000", False),          # all one digit is no card
+    ("Chloé 4111 1111 1111 1111", True),   # beside non-ASCII text
+    ("٤١١١ ١١١١ ١١١١ ١١١١", True),        # Arabic-Indic digits are digits too
+    ("Zoë, 26 Station Road 12-34", False),
     ("", False),
 ])
 def test_contains_card_number_needs_a_luhn_valid_run(text: str, expected: bool) -> None:
     assert contains_card_number(text) is expected
+
+
+def _card_number_by_the_pattern_alone(text: str) -> bool:
+    """The rule written once, slowly: a Luhn-valid run of 13–19 digits, a space or dash
+    allowed between two digits, not all one digit."""
+    for match in re.finditer(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)", text):
+        digits = re.sub(r"[ -]", "", match.group(0))
+        if 13 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:
+            return True
+    return False
+
+
+def _luhn_completed(rng: random.Random, length: int) -> str:
+    body = "".join(rng.choice("0123456789") for _ in range(length - 1))
+    return next(body + check for check in "0123456789" if luhn_valid(body + check))
+
+
+def test_contains_card_number_agrees_with_the_pattern_on_random_text() -> None:
+    """The quick looks before the pattern (digit count, a 13-digit run once spaces and dashes
+    are gone) only ever skip text the pattern would refuse."""
+    rng = random.Random(8)
+    pieces = [" ", "-", "  ", "\n", "Flat ", "Road", "+44 ", "é", "٣", "/"]
+    texts = []
+    for _ in range(3000):
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.3:
+                number = _luhn_completed(rng, rng.randint(12, 20))
+                separator = rng.choice(["", " ", "-", "  ", " - "])
+                step = rng.choice([4, 3, 5])
+                parts.append(separator.join(number[i:i + step]
+                                            for i in range(0, len(number), step)))
+            elif kind < 0.6:
+                parts.append("".join(rng.choice("0123456789") for _ in range(rng.randint(1, 9))))
+            else:
+                parts.append(rng.choice(pieces))
+        texts.append("".join(parts))
+    found = [contains_card_number(text) for text in texts]
+    assert found == [_card_number_by_the_pattern_alone(text) for text in texts]
+    assert 300 < sum(found) < 2700  # both answers are well represented
 
 
 def test_scan_text_names_the_field_never_the_digits() -> None:
