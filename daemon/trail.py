@@ -41,6 +41,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from connectors.base import utcnow
+from daemon import logs
 from daemon.files import RefusedPath, write_private
 from daemon.ledger import AuditLogEntry, Ledger, LedgerError
 
@@ -119,9 +120,11 @@ def seal_for(settings: LedgerSettings) -> Seal:
     anchor file in the state directory."""
     anchor = settings.state_dir / ANCHOR_FILE
     if settings.trail_key is not None:
-        return Seal(_checked_key(settings.trail_key.get_secret_value(), "[ledger] trail_key"),
-                    anchor)
-    return Seal(_key_file(settings.state_dir / KEY_FILE), anchor)
+        key = _checked_key(settings.trail_key.get_secret_value(), "[ledger] trail_key")
+    else:
+        key = _key_file(settings.state_dir / KEY_FILE)
+    logs.add_secrets([key.decode()])
+    return Seal(key, anchor)
 
 
 def open_ledger(settings: LedgerSettings) -> Ledger:
@@ -343,7 +346,7 @@ def _stored_target(ledger: Ledger, notes: list[str]) -> _Target | None:
         notes.append(f"the anchor in {seal.anchor} is of another ledger ({stored.ledger}); "
                      "not compared")
         return None
-    return _Target(f"the last anchor in {seal.anchor}", stored)
+    return _Target(f"the head anchored in {seal.anchor}", stored)
 
 
 def _missed(target: _Target, entries: int, ids: dict[int, int]) -> tuple[str, int | None]:
@@ -353,12 +356,12 @@ def _missed(target: _Target, entries: int, ids: dict[int, int]) -> tuple[str, in
         return (f"the chain does not reach {target.what} ({anchor.hash}): entries were "
                 "removed, or the chain was rewritten", None)
     if anchor.entries > entries:
-        return (f"the chain has {entries} entries, fewer than the {anchor.entries} of "
-                f"{target.what} (head {anchor.hash}): the newest entries were removed "
+        return (f"the chain has {entries} entries, fewer than the {anchor.entries} at "
+                f"{target.what} ({anchor.hash}): the newest entries were removed "
                 "(if the ledger was restored from a backup on purpose, the anchor file can "
                 "go)", None)
-    return (f"entry {anchor.entries} of the chain is not the head of {target.what} "
-            f"({anchor.hash}): the chain was rewritten up to there", ids.get(anchor.entries))
+    return (f"entry {anchor.entries} of the chain is not {target.what} ({anchor.hash}): "
+            "the chain was rewritten up to there", ids.get(anchor.entries))
 
 
 def verify(ledger: Ledger, *, expect: Anchor | None = None) -> Verification:
@@ -369,7 +372,7 @@ def verify(ledger: Ledger, *, expect: Anchor | None = None) -> Verification:
     key = seal.key if seal is not None else None
     notes: list[str] = []
     targets = [t for t in (_stored_target(ledger, notes),
-                           _Target("the expected head", expect) if expect else None) if t]
+                           _Target("the head given by --expect", expect) if expect else None) if t]
     expected_prev = GENESIS
     count = 0
     unkeyed = 0

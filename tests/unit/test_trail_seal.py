@@ -95,7 +95,7 @@ def test_intact_keyed_chain_verifies_and_reaches_the_anchor_kept_outside_the_dat
     assert result.exit_code == 0, result.output
     head = rows(ledger)[-1].hash
     assert "audit_log: 4 entries, the hash chain is intact." in result.stdout
-    assert f"it reaches the last anchor in {state / 'trail.anchor'}: {head} (entry 4 of 4)" \
+    assert f"it reaches the head anchored in {state / 'trail.anchor'}: {head} (entry 4 of 4)" \
         in result.stdout
     assert f"privacy-ledger verify-log --expect {head} --count 4" in result.stdout
     anchor = json.loads((state / "trail.anchor").read_text())
@@ -121,7 +121,7 @@ def test_removing_the_newest_entries_is_found_by_the_anchor(
         session.execute(delete(AuditLogEntry).where(AuditLogEntry.id.in_(newest)))
     result = cli(config, "verify-log")
     assert result.exit_code == 1
-    assert "BROKEN: the chain has 2 entries, fewer than the 4 of the last anchor" \
+    assert "BROKEN: the chain has 2 entries, fewer than the 4 at the head anchored in " \
         in result.stderr
     assert "the newest entries were removed" in result.stderr
 
@@ -132,7 +132,7 @@ def test_removing_every_entry_is_found_by_the_anchor(config: Path, ledger: Ledge
         session.execute(delete(AuditLogEntry))
     result = cli(config, "verify-log")
     assert result.exit_code == 1
-    assert "the chain has 0 entries, fewer than the 4 of the last anchor" in result.stderr
+    assert "the chain has 0 entries, fewer than the 4 at the head anchored in " in result.stderr
     assert "0 entries, the hash chain is intact" not in result.output
 
 
@@ -155,14 +155,13 @@ def test_a_chain_rewritten_without_the_key_is_found_by_the_anchor_and_by_expect(
     rewrite(ledger, 0, '{"rules":[],"findings":0}')
     result = cli(config, "verify-log")
     assert result.exit_code == 1
-    assert (f"entry 4 of the chain is not the head of the last anchor in "
-            f"{state / 'trail.anchor'} ({before[-1].hash}): the chain was rewritten") \
-        in result.stderr
+    assert (f"entry 4 of the chain is not the head anchored in {state / 'trail.anchor'} "
+            f"({before[-1].hash}): the chain was rewritten") in result.stderr
     # Whoever also removed the anchor file still meets the head the email carried.
     (state / "trail.anchor").unlink()
     expected = cli(config, "verify-log", "--expect", before[-1].hash, "--count", "4")
     assert expected.exit_code == 1
-    assert f"entry 4 of the chain is not the head of the expected head ({before[-1].hash})" \
+    assert f"entry 4 of the chain is not the head given by --expect ({before[-1].hash})" \
         in expected.stderr
 
 
@@ -197,7 +196,7 @@ def test_the_emails_head_line_is_what_verify_log_expect_checks(
     audited(config, 2)  # the chain goes on after the email
     later = cli(config, "verify-log", "--expect", expect, "--count", count)
     assert later.exit_code == 0, later.output
-    assert f"it reaches the expected head: {head} (entry 3 of 5)" in later.stdout
+    assert f"it reaches the head given by --expect: {head} (entry 3 of 5)" in later.stdout
     # The newest entries and the anchor file removed: only the email's head still knows.
     with ledger.session() as session:
         session.execute(delete(AuditLogEntry).where(
@@ -206,9 +205,10 @@ def test_the_emails_head_line_is_what_verify_log_expect_checks(
     assert cli(config, "verify-log").exit_code == 0
     cut = cli(config, "verify-log", "--expect", expect, "--count", count)
     assert cut.exit_code == 1
-    assert "the chain has 2 entries, fewer than the 3 of the expected head" in cut.stderr
+    assert "the chain has 2 entries, fewer than the 3 at the head given by --expect" \
+        in cut.stderr
     nowhere = cli(config, "verify-log", "--expect", expect)
-    assert nowhere.exit_code == 1 and "does not reach the expected head" in nowhere.stderr
+    assert nowhere.exit_code == 1 and "does not reach the head given by --expect" in nowhere.stderr
 
 
 def test_an_unkeyed_trail_from_before_the_key_keeps_verifying_and_is_keyed_from_then_on(
