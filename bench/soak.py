@@ -1121,7 +1121,8 @@ def settle(world: World, options: Options, verdict: Verdict) -> None:
                  f"report --send runs: {sum(world.sends.values())} ("
                  + ", ".join(f"{k}: {n}" for k, n in sorted(world.sends.items())) + ")")
     url = world.settings.ledger.database_url
-    ledger = Ledger.open(url, migrate_schema=False)
+    # With the trail's seal, as the daemon: its entries are keyed, and so are ours.
+    ledger = Ledger.open(url, migrate_schema=False, seal=trail.seal_for(world.settings.ledger))
     try:
         gone_before = gone_keys(ledger)
         sync = cli(world.config.path, "sync", "--full", timeout=600, log=world.cli_log)

@@ -33,7 +33,9 @@ class App:
         return self._settings
 
     def ledger(self) -> Ledger:
-        return Ledger.open(self.settings.ledger.database_url)
+        from daemon.trail import open_ledger
+
+        return open_ledger(self.settings.ledger)
 
 
 class _Group(click.Group):
@@ -244,15 +246,21 @@ def check(app: App) -> None:
 
 @main.command("report")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the HTML email to this file and print its path.")
+              help="Write the HTML email to this new file (mode 0600) and print its path. An "
+                   "existing file or a symlink is refused.")
+@click.option("--force", is_flag=True,
+              help="With --out: replace an existing file (in one step; a symlink is still "
+                   "refused).")
 @click.option("--text", "show_text", is_flag=True, help="Print the plain-text part.")
 @click.option("--send", is_flag=True,
               help="Queue the email in the outbox and deliver what is due there.")
 @click.pass_obj
-def report_command(app: App, out: Path | None, show_text: bool, send: bool) -> None:
+def report_command(app: App, out: Path | None, force: bool, show_text: bool,
+                   send: bool) -> None:
     """The morning email, computed from the ledger: print it (the default), save its HTML,
     or send it. A send that fails leaves the email in the outbox to be retried."""
     from daemon import mail
+    from daemon.files import RefusedPath, write_private
     from daemon.report import digest_for, render
 
     settings = app.settings
@@ -267,7 +275,10 @@ def report_command(app: App, out: Path | None, show_text: bool, send: bool) -> N
         rendered = render(digest_for(ledger, settings))
         if out is not None:
             try:
-                out.write_text(rendered.html, encoding="utf-8")
+                write_private(out, rendered.html, replace=force)
+            except RefusedPath as exc:
+                hint = " (--force replaces it)" if exc.reason == "exists already" else ""
+                raise click.FileError(str(out), hint=f"{exc.reason}{hint}") from None
             except OSError as exc:
                 raise click.FileError(str(out), hint=exc.strerror) from None
             click.echo(str(out))
@@ -454,33 +465,63 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
         sys.exit(1)
 
 
+def _head_hash(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.strip().lower()
+    if len(cleaned) != 64 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise click.BadParameter(f"{value!r} is not a trail hash (64 hexadecimal characters, "
+                                 "as the email's audit trail line shows it)")
+    return cleaned
+
+
 @main.command("verify-log")
 @click.option("--person", metavar="EMAIL", callback=_email,
               help="Also list the entries about this person (exports, erasure steps), found "
                    "by its keyed hash: the trail never holds the email.")
+@click.option("--expect", "expect_hash", metavar="HASH", callback=_head_hash,
+              help="A head noted elsewhere (the morning email's audit trail line): fail "
+                   "unless the chain still reaches it.")
+@click.option("--count", "expect_count", type=click.IntRange(min=1), metavar="N",
+              help="With --expect: the number of entries the chain had at that head.")
 @click.pass_obj
-def verify_log(app: App, person: str | None) -> None:
-    """Recompute the audit trail's hash chain; name the first entry that was altered or
-    removed. Exits 1 when the chain is broken."""
+def verify_log(app: App, person: str | None, expect_hash: str | None,
+               expect_count: int | None) -> None:
+    """Recompute the audit trail's hash chain (keyed with the trail key); name the first entry
+    that was altered or removed, and check that the chain still reaches the last anchor kept
+    in the state directory and the head given by --expect. Exits 1 when it does not."""
     from daemon import trail
-    from daemon.access import entries_about, latest_hash
+    from daemon.access import entries_about
 
+    if expect_count is not None and expect_hash is None:
+        raise click.UsageError("--count goes with --expect HASH")
+    expect = (trail.Anchor(entries=expect_count or 0, hash=expect_hash)
+              if expect_hash is not None else None)
     ledger = app.ledger()
     try:
-        result = trail.verify(ledger)
-        head = latest_hash(ledger)
+        result = trail.verify(ledger, expect=expect)
         entries = entries_about(ledger, person) if person is not None else []
     finally:
         ledger.close()
     if result.ok:
         click.echo(f"audit_log: {result.entries} entries, the hash chain is intact.")
-        if head:
-            click.echo(f"latest hash: {head} (note it elsewhere: a later check against it "
-                       "shows whether newest entries were removed)")
+        if result.unkeyed and result.unkeyed == result.entries:
+            click.echo("  none of them is keyed yet (written before the trail key): whoever "
+                       "edits the database could recompute them; the next entry is keyed.")
+        elif result.unkeyed:
+            click.echo(f"  the first {result.unkeyed} were written before the trail key and "
+                       "verify unkeyed; every later one is keyed.")
+        for line in (*result.reached, *result.notes):
+            click.echo(f"  {line}")
+        if result.head:
+            click.echo(f"latest hash: {result.head} ({result.entries} entries). To check later "
+                       "that none was removed: privacy-ledger verify-log --expect "
+                       f"{result.head} --count {result.entries}")
     else:
-        click.echo(f"audit_log: the hash chain is BROKEN: {result.problem}. Entries before "
-                   f"{result.first_bad_id} verify; restore the ledger from a backup to see "
-                   "what was changed.", err=True)
+        verified = (f" Entries before {result.first_bad_id} verify;"
+                    if result.first_bad_id is not None else "")
+        click.echo(f"audit_log: the hash chain is BROKEN: {result.problem}.{verified} restore "
+                   "the ledger from a backup to see what was changed.", err=True)
     for entry in entries:
         click.echo(f"  #{entry.id} {entry.at:%Y-%m-%d %H:%M:%S} {entry.actor} {entry.action} "
                    f"{entry.detail}")

@@ -124,7 +124,8 @@ class _Section(BaseModel):
 class LedgerSettings(_Section):
     state_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "/var/lib/privacy-ledger")),
-        description="Directory for the SQLite ledger and the lock file (systemd's "
+        description="Directory for the SQLite ledger, the lock file and the audit "
+                    "trail's key and anchor (systemd's "
                     "StateDirectory= sets $STATE_DIRECTORY, used when this key is absent).",
         examples=["/var/lib/privacy-ledger"],
     )
@@ -136,6 +137,13 @@ class LedgerSettings(_Section):
     )
     batch_size: int = Field(default=2000, ge=1, le=10_000,
                             description="Records upserted per transaction.", examples=[2000])
+    trail_key: Secret | None = Field(
+        default=None,
+        description="Key of the audit trail's hash chain (at least 32 characters, e.g. "
+                    "`openssl rand -hex 32`), kept out of the database so that whoever edits "
+                    "the database cannot rewrite the trail. Absent: the file trail.key in "
+                    "state_dir, made on first use. Daemons sharing one ledger need the same key.",
+        examples=["credential:trail-key"])
 
     @field_validator("url")
     @classmethod

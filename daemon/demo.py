@@ -14,6 +14,7 @@ from daemon.config import load_settings
 from daemon.ledger import Holding, Ledger, Source, Subject
 from daemon.report import render_digest
 from daemon.sources import sync_configured
+from daemon.trail import open_ledger
 from sandbox.demo import RunningEstate
 from sandbox.estate import EstateSpec, build_estate
 
@@ -21,7 +22,8 @@ from sandbox.estate import EstateSpec, build_estate
 def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
     """Start the estate, sync it into a fresh ledger under `out`, and say what was found."""
     out = out.resolve()
-    for stale in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
+    # A fresh ledger: the old one's trail anchor would not fit it.
+    for stale in ("ledger.db", "ledger.db-wal", "ledger.db-shm", "trail.anchor"):
         (out / stale).unlink(missing_ok=True)
     spec = EstateSpec(seed=seed, people=people, now=utcnow().replace(microsecond=0))
     estate = build_estate(spec)
@@ -30,7 +32,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
     with RunningEstate(estate) as running:
         config = running.write_config(out)
         settings = load_settings(config)
-        ledger = Ledger.open(settings.ledger.database_url)
+        ledger = open_ledger(settings.ledger)
         try:
             for result in sync_configured(ledger, settings, full=True):
                 yield (f"  synced {result.source:<28} {result.status:<8} "

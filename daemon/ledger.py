@@ -316,12 +316,14 @@ def describe_url(url: str) -> str:
 class Ledger:
     """An open ledger: an engine and a session factory."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, seal: Any = None) -> None:
         self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        # The audit trail's key and anchor file (daemon/trail.Seal): kept outside the database.
+        self.seal = seal
+        self.sessions = sessionmaker(engine, expire_on_commit=False, info={"trail_seal": seal})
 
     @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> Ledger:
+    def open(cls, url: str, *, migrate_schema: bool = True, seal: Any = None) -> Ledger:
         try:
             engine = make_engine(url)
             if migrate_schema:
@@ -333,7 +335,7 @@ class Ledger:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise LedgerError(f"cannot open the ledger at {describe_url(url)}: {reason}") \
                 from None
-        return cls(engine)
+        return cls(engine, seal)
 
     @property
     def dialect(self) -> str:

@@ -27,7 +27,7 @@ from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from connectors.base import Category, utcnow
-from daemon import audit
+from daemon import audit, trail
 from daemon.ledger import (
     AuditLogEntry,
     Finding,
@@ -215,6 +215,9 @@ class Digest:
     # The systems with open findings, as the subject line names them.
     open_systems: tuple[str, ...] = field(default=())
     job_problems: tuple[JobProblem, ...] = field(default=())
+    # The audit trail's head when the email was made: noted outside the ledger, it shows
+    # later whether entries were removed or rewritten (verify-log --expect).
+    trail_head: trail.Anchor | None = None
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -517,6 +520,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         delivery = _delivery_problems(session, since)
         jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
+        trail_head = trail.head(session)
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -524,7 +528,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
     return Digest(generated_at=now, since=since, timezone=timezone, headline=headline,
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
-                  job_problems=jobs)
+                  job_problems=jobs, trail_head=trail_head)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -698,7 +698,7 @@ def run_daemon(config_path: Path, settings: Settings, *, once: bool = False,
     try:
         if lock is not None:
             lock.acquire()
-        ledger = Ledger.open(settings.ledger.database_url)
+        ledger = trail.open_ledger(settings.ledger)
         daemon = Daemon(config_path, settings, ledger)
         from daemon.sources import settle_heap
 

@@ -60,3 +60,12 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config without state_dir keeps the trail's key and anchor in the test's own directory,
+    never in /var/lib/privacy-ledger (subprocesses inherit it)."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
