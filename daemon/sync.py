@@ -29,7 +29,8 @@ from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
 log = structlog.get_logger("daemon.sync")
 
 INTERRUPTED = "interrupted: the process stopped before the run finished"
-# A run ended between batches because the daemon was asked to stop; the next run resumes.
+# A run ended between batches because it was asked to stop (SIGTERM, Ctrl-C): recorded with
+# status STOPPED and this error, neither a failure nor a success; the next run resumes.
 STOPPED = "stopped"
 # Records committed per transaction when the caller does not say (config: ledger.batch_size).
 DEFAULT_BATCH_SIZE = 2000
@@ -51,6 +52,10 @@ class SyncResult:
     @property
     def ok(self) -> bool:
         return self.status == "success"
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == STOPPED
 
 
 ProgressCallback = Callable[[str, int], None]
@@ -498,8 +503,9 @@ def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,
                 batch_size: int = DEFAULT_BATCH_SIZE) -> SyncResult:
     """Pull one source into the ledger. Upstream failures end the run as failed (recorded,
     returned); anything else is a bug and is raised after the run is recorded.
-    `should_stop`, asked after each committed batch, ends the run early as failed with
-    STOPPED: what was committed stays, and the cursor points no further than that.
+    `should_stop`, asked after each committed batch, ends the run early with status STOPPED
+    (so does a KeyboardInterrupt, which is then raised): what was committed stays, and the
+    cursor points no further than that.
     Consecutive batches are committed together up to `batch_size` records (see _grouped)."""
     mode = "full" if full else "incremental"
     started = utcnow()
@@ -551,6 +557,10 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
         bound.error("sync.failed", error=exc.message, seen=counts.seen)
         return SyncResult(connector.source, run_id, mode, "failed", counts.seen,
                           counts.changed, counts.skipped, counts.gone, exc.message)
+    except KeyboardInterrupt:
+        # Ctrl-C (or a second stop signal) mid-batch: that batch rolled back, the rest stays.
+        _stopped(ledger, connector, run_id, mode, counts)
+        raise
     except BaseException as exc:
         _finish_run(ledger, run_id, "failed", f"internal error: {type(exc).__name__}")
         raise
@@ -565,10 +575,10 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
 def _stopped(ledger: Ledger, connector: Connector, run_id: int, mode: str,
              counts: _Counts) -> SyncResult:
     """End a run that was asked to stop: what was committed stays, the cursor with it."""
-    _finish_run(ledger, run_id, "failed", STOPPED)
+    _finish_run(ledger, run_id, STOPPED, STOPPED)
     log.info("sync.stopped", source=connector.source, run_id=run_id, mode=mode,
              seen=counts.seen)
-    return SyncResult(connector.source, run_id, mode, "failed", counts.seen, counts.changed,
+    return SyncResult(connector.source, run_id, mode, STOPPED, counts.seen, counts.changed,
                       counts.skipped, counts.gone, STOPPED)
 
 
