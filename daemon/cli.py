@@ -206,6 +206,22 @@ def sync(app: App, only: str | None, full: bool) -> None:
         sys.exit(1)
 
 
+def _blind_spot_lines(app: App, ledger: Ledger) -> list[str]:
+    """What the ledger's results leave out (report.blind_spots), one sentence each."""
+    from zoneinfo import ZoneInfo
+
+    from daemon.report import blind_spot_text, blind_spots_for
+
+    zone = ZoneInfo(app.settings.timezone)
+    return [blind_spot_text(spot, zone, "These results")
+            for spot in blind_spots_for(ledger, app.settings)]
+
+
+def _say(lines: list[str], *, err: bool = False) -> None:
+    for line in lines:
+        click.echo(line, err=err)
+
+
 def _email(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """An EMAIL argument or option, normalised; a usage error naming the parameter when it
     is not an email address."""
@@ -227,8 +243,11 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
     ledger = app.ledger()
     try:
         holdings = ledger.holdings_for(email, include_gone=not current)
+        blind = _blind_spot_lines(app, ledger)
     finally:
         ledger.close()
+    # Above the results; beside JSON on stderr, so that stdout stays JSON.
+    _say(blind, err=as_json)
     if as_json:
         click.echo(json.dumps([asdict(h) for h in holdings], default=str, indent=2))
         return
@@ -391,10 +410,12 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli")
         findings = current_findings(ledger, now=result.at, rules=rules,
                                     sources=source_names or None)
+        blind = _blind_spot_lines(app, ledger)
     except UnknownSourceError as exc:
         raise click.BadParameter(str(exc), param_hint="--source") from None
     finally:
         ledger.close()
+    _say(blind, err=as_json)
     if as_json:
         click.echo(json.dumps([finding.to_json() for finding in findings], indent=2,
                               ensure_ascii=False))
@@ -453,11 +474,13 @@ def export(app: App, email: str, out: Path) -> None:
     settings = app.settings
     ledger = app.ledger()
     try:
+        blind = _blind_spot_lines(app, ledger)
         result = run_export(ledger, settings, email, out)
     except RequestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         ledger.close()
+    _say(blind)
     click.echo(f"wrote {result.json_path}")
     click.echo(f"wrote {result.html_path}")
     for line in summary_lines(result.answers):
