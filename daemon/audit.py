@@ -79,7 +79,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import utcnow
+from connectors.base import format_duration, utcnow
 from daemon import trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
 
@@ -116,20 +116,8 @@ class FindingNotFoundError(AuditError):
 
 
 def format_period(period: timedelta) -> str:
-    """A period as the config writes it: 6y, 18m, 90d, 12h, 30min, 45s."""
-    seconds = int(period.total_seconds())
-    if seconds and seconds % 86400 == 0:
-        days = seconds // 86400
-        if days % 365 == 0:
-            return f"{days // 365}y"
-        # Months only beyond a year (18m); shorter periods read better in days (90d).
-        if days > 365 and days % 30 == 0:
-            return f"{days // 30}m"
-        return f"{days}d"
-    for unit, size in (("h", 3600), ("min", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    """A period as the config writes it: 6y, 18mo, 90d, 12h, 30min, 45s."""
+    return format_duration(period)
 
 
 def _text(value: str) -> ColumnElement[str]:

@@ -109,6 +109,60 @@ def _progress_printer() -> Callable[[str, int], None] | None:
     return show
 
 
+class _StopSignals:
+    """SIGINT and SIGTERM during a CLI sync: the first asks the sync to stop between
+    batches (and cuts a backoff wait short); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.signal: int | None = None
+        self._asked = threading.Event()
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+
+        self._previous = {number: signal.signal(number, self._handle)
+                          for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, _frame: object) -> None:
+        if self._asked.is_set():
+            raise KeyboardInterrupt
+        self.signal = number
+        self._asked.set()
+
+    def asked(self) -> bool:
+        return self._asked.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        from connectors.base import StopWaiting
+
+        if self._asked.wait(seconds):
+            raise StopWaiting
+
+
+def _stopped_line(stop: _StopSignals, results: list[Any], selected: list[str]) -> str:
+    """The one line a stopped sync ends with: what was kept, and that the next continues."""
+    import signal
+
+    name = signal.Signals(stop.signal).name if stop.signal else "SIGINT"
+    done = {r.source.split(":", 1)[0] if r.source.startswith("mailchimp") else r.source
+            for r in results}
+    left = [n for n in selected if n not in done]
+    read = f"{sum(r.seen for r in results):,} records read" if results else \
+        "the batch being written was rolled back"
+    rest = f"; not started: {', '.join(left)}" if left else ""
+    return (f"sync stopped by {name}: everything committed before the stop is kept "
+            f"({read}{rest}); the next privacy-ledger sync continues from there.")
+
+
 @main.command()
 @click.option("--source", "only", metavar="NAME",
               help="Only this source: woo:<shop>, a shop name, stripe or mailchimp.")
@@ -116,27 +170,58 @@ def _progress_printer() -> Callable[[str, int], None] | None:
               help="List everything and mark what is no longer upstream as gone.")
 @click.pass_obj
 def sync(app: App, only: str | None, full: bool) -> None:
-    """Pull the configured sources into the ledger."""
-    from daemon.sources import UnknownSourceError, settle_heap, sync_configured
+    """Pull the configured sources into the ledger.
 
-    ledger = app.ledger()
-    settle_heap()
-    try:
-        results = sync_configured(ledger, app.settings, only=only, full=full,
-                                  progress=_progress_printer())
-    except UnknownSourceError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        ledger.close()
+    Ctrl-C or SIGTERM stops between batches: what was committed stays, the next sync
+    continues from there. Exits 1 when a source failed, 130 when stopped by SIGINT, 143
+    by SIGTERM."""
+    from daemon.sources import UnknownSourceError, select_names, settle_heap, sync_configured
+
+    results: list[Any] = []
+    selected: list[str] = []
+    with _StopSignals() as stop:
+        ledger = app.ledger()
+        settle_heap()
+        try:
+            selected = select_names(app.settings, only)
+            results = sync_configured(ledger, app.settings, only=only, full=full,
+                                      progress=_progress_printer(), should_stop=stop.asked,
+                                      sleep=stop.sleep)
+        except UnknownSourceError as exc:
+            raise click.UsageError(str(exc)) from None
+        except KeyboardInterrupt:
+            stop.signal = stop.signal or 2  # SIGINT
+        finally:
+            ledger.close()
     if sys.stderr.isatty():
         click.echo("", err=True)
     for result in results:
         line = (f"{result.source}: {result.status} ({result.mode}) — {result.seen:,} seen, "
                 f"{result.changed:,} changed, {result.skipped:,} skipped, "
                 f"{result.gone:,} gone")
-        click.echo(line + (f" — {result.error}" if result.error else ""))
+        click.echo(line + (f" — {result.error}" if result.error and not result.stopped
+                           else ""))
+    if stop.signal is not None:
+        click.echo(_stopped_line(stop, results, selected), err=True)
+        sys.exit(128 + stop.signal)
     if any(not r.ok for r in results):
         sys.exit(1)
+
+
+def _blind_spot_lines(app: App, ledger: Ledger) -> list[str]:
+    """What the ledger's results leave out (report.blind_spots), one sentence each."""
+    from zoneinfo import ZoneInfo
+
+    from daemon.report import blind_spot_text, blind_spots_for
+
+    zone = ZoneInfo(app.settings.timezone)
+    return [blind_spot_text(spot, zone, "These results")
+            for spot in blind_spots_for(ledger, app.settings)]
+
+
+def _say(lines: list[str], *, err: bool = False) -> None:
+    for line in lines:
+        click.echo(line, err=err)
 
 
 def _email(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -160,8 +245,11 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
     ledger = app.ledger()
     try:
         holdings = ledger.holdings_for(email, include_gone=not current)
+        blind = _blind_spot_lines(app, ledger)
     finally:
         ledger.close()
+    # Above the results; beside JSON on stderr, so that stdout stays JSON.
+    _say(blind, err=as_json)
     if as_json:
         click.echo(json.dumps([asdict(h) for h in holdings], default=str, indent=2))
         return
@@ -333,10 +421,12 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli")
         findings = current_findings(ledger, now=result.at, rules=rules,
                                     sources=source_names or None)
+        blind = _blind_spot_lines(app, ledger)
     except UnknownSourceError as exc:
         raise click.BadParameter(str(exc), param_hint="--source") from None
     finally:
         ledger.close()
+    _say(blind, err=as_json)
     if as_json:
         click.echo(json.dumps([finding.to_json() for finding in findings], indent=2,
                               ensure_ascii=False))
@@ -395,11 +485,13 @@ def export(app: App, email: str, out: Path) -> None:
     settings = app.settings
     ledger = app.ledger()
     try:
+        blind = _blind_spot_lines(app, ledger)
         result = run_export(ledger, settings, email, out)
     except RequestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         ledger.close()
+    _say(blind)
     click.echo(f"wrote {result.json_path}")
     click.echo(f"wrote {result.html_path}")
     for line in summary_lines(result.answers):

@@ -33,7 +33,7 @@ from pydantic import (
 from connectors import mailchimp as mailchimp_connector
 from connectors import stripe as stripe_connector
 from connectors import woocommerce as woocommerce_connector
-from connectors.base import parse_duration
+from connectors.base import format_duration, parse_duration
 
 
 class ConfigError(Exception):
@@ -270,8 +270,8 @@ class MailchimpSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    """How long each kind of record may be kept. Periods take a unit: d, w, m (30 days),
-    y (365 days)."""
+    """How long each kind of record may be kept. Periods take a unit: d, w, mo (30 days),
+    y (365 days); a bare m is refused (minutes or months?)."""
 
     inactive_accounts: Period = Field(
         default=timedelta(days=730),
@@ -436,7 +436,8 @@ def _weekday(value: str) -> int:
 
 class ScheduleSettings(_Section):
     """When `privacy-ledger run` does what. Times of day are local times in the zone named by
-    the top-level `timezone` key; periods take a unit (s, min, h, d)."""
+    the top-level `timezone` key; periods take a unit (s, min, h, d; min for minutes: a bare
+    m is refused)."""
 
     sync_interval: Period = Field(
         default=timedelta(hours=1),
@@ -498,9 +499,9 @@ class ScheduleSettings(_Section):
     @model_validator(mode="after")
     def _jitter_fits(self) -> ScheduleSettings:
         if self.sync_jitter * 4 > self.sync_interval:
-            raise ValueError(f"sync_jitter ({int(self.sync_jitter.total_seconds())}s) must be at "
+            raise ValueError(f"sync_jitter ({format_duration(self.sync_jitter)}) must be at "
                              f"most a quarter of sync_interval "
-                             f"({int(self.sync_interval.total_seconds())}s)")
+                             f"({format_duration(self.sync_interval)})")
         return self
 
     @property
@@ -659,11 +660,7 @@ def _toml_value(value: Any) -> str:
 
 
 def _period_text(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return format_duration(value)
 
 
 def _section_lines(model: type[BaseModel]) -> list[str]:

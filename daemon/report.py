@@ -218,10 +218,21 @@ class Digest:
     # The audit trail's head when the email was made: noted outside the ledger, it shows
     # later whether entries were removed or rewritten (verify-log --expect).
     trail_head: trail.Anchor | None = None
+    # The configured sources the ledger is blind to (blind_spots); None: every problem.
+    blind: tuple[SyncHealth, ...] | None = None
+    # When the previous digest was queued; None for the first email.
+    previous: datetime | None = None
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
+        if self.blind is not None:
+            return self.blind
         return tuple(s for s in self.sync if s.problem)
+
+    @property
+    def first(self) -> bool:
+        """No digest was sent before this one: nothing may speak of a previous email."""
+        return self.previous is None
 
     @property
     def verdict(self) -> str:
@@ -465,6 +476,57 @@ def _sync_health(session: Session, now: datetime, stale_after: timedelta,
     return tuple(health)
 
 
+def _configured(name: str, configured: Sequence[str]) -> bool:
+    return any(name == c or name.startswith(f"{c}:") for c in configured)
+
+
+def _blind_spots(session: Session, now: datetime, stale_after: timedelta,
+                 configured: Sequence[str]) -> tuple[SyncHealth, ...]:
+    return tuple(h for h in _sync_health(session, now, stale_after, configured)
+                 if h.problem and _configured(h.source, configured))
+
+
+def blind_spots(ledger: Ledger, configured: Sequence[str], *,
+                stale_after: timedelta = DEFAULT_STALE_AFTER,
+                now: datetime | None = None) -> tuple[SyncHealth, ...]:
+    """The configured sources whose data the ledger cannot vouch for: never synced, last
+    sync failed, or no successful sync for longer than `stale_after` (a stopped run is
+    neither). Every surface that shows the ledger's results (where, audit, export, the
+    email) names these above them."""
+    with ledger.sessions() as session:
+        return _blind_spots(session, now or utcnow(), stale_after, configured)
+
+
+def blind_spots_for(ledger: Ledger, settings: Settings,
+                    now: datetime | None = None) -> tuple[SyncHealth, ...]:
+    """blind_spots for the configured sources and stale period of these settings."""
+    return blind_spots(ledger, settings.source_names, stale_after=settings.retention.sync_stale,
+                       now=now)
+
+
+def _when(moment: datetime | None, zone: tzinfo) -> str:
+    if moment is None:
+        return "never"
+    local = moment.astimezone(zone)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+def blind_spot_text(spot: SyncHealth, zone: tzinfo, results: str = "these results") -> str:
+    """One sentence naming a blind spot, for above the results it leaves out."""
+    name = spot.label if spot.label.lower() == spot.source.lower() else \
+        f"{spot.label} ({spot.source})"
+    if spot.state == "never":
+        why = "it has never been read"
+    elif spot.state == "failed":
+        why = f"its last sync failed at {_when(spot.last_failure, zone)}: " \
+              f"{spot.last_error or 'no reason recorded'}"
+        if spot.last_success is not None:
+            why += f" (last complete read {_when(spot.last_success, zone)})"
+    else:
+        why = f"it has not been read since {_when(spot.last_success, zone)}"
+    return f"{results} leave out {name}: {why}"
+
+
 def _delivery_problems(session: Session, since: datetime) -> tuple[DeliveryProblem, ...]:
     rows = session.execute(
         select(OutboxMessage.subject, OutboxMessage.created_at, OutboxMessage.attempts,
@@ -509,12 +571,15 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         raise ValueError(f"cap_per_rule must be at least 1, not {cap_per_rule}")
     ZoneInfo(timezone)
     with ledger.sessions() as session:
+        previous = _previous_digest(session, now)
         if since is None:
-            since = _previous_digest(session, now) or now - DEFAULT_WINDOW
+            since = previous or now - DEFAULT_WINDOW
         people, systems = _headline_counts(session)
         categories, matrix = _matrix(session)
         counts = _rule_counts(session, now, since)
         health = _sync_health(session, now, stale_after, configured_sources)
+        blind = _blind_spots(session, now, stale_after, configured_sources) \
+            if configured_sources else None
         groups = _new_groups(session, counts, now, since, cap_per_rule,
                              {h.source: h.last_success for h in health})
         delivery = _delivery_problems(session, since)
@@ -528,7 +593,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
     return Digest(generated_at=now, since=since, timezone=timezone, headline=headline,
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
-                  job_problems=jobs, trail_head=trail_head)
+                  job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -579,7 +644,8 @@ def _environment(zone: tzinfo) -> Environment:
         return f"{count:,} {word if count == 1 else many or word + 's'}"
 
     env.filters.update(local=local, ago=ago, label=lambda c: str(c).replace("_", " "),
-                       capitalize_first=lambda s: s[:1].upper() + s[1:])
+                       capitalize_first=lambda s: s[:1].upper() + s[1:],
+                       blind_text=lambda spot: blind_spot_text(spot, zone, "this email's figures"))
     env.globals.update(heat=heat_style, plural=plural)
     return env
 

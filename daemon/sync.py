@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import Batch, Connector, Key, Record, StopWaiting, utcnow
+from connectors.base import Batch, Connector, Key, Record, Skip, StopWaiting, utcnow
 from connectors.http import APIError
 from daemon import trail
 from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
@@ -29,7 +29,8 @@ from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
 log = structlog.get_logger("daemon.sync")
 
 INTERRUPTED = "interrupted: the process stopped before the run finished"
-# A run ended between batches because the daemon was asked to stop; the next run resumes.
+# A run ended between batches because it was asked to stop (SIGTERM, Ctrl-C): recorded with
+# status STOPPED and this error, neither a failure nor a success; the next run resumes.
 STOPPED = "stopped"
 # Records committed per transaction when the caller does not say (config: ledger.batch_size).
 DEFAULT_BATCH_SIZE = 2000
@@ -51,6 +52,10 @@ class SyncResult:
     @property
     def ok(self) -> bool:
         return self.status == "success"
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == STOPPED
 
 
 ProgressCallback = Callable[[str, int], None]
@@ -248,6 +253,47 @@ def _values(driver: _Driver, record: Record, subject_id: int | None) -> tuple[An
     )
 
 
+# Column widths of daemon/ledger.py: PostgreSQL refuses a longer value (and any NUL byte),
+# failing the whole batch, so such a record is skipped, on SQLite too.
+_WIDTHS = (("email", 320), ("status", 40), ("external_id", 200), ("parent_id", 200),
+           ("record_type", 40))
+
+
+def _unstorable(record: Record) -> str | None:
+    """Why the ledger cannot store this record as it is (the field, never its value), or
+    None. Cheap: a few length comparisons and NUL searches on the common path."""
+    email, status, parent, ident = record.email, record.status, record.parent_id, \
+        record.external_id
+    if ((email is None or (len(email) <= 320 and "\0" not in email))
+            and (status is None or (len(status) <= 40 and "\0" not in status))
+            and len(ident) <= 200 and "\0" not in ident
+            and (parent is None or (len(parent) <= 200 and "\0" not in parent))
+            and len(record.record_type) <= 40 and "\0" not in record.record_type):
+        return None
+    for name, width in _WIDTHS:
+        value = getattr(record, name)
+        if value is not None and len(value) > width:
+            return f"{name.replace('_', ' ')} is {len(value):,} characters, more than the " \
+                   f"{width} the ledger stores"
+        if value is not None and "\0" in value:
+            return f"{name.replace('_', ' ')} holds a NUL byte, which the ledger cannot store"
+    return None
+
+
+def _storable(records: Sequence[Record]) -> tuple[Sequence[Record], list[Skip]]:
+    """The records the ledger can store, and a Skip for each one it cannot."""
+    unfit = [(record, reason) for record in records
+             if (reason := _unstorable(record)) is not None]
+    if not unfit:
+        return records, []
+    skipped = {id(record) for record, _ in unfit}
+    # An unusable id or type is not named: it is what is wrong.
+    skips = [Skip("?" if reason.startswith("record type") else record.record_type,
+                  None if reason.startswith("external id") else record.external_id, reason)
+             for record, reason in unfit]
+    return [r for r in records if id(r) not in skipped], skips
+
+
 @dataclass
 class _Counts:
     seen: int = 0
@@ -398,10 +444,14 @@ def _start_run(ledger: Ledger, connector: Connector, mode: str,
 def _commit_batch(ledger: Ledger, source_id: int, run_id: int, batch: Batch, *,
                   full: bool, started: datetime, counts: _Counts, sweep: bool = True) -> None:
     now = utcnow()
+    records, unfit = _storable(batch.records)
+    skipped = [*batch.skipped, *unfit] if unfit else batch.skipped
     with ledger.session() as session:
-        changed = upsert_records(session, source_id, batch.records, now,
-                                    touch_unchanged=full)
-        gone = mark_gone(session, source_id, batch.gone, now) if batch.gone else 0
+        changed = upsert_records(session, source_id, records, now, touch_unchanged=full)
+        # A key the ledger could not have stored is not held: PostgreSQL would refuse it.
+        gone = mark_gone(session, source_id, [
+            k for k in batch.gone if len(k.external_id) <= 200 and "\0" not in k.external_id
+        ], now) if batch.gone else 0
         if batch.complete:
             link_to_parents(session, source_id)
         if full and batch.complete and sweep:
@@ -411,14 +461,14 @@ def _commit_batch(ledger: Ledger, source_id: int, run_id: int, batch: Batch, *,
             session.execute(update(Source).where(Source.id == source_id)
                             .values(cursor=batch.cursor))
             values["cursor_after"] = batch.cursor
-        counts.seen += len(batch.records)
+        counts.seen += len(records)
         counts.changed += changed
-        counts.skipped += len(batch.skipped)
+        counts.skipped += len(skipped)
         counts.gone += gone
         session.execute(update(SyncRun).where(SyncRun.id == run_id).values(
             records_seen=counts.seen, records_changed=counts.changed,
             records_skipped=counts.skipped, records_gone=counts.gone, **values))
-    for skip in batch.skipped:
+    for skip in skipped:
         log.warning("sync.skipped", source_record_type=skip.record_type,
                     external_id=skip.external_id, reason=skip.reason)
 
@@ -498,8 +548,9 @@ def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,
                 batch_size: int = DEFAULT_BATCH_SIZE) -> SyncResult:
     """Pull one source into the ledger. Upstream failures end the run as failed (recorded,
     returned); anything else is a bug and is raised after the run is recorded.
-    `should_stop`, asked after each committed batch, ends the run early as failed with
-    STOPPED: what was committed stays, and the cursor points no further than that.
+    `should_stop`, asked after each committed batch, ends the run early with status STOPPED
+    (so does a KeyboardInterrupt, which is then raised): what was committed stays, and the
+    cursor points no further than that.
     Consecutive batches are committed together up to `batch_size` records (see _grouped)."""
     mode = "full" if full else "incremental"
     started = utcnow()
@@ -551,6 +602,10 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
         bound.error("sync.failed", error=exc.message, seen=counts.seen)
         return SyncResult(connector.source, run_id, mode, "failed", counts.seen,
                           counts.changed, counts.skipped, counts.gone, exc.message)
+    except KeyboardInterrupt:
+        # Ctrl-C (or a second stop signal) mid-batch: that batch rolled back, the rest stays.
+        _stopped(ledger, connector, run_id, mode, counts)
+        raise
     except BaseException as exc:
         _finish_run(ledger, run_id, "failed", f"internal error: {type(exc).__name__}")
         raise
@@ -565,10 +620,10 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
 def _stopped(ledger: Ledger, connector: Connector, run_id: int, mode: str,
              counts: _Counts) -> SyncResult:
     """End a run that was asked to stop: what was committed stays, the cursor with it."""
-    _finish_run(ledger, run_id, "failed", STOPPED)
+    _finish_run(ledger, run_id, STOPPED, STOPPED)
     log.info("sync.stopped", source=connector.source, run_id=run_id, mode=mode,
              seen=counts.seen)
-    return SyncResult(connector.source, run_id, mode, "failed", counts.seen, counts.changed,
+    return SyncResult(connector.source, run_id, mode, STOPPED, counts.seen, counts.changed,
                       counts.skipped, counts.gone, STOPPED)
 
 

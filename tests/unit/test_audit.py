@@ -638,14 +638,14 @@ def test_retention_periods_without_unit_or_negative_are_rejected_naming_the_key(
 
 def test_retention_periods_take_days_months_and_years() -> None:
     settings = parse_settings({"retention": {"completed_orders": "6y",
-                                             "cancelled_orders": "18m",
+                                             "cancelled_orders": "18mo",
                                              "pending_orders": "90d"}})
     assert settings.retention.completed_orders == timedelta(days=6 * 365)
     assert settings.retention.cancelled_orders == timedelta(days=540)
     assert settings.retention.pending_orders == timedelta(days=90)
     assert [audit.format_period(p) for p in (timedelta(days=2190), timedelta(days=540),
                                              timedelta(days=90), timedelta(hours=12))] == [
-        "6y", "18m", "90d", "12h"]
+        "6y", "18mo", "90d", "12h"]
 
 
 def test_repeated_audits_keep_one_finding_per_rule_and_target(ledger: Ledger, estate: Estate,

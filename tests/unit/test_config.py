@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from connectors.base import format_duration, parse_duration
+from daemon import audit
+from daemon import config as config_module
 from daemon.cli import main
 from daemon.config import (
     ConfigError,
@@ -133,3 +137,56 @@ def test_cli_prints_one_line_per_problem_and_no_traceback(tmp_path: Path) -> Non
     assert all(line.startswith(f"config error: {path}: ") for line in lines)
     assert len(lines) == 4
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("section", "key"), [("schedule", "sync_interval"),
+                                              ("retention", "cancelled_orders")])
+def test_a_bare_m_is_refused_naming_minutes_and_months(section: str, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings({section: {key: "15m"}})
+    [problem] = error.value.problems
+    assert f"{section}.{key}" in problem
+    assert "15min" in problem and "15mo" in problem
+
+
+def test_min_is_minutes_and_mo_is_months() -> None:
+    settings = parse_settings({"schedule": {"sync_interval": "15min", "sync_jitter": "1min"},
+                               "retention": {"cancelled_orders": "15mo"}})
+    assert settings.schedule.sync_interval == timedelta(minutes=15)
+    assert settings.retention.cancelled_orders == timedelta(days=450)
+
+
+def test_check_fails_on_a_sync_interval_in_m(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[ledger]\nurl = "sqlite:///{tmp_path / "l.db"}"\n'
+                    '[schedule]\nsync_interval = "15m"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(path), "check"])
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.startswith("config")]
+    assert "FAIL" in line and "schedule.sync_interval" in line and "15min" in line
+
+
+@pytest.mark.parametrize("period", [
+    timedelta(days=540), timedelta(days=450), timedelta(days=730), timedelta(days=90),
+    timedelta(days=30), timedelta(days=366), timedelta(weeks=3), timedelta(hours=12),
+    timedelta(minutes=15), timedelta(seconds=45), timedelta(0), timedelta(days=1, hours=1),
+])
+def test_every_period_shown_reads_back_as_the_same_period(period: timedelta) -> None:
+    shown = format_duration(period)
+    assert parse_duration(shown) == period
+    assert audit.format_period(period) == shown
+    # The example config writes periods through the same formatter.
+    assert config_module._toml_value(period) == f'"{shown}"'
+
+
+def test_period_messages_write_periods_as_the_config_does() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings({"schedule": {"sync_interval": "15min"}})
+    assert "sync_jitter (5min) must be at most a quarter of sync_interval (15min)" in \
+        error.value.problems[0]
+
+
+def test_eighteen_months_print_as_18mo_everywhere() -> None:
+    assert format_duration(timedelta(days=540)) == "18mo"
+    assert audit.format_period(timedelta(days=540)) == "18mo"
+    assert config_module._toml_value(timedelta(days=540)) == '"18mo"'

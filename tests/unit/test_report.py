@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
+from sqlalchemy import select
 
 from daemon import report
 from daemon.ledger import (
@@ -559,3 +560,24 @@ def test_smtp_config_checks_port_security_timeout_and_login() -> None:
     assert good is not None and good.port == 587 and good.security == "starttls"
     assert good.timeout == timedelta(seconds=10)
     assert "hunter2" not in repr(good)
+
+
+def test_the_first_email_does_not_speak_of_a_previous_one(ledger: Ledger) -> None:
+    from daemon import mail
+    from daemon.config import ReportSettings
+
+    moment = datetime(2026, 5, 6, 7, 0, tzinfo=UTC)
+    first = report.render(report.build_digest(ledger, now=moment))
+    for part in (first.text, first.html):
+        assert "previous email" not in part and "last email" not in part
+        assert "first email" in part
+    mail.enqueue(ledger, first, ReportSettings(recipients=["owner@example.com"],
+                                               sender="pl@example.com"))
+    second = report.render(report.build_digest(ledger, now=mail_time(ledger) + timedelta(1)))
+    assert "since the previous email" in second.text
+    assert "since last email" in second.html and "first email" not in second.html
+
+
+def mail_time(ledger: Ledger) -> datetime:
+    with ledger.sessions() as session:
+        return session.scalars(select(OutboxMessage.created_at)).one()

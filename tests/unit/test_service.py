@@ -125,7 +125,7 @@ def test_schedule_defaults_are_hourly_syncs_and_a_six_oclock_audit() -> None:
     ({"full_sync": "03:00"}, "schedule.full_sync: '03:00': write a day and a time"),
     ({"sync_interval": "0s"}, "schedule.sync_interval: must be at least 1s"),
     ({"sync_interval": 60}, "schedule.sync_interval: 60 has no unit"),
-    ({"sync_jitter": "30min"}, "sync_jitter (1800s) must be at most a quarter of sync_interval"),
+    ({"sync_jitter": "30min"}, "sync_jitter (30min) must be at most a quarter of sync_interval"),
     ({"every": "1h"}, "schedule.every: unknown key"),
 ])
 def test_bad_schedule_is_refused_naming_the_key(schedule: dict[str, object], says: str) -> None:

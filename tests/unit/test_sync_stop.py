@@ -76,14 +76,14 @@ def test_sync_stops_between_batches_keeping_what_was_committed(ledger: Ledger) -
         return True
 
     result = sync_source(ledger, connector, should_stop=stop_after_first)
-    assert (result.status, result.error, result.seen) == ("failed", STOPPED, 2)
+    assert (result.status, result.error, result.seen) == (STOPPED, STOPPED, 2)
     assert asked == [2]
     assert held(ledger) == 2
     assert cursor_of(ledger) == "page-1"
     assert connector.pages_served == 1 and connector.closed_early
     with ledger.sessions() as session:
         run = session.scalars(select(SyncRun)).one()
-    assert (run.status, run.error, run.cursor_after) == ("failed", STOPPED, "page-1")
+    assert (run.status, run.error, run.cursor_after) == (STOPPED, STOPPED, "page-1")
     assert run.finished_at is not None
 
 
@@ -137,9 +137,34 @@ def test_a_stop_while_waiting_on_the_upstream_ends_the_run_keeping_what_was_read
         ledger: Ledger) -> None:
     # Batches of 100: the second page is still waiting to be committed when the stop comes.
     result = sync_source(ledger, WaitingConnector(), batch_size=100)
-    assert (result.status, result.error, result.seen) == ("failed", STOPPED, 4)
+    assert (result.status, result.error, result.seen) == (STOPPED, STOPPED, 4)
     assert held(ledger) == 4
     assert cursor_of(ledger) == "page-1"
     with ledger.sessions() as session:
         run = session.scalars(select(SyncRun)).one()
-    assert (run.status, run.error) == ("failed", STOPPED) and run.finished_at is not None
+    assert (run.status, run.error) == (STOPPED, STOPPED) and run.finished_at is not None
+
+
+class InterruptedConnector(PagedConnector):
+    """Ctrl-C arrives while the second page is being read."""
+
+    def pull(self, cursor: str | None) -> Iterator[Batch]:
+        for number, batch in enumerate(super().pull(cursor)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def test_keyboard_interrupt_mid_pull_is_recorded_as_stopped_not_as_an_internal_error(
+        ledger: Ledger) -> None:
+    try:
+        sync_source(ledger, InterruptedConnector(), batch_size=1)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was swallowed")
+    with ledger.sessions() as session:
+        run = session.scalars(select(SyncRun)).one()
+    assert (run.status, run.error, run.records_seen) == (STOPPED, STOPPED, 2)
+    assert run.finished_at is not None
+    assert held(ledger) == 2 and cursor_of(ledger) == "page-1"

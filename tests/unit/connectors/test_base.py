@@ -55,7 +55,7 @@ def test_parse_time_reads_odd_forms_or_gives_none(raw: object, expected: object)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("90d", timedelta(days=90)), ("18m", timedelta(days=540)), ("6y", timedelta(days=2190)),
+    ("90d", timedelta(days=90)), ("18mo", timedelta(days=540)), ("6y", timedelta(days=2190)),
     ("12h", timedelta(hours=12)), ("30min", timedelta(minutes=30)), ("0d", timedelta(0)),
 ])
 def test_parse_duration_reads_units(text: str, expected: timedelta) -> None:
