@@ -439,6 +439,10 @@ class MailchimpTwin(Twin):
         self._views.clear()
 
     # -- HTTP ------------------------------------------------------------------------------
+    def empty_reply(self, path: str) -> Reply:
+        key = "members" if path.rstrip("/").endswith("/members") else "lists"
+        return Reply(200, {key: [], "total_items": 0})
+
     def error_reply(self, status: int, message: str,
                     errors: list[dict[str, str]] | None = None) -> Reply:
         body: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """The loopback HTTP server the twins share: real HTTP/1.1 with keep-alive on 127.0.0.1,
 fault injection (latency, status codes with Retry-After, HTML pages served with 200, dropped
-connections, truncated JSON, hangs), request and connection counting, and a small control
-API under `/__twin__/` so that a twin running in another process can be steered.
+connections, truncated JSON, hangs, bodies trickled a few bytes at a time, oversized bodies,
+gzip bombs, redirects to another host that answers an empty listing), request and connection
+counting, and a small control API under `/__twin__/` so that a twin running in another process can be steered.
 
 A twin subclasses `Twin` and implements `handle()` and `error_reply()`.
 """
@@ -12,6 +13,7 @@ import json
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 CONTROL_PREFIX = "/__twin__/"
 
-FAULT_KINDS = ("status", "html", "drop", "truncate", "hang")
+FAULT_KINDS = ("status", "html", "drop", "truncate", "hang", "trickle", "oversize", "bomb",
+               "redirect")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     seconds: float = 0.0
+    # trickle: bytes sent every `seconds`; oversize and bomb: the decoded body's size.
+    size: int = 1
     # Only requests whose path contains this string are hit (None: every request).
     path: str | None = None
     method: str | None = None
@@ -123,6 +128,11 @@ class Twin:
 
     def error_reply(self, status: int, message: str) -> Reply:
         return Reply(status, {"error": message})
+
+    def empty_reply(self, path: str) -> Reply:
+        """What this API answers for `path` when it holds nothing (served on another host
+        name by the "redirect" fault: a client that follows it sees an empty listing)."""
+        return Reply(200, [])
 
     def control(self, action: str, payload: dict[str, Any]) -> Any:
         """Twin-specific control actions (mutating the estate); base knows none."""
@@ -226,6 +236,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault.kind == "html":
                 self._send(Reply(200, raw=HTML_PAGE, content_type="text/html; charset=UTF-8"))
                 return
+            elif fault.kind == "redirect":
+                # Another host name for the same loopback server: its answer there is empty.
+                port = self.server.server_address[1]
+                target = f"http://localhost:{port}{CONTROL_PREFIX}empty{self.path}"
+                self._send(Reply(302, raw=b"", headers={"Location": target}))
+                return
+            elif fault.kind == "oversize":
+                self._send_padded(fault.size)
+                return
+            elif fault.kind == "bomb":
+                self._send(Reply(200, raw=gzip_bomb(fault.size),
+                                 headers={"Content-Encoding": "gzip"}))
+                return
             elif fault.kind == "status":
                 reply = twin.error_reply(fault.status, f"Injected error {fault.status}")
                 if fault.retry_after is not None:
@@ -242,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
             encoded = _encode(reply)
             reply = Reply(reply.status, raw=encoded[: max(1, len(encoded) // 2)],
                           headers=reply.headers, content_type=reply.content_type)
+        if fault is not None and fault.kind == "trickle":
+            self._send(reply, trickle=(fault.size, fault.seconds))
+            return
         self._send(reply)
 
     def _control(self, method: str, action: str, body: bytes) -> Reply:
@@ -255,6 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "faults" and method == "DELETE":
             twin.faults.clear()
             return Reply(200, {"pending": 0})
+        if action.startswith("empty/"):
+            return twin.empty_reply(urlsplit("/" + action.removeprefix("empty/")).path)
         if action == "latency":
             twin.faults.latency = float(payload.get("seconds", 0))
             return Reply(200, {"latency": twin.faults.latency})
@@ -263,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         except KeyError:
             return Reply(404, {"error": f"unknown control action {action!r}"})
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, trickle: tuple[int, float] | None = None) -> None:
         data = _encode(reply)
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
@@ -271,8 +299,43 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in reply.headers.items():
             self.send_header(key, value)
         self.end_headers()
-        if data:
-            self.wfile.write(data)
+        if trickle is None:
+            if data:
+                self.wfile.write(data)
+            return
+        step, pause = trickle
+        for start in range(0, len(data), max(1, step)):
+            self.wfile.write(data[start:start + max(1, step)])
+            self.wfile.flush()
+            time.sleep(pause)
+
+    def _send_padded(self, size: int) -> None:
+        """A valid JSON answer of `size` bytes, streamed: an empty list padded with blanks."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(max(size, 2)))
+        self.end_headers()
+        self.wfile.write(b"[")
+        left = max(size, 2) - 2
+        block = b" " * (1 << 20)
+        while left > 0:
+            self.wfile.write(block[:left])
+            left -= len(block)
+        self.wfile.write(b"]")
+
+
+_BOMBS: dict[int, bytes] = {}
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip body that decodes to `size` bytes of blanks (about 1,000 times its own size)."""
+    if size not in _BOMBS:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = b" " * (1 << 20)
+        parts = [packer.compress(block[: min(len(block), size - done)])
+                 for done in range(0, size, len(block))]
+        _BOMBS[size] = b"".join(parts) + packer.flush()
+    return _BOMBS[size]
 
 
 def _encode(reply: Reply) -> bytes:

@@ -591,6 +591,9 @@ class StripeTwin(Twin):
         return "req_" + uuid.uuid4().hex[:14]
 
     # -- HTTP -----------------------------------------------------------------------------------
+    def empty_reply(self, path: str) -> Reply:
+        return Reply(200, {"object": "list", "data": [], "has_more": False, "url": path})
+
     def error_reply(self, status: int, message: str) -> Reply:
         type_ = "api_error" if status >= 500 else "invalid_request_error"
         code = {429: "rate_limit"}.get(status)

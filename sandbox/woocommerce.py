@@ -446,6 +446,9 @@ class WooCommerceTwin(Twin):
 
     # -- HTTP ---------------------------------------------------------------------------------
 
+    def empty_reply(self, path: str) -> Reply:
+        return Reply(200, [], headers={"X-WP-Total": "0", "X-WP-TotalPages": "0"})
+
     def error_reply(self, status: int, message: str) -> Reply:
         code = {429: "woocommerce_rest_too_many_requests", 503: "rest_service_unavailable",
                 502: "rest_bad_gateway"}.get(status, "internal_server_error")
