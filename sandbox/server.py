@@ -2,7 +2,8 @@
 fault injection (latency, status codes with Retry-After, HTML pages served with 200, dropped
 connections, truncated JSON, hangs, bodies trickled a few bytes at a time, oversized bodies,
 gzip bombs, redirects to another host that answers an empty listing), request and connection
-counting, and a small control API under `/__twin__/` so that a twin running in another process can be steered.
+counting, and a small control API under `/__twin__/` so that a twin running in another
+process can be steered.
 
 A twin subclasses `Twin` and implements `handle()` and `error_reply()`.
 """
