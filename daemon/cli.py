@@ -275,11 +275,15 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
               help="Directory for the demo's config, secrets and ledger.")
 @click.option("--people", default=300, show_default=True, help="People in the estate.")
 @click.option("--seed", default=7, show_default=True, help="Seed of the estate.")
-def demo(out: Path, people: int, seed: int) -> None:
+@click.option("--serve", is_flag=True,
+              help="Keep the sandbox answering on 127.0.0.1 until Ctrl-C, to try sync, export "
+                   "and erase against it with the config the demo wrote.")
+def demo(out: Path, people: int, seed: int, serve: bool) -> None:
     """Start the sandbox estate on 127.0.0.1, sync it into a fresh ledger, show the result."""
-    from daemon.demo import run_demo
+    from daemon.demo import run_demo, serve_until_stopped
 
-    for line in run_demo(out, people=people, seed=seed):
+    for line in run_demo(out, people=people, seed=seed,
+                         serve=serve_until_stopped if serve else None):
         click.echo(line)
 
 

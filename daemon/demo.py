@@ -1,9 +1,16 @@
 """`privacy-ledger demo`: the sandbox estate on 127.0.0.1, synced into a fresh ledger, and a
-summary of what was found and where to look next."""
+summary of what was found and where to look next; with `--serve` the twins keep answering
+until Ctrl-C, so that sync, export and erase can be tried against them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -19,8 +26,29 @@ from sandbox.demo import RunningEstate
 from sandbox.estate import EstateSpec, build_estate
 
 
-def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
-    """Start the estate, sync it into a fresh ledger under `out`, and say what was found."""
+def invoked_as(argv0: str | None = None) -> str:
+    """The program as the user can type it again: its bare name when that is what PATH finds,
+    else its path relative to the working directory (or absolute when outside it)."""
+    program = Path(argv0 if argv0 is not None else sys.argv[0])
+    found = shutil.which(program.name)
+    if found and Path(found).resolve() == program.resolve():
+        return program.name
+    return shlex.quote(_shown_path(program))
+
+
+def _shown_path(path: Path) -> str:
+    resolved = path.resolve() if path.is_absolute() or path.exists() else path
+    try:
+        relative = Path(os.path.relpath(resolved))
+    except ValueError:
+        return str(resolved)
+    return str(resolved) if relative.parts[:1] == ("..",) else str(relative)
+
+
+def run_demo(out: Path, *, people: int = 300, seed: int = 7,
+             serve: Callable[[], None] | None = None) -> Iterator[str]:
+    """Start the estate, sync it into a fresh ledger under `out`, and say what was found.
+    With `serve`, the twins keep answering while it runs (it returns on Ctrl-C)."""
     out = out.resolve()
     # A fresh ledger: the old one's trail anchor would not fit it.
     for stale in ("ledger.db", "ledger.db-wal", "ledger.db-shm", "trail.anchor"):
@@ -51,14 +79,40 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7) -> Iterator[str]:
             yield f"  plain-text part:      {text_path}"
         finally:
             ledger.close()
-    sample = next((p.email for p in estate.people
-                   if p.account_shops and p.in_stripe and p.in_mailchimp), estate.people[0].email)
-    yield ""
-    yield f"Ledger: {settings.ledger.database_url}"
-    yield "Look next:"
-    yield f"  .venv/bin/privacy-ledger --config {config} where {sample}"
-    yield f"  .venv/bin/privacy-ledger --config {config} audit"
-    yield f"  .venv/bin/privacy-ledger --config {config} sync --source stripe"
+        sample = next((p.email for p in estate.people
+                       if p.account_shops and p.in_stripe and p.in_mailchimp),
+                      estate.people[0].email)
+        command = f"{invoked_as()} --config {shlex.quote(_shown_path(config))}"
+        yield ""
+        yield f"Ledger: {settings.ledger.database_url}"
+        yield "Look next (the ledger, no upstream needed):"
+        yield f"  {command} where {shlex.quote(sample)}"
+        yield f"  {command} audit"
+        if serve is None:
+            yield ("The sandbox has stopped, so sync, export and erase have nothing to talk "
+                   "to now: run the demo with --serve to keep it answering and try them.")
+            return
+        yield "Against the sandbox, which keeps answering on 127.0.0.1 until Ctrl-C:"
+        yield f"  {command} sync --source stripe"
+        exports = shlex.quote(_shown_path(out / "export"))
+        yield f"  {command} export {shlex.quote(sample)} --out {exports}"
+        yield f"  {command} erase {shlex.quote(sample)}"
+        yield "Serving; press Ctrl-C to stop."
+        serve()
+        yield "Sandbox stopped."
+
+
+def serve_until_stopped() -> None:
+    """Wait for Ctrl-C (or SIGTERM), keeping the process's servers answering meanwhile."""
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary(ledger: Ledger) -> Iterator[str]:
