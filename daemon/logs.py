@@ -1,9 +1,13 @@
 """structlog set-up: JSON lines when the stream is not a terminal (journald keeps them), a
-readable console when it is, and every known secret redacted from every line."""
+readable console when it is, and every known secret redacted from every line. When the
+stream is journald's (systemd names it in $JOURNAL_STREAM), each line starts with its syslog
+priority, `<4>` for a warning, which journald reads as the entry's priority and strips, so
+that `journalctl -p warning` shows warnings and errors."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -38,12 +42,41 @@ def redact_processor(_logger: Any, _name: str,
     return event
 
 
+# syslog(3) priorities, as journald reads them from a `<N>` line prefix (SyslogLevelPrefix=).
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+              "critical": 2}
+
+
+def is_journal(stream: TextIO) -> bool:
+    """True when `stream` is the journald stream systemd connected (its device and inode are
+    the ones $JOURNAL_STREAM names): a redirected stream of a child is not."""
+    named = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(named) and named == f"{status.st_dev}:{status.st_ino}"
+
+
+class JournalPrefix:
+    """Wraps a renderer: the rendered line, led by its level's syslog priority."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = PRIORITIES.get(str(event.get("level", name)).lower(), 6)
+        return f"<{priority}>{self.renderer(logger, name, event)}"
+
+
 def configure(stream: TextIO | None = None, *, level: int = logging.INFO,
               json: bool | None = None) -> None:
     stream = stream or sys.stdout
     as_json = (not stream.isatty()) if json is None else json
     renderer: Any = (structlog.processors.JSONRenderer() if as_json
                      else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    if is_journal(stream):
+        renderer = JournalPrefix(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
