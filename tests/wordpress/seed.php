@@ -33,6 +33,10 @@ function pin_app_password($user_id, $password) {
     update_user_meta($user_id, '_application_passwords', $items);
 }
 pin_app_password(1, $spec['app_password']);
+// The install's own moment would differ from the twin's: the admin registered at a fixed one.
+global $wpdb;
+$wpdb->update($wpdb->users, ['user_registered' => '2024-01-01 00:00:00'], ['ID' => 1]);
+clean_user_cache(1);
 
 // The sample comment and post's comment come with the install: the spec says what exists.
 foreach (get_comments(['status' => 'all', 'type' => 'all']) as $comment) {
