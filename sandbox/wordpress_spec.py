@@ -19,7 +19,8 @@ AGENTS = (
 FIRST = ("Ada", "Chloé", "Dana", "Ines", "Kai", "Lena", "Noor", "Priya", "Sam", "Zoë")
 LAST = ("Jansen", "Okafor", "Yilmaz", "Novak", "Silva", "Kowalski", "Murphy", "Haddad")
 ROLES = {"customer": "Customer", "shop_manager": "Shop manager"}
-SUBSCRIBER_PASSWORD = "wxyz ABCD efgh IJKL mnop QRST"
+# A sandbox account's application password, public on purpose.
+SUBSCRIBER_PASSWORD = "wxyz ABCD efgh IJKL mnop QRST"  # noqa: S105
 
 
 def _stamp(moment: datetime) -> str:

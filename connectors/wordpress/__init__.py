@@ -102,7 +102,8 @@ def classify_comment(data: Mapping[str, Any], *, own_agent: str = "") -> Record 
         return Skip(COMMENT, None, "comment entry without a valid id")
     categories: set[Category] = set()
     evidence: list[str] = []
-    email = normalise_email(data.get("author_email"))
+    raw_email = data.get("author_email")
+    email = normalise_email(raw_email) if _held(raw_email) else None
     if email:
         categories.add(Category.EMAIL)
     if _held(data.get("author_name")):
@@ -129,6 +130,7 @@ def classify_comment(data: Mapping[str, Any], *, own_agent: str = "") -> Record 
         status=str(data.get("status"))[:20] if data.get("status") else None,
         created_at=parse_time(data.get("date_gmt")),
         parent_id=str(author) if isinstance(author, int) and author > 0 else None,
+        anonymised=data.get("author_name") == DELETED_TEXT,
         evidence=tuple(evidence),
     )
 

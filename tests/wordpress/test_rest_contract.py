@@ -191,7 +191,6 @@ def test_unknown_routes_and_records(wordpress: Server) -> None:
 
 def test_author_email_must_be_an_address_is_email_accepts(wordpress: Server) -> None:
     answer = _get(wordpress, "/comments", context="edit", author_email="chloé@example.net")
-    print(answer.text)
     assert answer.status_code == 400
     body = answer.json()
     assert body["message"] == "Invalid parameter(s): author_email"
