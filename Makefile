@@ -21,7 +21,10 @@ email-screenshot: demo
 lint: $(STAMP)
 	$(BIN)/ruff check daemon connectors sandbox tests bench
 
+# The real-WordPress contract tests need Debian's wordpress, php-cli and php-mysql: installed
+# here when missing and run as root; otherwise those tests skip and say why.
 test: $(STAMP) lint
+	sh tests/wordpress/install-packages.sh
 	$(BIN)/pytest -q
 
 clean:
