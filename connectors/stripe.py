@@ -57,16 +57,14 @@ EVENT_TYPES = (
 # Stripe keeps events for 30 days; a day of margin for clock differences and slow runs.
 EVENT_RETENTION = timedelta(days=29)
 
-# Which Dashboard permission a path needs, for the owner's words on a 403.
+# What sync reads (pull and list_keys page all three) and the Dashboard's name for each: the
+# owner's words on a 403, and what `check` tries.
 _PERMISSION_FOR = (("/v1/customers", "Customers"), ("/v1/charges", "Charges"),
                    ("/v1/events", "Events"))
 
 # Live, test and restricted keys, whole or masked the way Stripe echoes them in errors.
 _KEY_PATTERN = re.compile(r"\b[spr]k_(?:live|test)_[A-Za-z0-9*]*")
 
-# What sync reads (pull and list_keys page all three): the path and the Dashboard's name.
-_SYNC_READS = (("/v1/customers", "Customers"), ("/v1/charges", "Charges"),
-               ("/v1/events", "Events"))
 # Stripe never issues an id with a second underscore: deleting this one changes nothing, and
 # Stripe answers 404 when the key may delete customers, 403 when it may not.
 _PROBE_CUSTOMER = "cus_privacy_ledger_check"
@@ -356,7 +354,7 @@ class StripeConnector:
         that cannot exist (erase deletes customers). A missing read fails, naming every
         permission to add; a missing write is said, since an audit-only key is enough."""
         lacking: list[tuple[str, str | None]] = []
-        for path, resource in _SYNC_READS:
+        for path, resource in _PERMISSION_FOR:
             body, response = self.http.get_json(path, {"limit": 1}, ok=(401, 403))
             self.last_request_id = response.headers.get("Request-Id")
             if response.status_code == 401:
@@ -708,12 +706,13 @@ def _stripe_permission(response: requests.Response) -> str | None:
 
 def _lacking_reads(lacking: list[tuple[str, str | None]]) -> str:
     """The owner's words for a key that cannot read everything sync reads."""
-    resources = " and ".join(resource for resource, _ in lacking)
+    names = [resource for resource, _ in lacking]
+    resources = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     named = ", ".join(permission for _, permission in lacking if permission)
     return redact_keys(
-        f"Stripe refused the key Read on {resources} (403 Forbidden"
-        f"{f': it lacks {named}' if named else ''}); sync reads customers, charges and "
-        f'events. In the {_EDIT_KEY} "Read" on {resources}.')
+        f"the restricted key may not read {resources} (403 Forbidden"
+        f"{f'; Stripe asks for {named}' if named else ''}), and sync reads customers, charges "
+        f'and events. In the {_EDIT_KEY} "Read" on {resources}.')
 
 
 def _max(a: int | None, b: int | None) -> int | None:

@@ -948,7 +948,8 @@ def _mask(key: str, shown: int = 4) -> str:
     """The key as Stripe echoes it: the prefix, stars, and the last 4 characters (a 401) or
     6 (a restricted key's 403)."""
     prefix = key[:8] if key[:3] in ("sk_", "rk_", "pk_") else ""
-    return prefix + "*" * max(0, len(key) - len(prefix) - shown) + key[-shown:]
+    shown = max(0, min(shown, len(key) - len(prefix)))
+    return prefix + "*" * (len(key) - len(prefix) - shown) + key[len(key) - shown:]
 
 
 def _check_fields(values: dict[str, Any], allowed: frozenset[str], kind: str) -> None:
