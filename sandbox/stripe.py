@@ -261,7 +261,7 @@ class StripeTwin(Twin):
     # -- keys -----------------------------------------------------------------------------------
     def add_restricted_key(self, key: str, permissions: set[str] | frozenset[str]) -> None:
         """A restricted key with permissions like "customers:read", "charges:read",
-        "events:read", "customers:write"."""
+        "events:read", "customers:write" (write implies read, as in Stripe's Dashboard)."""
         unknown = set(permissions) - ALL_PERMISSIONS
         if unknown:
             raise ValueError(f"unknown permissions {sorted(unknown)}")
