@@ -10,6 +10,7 @@ anything else, and a cursor older than 29 days makes the pull list everything ag
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import json
 import re
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from queue import Full, Queue
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import structlog
@@ -55,12 +57,41 @@ EVENT_TYPES = (
 # Stripe keeps events for 30 days; a day of margin for clock differences and slow runs.
 EVENT_RETENTION = timedelta(days=29)
 
-# Which Dashboard permission a path needs, for the owner's words on a 403.
+# What sync reads (pull and list_keys page all three) and the Dashboard's name for each: the
+# owner's words on a 403, and what `check` tries.
 _PERMISSION_FOR = (("/v1/customers", "Customers"), ("/v1/charges", "Charges"),
                    ("/v1/events", "Events"))
 
 # Live, test and restricted keys, whole or masked the way Stripe echoes them in errors.
 _KEY_PATTERN = re.compile(r"\b[spr]k_(?:live|test)_[A-Za-z0-9*]*")
+
+# Stripe never issues an id with a second underscore: deleting this one changes nothing, and
+# Stripe answers 404 when the key may delete customers, 403 when it may not.
+_PROBE_CUSTOMER = "cus_privacy_ledger_check"
+# The permission Stripe names in a 403: "Having the 'rak_event_read' permission would …".
+_RAK_PATTERN = re.compile(r"'(rak_[a-z_]+)'")
+_EDIT_KEY = "Stripe Dashboard → Developers → API keys → edit the restricted key → give"
+
+
+def check_base_url(url: str) -> None:
+    """Raises ValueError unless the URL is https, or plain http to a loopback address
+    (127.0.0.0/8, ::1, localhost: the twins); the key travels in every request."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) address, e.g. https://api.stripe.com")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(f"{url!r} is plain HTTP to {parts.hostname}: the API key would cross "
+                         "the network unencrypted; use https:// (plain http only to 127.0.0.0/8, "
+                         "::1 or localhost)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -318,11 +349,39 @@ class StripeConnector:
         )
 
     def probe(self) -> str:
-        """One small authenticated request: can the key read customers?"""
-        body, _ = self.http.get_json("/v1/customers", {"limit": 1})
-        if not isinstance(body, dict) or body.get("object") != "list":
-            return "answered, but not with a Stripe list: check base_url"
-        return "customers readable"
+        """Everything sync and erase will do, tried with the key: one-object pages of
+        customers, charges and events (sync reads all three), and the delete of a customer
+        that cannot exist (erase deletes customers). A missing read fails, naming every
+        permission to add; a missing write is said, since an audit-only key is enough."""
+        lacking: list[tuple[str, str | None]] = []
+        for path, resource in _PERMISSION_FOR:
+            body, response = self.http.get_json(path, {"limit": 1}, ok=(401, 403))
+            self.last_request_id = response.headers.get("Request-Id")
+            if response.status_code == 401:
+                raise self._refused(path, response)
+            if response.status_code == 403:
+                lacking.append((resource, _stripe_permission(response)))
+            elif not isinstance(body, dict) or body.get("object") != "list":
+                raise FatalAPIError(self.source, f"{path} answered, but not with a Stripe list "
+                                    f"(request {self.last_request_id or 'unknown'}): is "
+                                    "base_url the Stripe API?")
+        if lacking:
+            raise FatalAPIError(self.source, _lacking_reads(lacking), status=403)
+        return "customers, charges and events readable; " + self._probe_erase()
+
+    def _probe_erase(self) -> str:
+        path = f"/v1/customers/{_PROBE_CUSTOMER}"
+        response = self.http.request("DELETE", path, ok=(401, 403, 404))
+        self.last_request_id = response.headers.get("Request-Id")
+        if response.status_code == 401:
+            raise self._refused(path, response)
+        if response.status_code == 403:
+            named = _stripe_permission(response)
+            return redact_keys(
+                "erase cannot delete customers: the key lacks Write on Customers"
+                f"{f' ({named})' if named else ''}. To answer erasure requests: {_EDIT_KEY} "
+                '"Write" on Customers.')
+        return "erase can delete customers"
 
     def close(self) -> None:
         self.http.close()
@@ -566,8 +625,13 @@ class StripeConnector:
                 thread.join(timeout=self.settings.timeout)
 
     def _pages(self, path: str, params: Mapping[str, Any]) -> Iterator[_Page]:
-        """A Stripe list, newest first, one page at a time (`starting_after` the last id)."""
+        """A Stripe list, newest first, one page at a time (`starting_after` the last id).
+        A list that stops making progress (a page of nothing new, a `starting_after` used
+        before) is fatal before that page is handed on: it would page for ever."""
         after: str | None = None
+        # One id per page, not every id: 300,000 charges are 3,000 cursors.
+        cursors: set[str] = set()
+        previous: set[str] = set()
         while True:
             query = dict(params, limit=self.page_size)
             if after is not None:
@@ -581,17 +645,27 @@ class StripeConnector:
                     f"{self.last_request_id or 'unknown'}): is base_url the Stripe API?",
                 )
             has_more = _obj(body).get("has_more") is True
-            yield _Page(data, last=not has_more)
-            if not has_more:
-                return
             ids = [ident for ident in map(_id, data) if ident is not None]
-            if not ids:
+            if has_more and not ids:
                 raise FatalAPIError(
                     self.source,
                     f"{path} said there is more to list but gave no id to continue from "
                     f"(request {self.last_request_id or 'unknown'})",
                 )
-            after = ids[-1]
+            if has_more and after is not None and (set(ids) <= previous or ids[-1] in cursors):
+                raise FatalAPIError(self.source, self._stuck(path, after))
+            yield _Page(data, last=not has_more)
+            if not has_more:
+                return
+            after, previous = ids[-1], set(ids)
+            cursors.add(after)
+
+    def _stuck(self, path: str, after: str) -> str:
+        return (f"{path} stopped making progress: the page after {after} "
+                f"(request {self.last_request_id or 'unknown'}) held only objects already "
+                "listed or led back to a page already read, yet said there is more. The "
+                "listing was abandoned (nothing is marked gone); if it persists, tell Stripe "
+                "support the request id.")
 
     def _get(self, path: str, params: Mapping[str, Any]) -> Any:
         body, response = self.http.get_json(path, params, ok=(401, 403))
@@ -614,11 +688,31 @@ class StripeConnector:
                              if path.startswith(prefix)), "this resource")
             message = (
                 f"Stripe refused the key for {path} (403 Forbidden): the restricted key "
-                f"lacks Read permission on {resource}. In the Stripe Dashboard (Developers → "
-                "API keys) give the key Read on Customers, Charges and Events."
-                f"{said}"
+                f"lacks Read permission on {resource}. In the {_EDIT_KEY} \"Read\" on {resource} "
+                f"(sync reads Customers, Charges and Events).{said}"
             )
         return FatalAPIError(self.source, redact_keys(message), status=response.status_code)
+
+
+def _stripe_permission(response: requests.Response) -> str | None:
+    """The permission Stripe's 403 names (`rak_event_read`), if it names one."""
+    try:
+        error = _obj(_obj(response.json()).get("error"))
+    except ValueError:
+        return None
+    found = _RAK_PATTERN.search(str(error.get("message") or ""))
+    return found.group(1) if found else None
+
+
+def _lacking_reads(lacking: list[tuple[str, str | None]]) -> str:
+    """The owner's words for a key that cannot read everything sync reads."""
+    names = [resource for resource, _ in lacking]
+    resources = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    named = ", ".join(permission for _, permission in lacking if permission)
+    return redact_keys(
+        f"the restricted key may not read {resources} (403 Forbidden"
+        f"{f'; Stripe asks for {named}' if named else ''}), and sync reads customers, charges "
+        f'and events. In the {_EDIT_KEY} "Read" on {resources}.')
 
 
 def _max(a: int | None, b: int | None) -> int | None:

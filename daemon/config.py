@@ -206,10 +206,13 @@ class WooCommerceSettings(_Section):
 
 
 class StripeSettings(_Section):
-    api_key: Secret = Field(description="A restricted key with read access to Customers, "
-                                        "Charges and Events (rk_live_…).",
+    api_key: Secret = Field(description="A restricted key with Read on Customers, Charges "
+                                        "and Events (rk_live_…); erase also needs Write on "
+                                        "Customers.",
                             examples=["credential:stripe-key"])
-    base_url: str = Field(default="https://api.stripe.com", description="API address.",
+    base_url: str = Field(default="https://api.stripe.com",
+                          description="API address: https, or plain http only to this machine "
+                                      "(127.0.0.0/8, ::1, localhost: the sandbox twins).",
                           examples=["https://api.stripe.com"])
     requests_per_second: float = Field(default=20.0, gt=0, le=100,
                                        description="Read requests per second, well under "
@@ -219,6 +222,12 @@ class StripeSettings(_Section):
     overlap: Period = Field(default=timedelta(minutes=10),
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
+
+    @field_validator("base_url")
+    @classmethod
+    def _encrypted_unless_local(cls, value: str) -> str:
+        stripe_connector.check_base_url(value)
+        return value
 
     def to_connector(self, **overrides: Any) -> stripe_connector.Settings:
         """The connector's settings; `overrides` set its other fields (sleep, retries)."""

@@ -3,8 +3,10 @@ the benchmarks.
 
 It answers as Stripe does: list envelopes with `url`, newest first, `limit` 1–100,
 `starting_after` / `ending_before`, `created[gt|gte|lt|lte]`, the `email` and `customer`
-filters, Bearer (or Basic) auth with Stripe's error bodies, restricted keys refused with 403,
-a `Request-Id` on every answer, events kept 30 days. Objects are the official Stripe
+filters, Bearer (or Basic) auth with Stripe's error bodies, restricted keys (`rk_…` with a
+set of permissions; write implies read) refused with Stripe's 403 naming the permission, any
+unknown parameter a 400 `parameter_unknown`, a `Request-Id` on every answer, events kept 30
+days, and fault knobs for lists that never end (`stick_paging`). Objects are the official Stripe
 fixtures (sandbox/data/stripe_fixtures.json, MIT, licence beside it) with their values filled
 in, so the official `stripe` library reads them unmodified.
 """
@@ -28,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
-from connectors.base import normalise_email
 from sandbox.estate import (
     ERASED_FROM_SHOPS,
     STRIPE_NO_CHARGE,
@@ -68,11 +69,29 @@ _SINGULAR = {"customers": "customer", "charges": "charge", "events": "event"}
 _RAK = {"customers": "rak_customer", "charges": "rak_charge", "events": "rak_event"}
 ALL_PERMISSIONS = frozenset({"customers:read", "customers:write", "charges:read",
                              "events:read"})
+# Fault knobs for a list that never ends (`stick_paging`): the cursor ignored, so the first
+# page comes again; or `has_more` always true, the page after the oldest object the oldest
+# page again.
+STUCK_MODES = ("ignore_cursor", "more_forever")
 
 _NO_KEY = ("You did not provide an API key. You need to provide your API key in the "
            "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
            "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, or "
            "we can help at https://support.stripe.com/.")
+
+
+def _ledger_email(value: object) -> str | None:
+    """The email as the ledger should hold it: trimmed and lower-cased; None unless it has
+    the shape name@domain.tld. The twin's own reading (it shares no code with the connector,
+    so the tests compare two readings, not one with itself)."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "@" in domain or any(ch.isspace() for ch in email):
+        return None
+    dotted = any(ch == "." and 0 < i < len(domain) - 1 for i, ch in enumerate(domain))
+    return email if dotted else None
 
 
 def fixture(kind: str) -> dict[str, Any]:
@@ -211,6 +230,7 @@ class StripeTwin(Twin):
         self.livemode = api_key.startswith(("sk_live_", "rk_live_"))
         self.account = "acct_" + _hash(id_seed, 16).upper()
         self.restricted_keys: dict[str, frozenset[str]] = {}
+        self.stuck_lists: dict[str, str] = {}
         self._clock_base = (now or datetime.now(UTC)).astimezone(UTC)
         self._clock_start = time.monotonic()
         self._clock_offset = 0.0
@@ -241,12 +261,25 @@ class StripeTwin(Twin):
     # -- keys -----------------------------------------------------------------------------------
     def add_restricted_key(self, key: str, permissions: set[str] | frozenset[str]) -> None:
         """A restricted key with permissions like "customers:read", "charges:read",
-        "events:read", "customers:write"."""
+        "events:read", "customers:write" (write implies read, as in Stripe's Dashboard)."""
         unknown = set(permissions) - ALL_PERMISSIONS
         if unknown:
             raise ValueError(f"unknown permissions {sorted(unknown)}")
         with self.lock:
             self.restricted_keys[key] = frozenset(permissions)
+
+    def stick_paging(self, resource: str, mode: str | None) -> None:
+        """Make the list of `resource` (customers, charges, events) page for ever in one of
+        STUCK_MODES; None makes it page as Stripe does again."""
+        if resource not in _LIST_PARAMS:
+            raise ValueError(f"unknown list {resource!r}; one of {sorted(_LIST_PARAMS)}")
+        if mode is not None and mode not in STUCK_MODES:
+            raise ValueError(f"unknown paging fault {mode!r}; one of {', '.join(STUCK_MODES)}")
+        with self.lock:
+            if mode is None:
+                self.stuck_lists.pop(resource, None)
+            else:
+                self.stuck_lists[resource] = mode
 
     # -- rendering ------------------------------------------------------------------------------
     # Rendering shares the fixture's untouched nested parts between objects (a deep copy of
@@ -403,11 +436,11 @@ class StripeTwin(Twin):
             truth: set[tuple[str, str, str | None]] = set()
             for c in self._customers.values():
                 if not c.deleted:
-                    truth.add(("customer", c.id, normalise_email(c.email)))
+                    truth.add(("customer", c.id, _ledger_email(c.email)))
             for ch in self._charges.values():
                 billing = ch.billing_details or {}
-                email = normalise_email(billing.get("email")) \
-                    or normalise_email(ch.receipt_email)
+                email = _ledger_email(billing.get("email")) \
+                    or _ledger_email(ch.receipt_email)
                 truth.add(("charge", ch.id, email))
             return truth
 
@@ -491,7 +524,8 @@ class StripeTwin(Twin):
     def control(self, action: str, payload: dict[str, Any]) -> Any:
         """add_customer, update_customer {id, …}, delete_customer {id}, add_charge,
         update_charge {id, …}, add_restricted_key {key, permissions}, advance_clock {seconds},
-        ground_truth. A bad id or field answers {"error": …} (KeyError means unknown action)."""
+        stick_paging {resource, mode}, ground_truth. A bad id or field answers
+        {"error": …} (KeyError means unknown action)."""
         try:
             return self._control(action, dict(payload))
         except (LookupError, ValueError, TypeError) as exc:
@@ -514,6 +548,9 @@ class StripeTwin(Twin):
             return None
         if action == "add_restricted_key":
             self.add_restricted_key(payload["key"], set(payload["permissions"]))
+            return None
+        if action == "stick_paging":
+            self.stick_paging(payload["resource"], payload.get("mode"))
             return None
         if action == "advance_clock":
             self.advance(float(payload["seconds"]))
@@ -653,16 +690,19 @@ class StripeTwin(Twin):
             raise _unrecognized(method, path)
         key, permissions = auth
         access = "read" if method == "GET" else "write"
-        if key != self.api_key and f"{resource}:{access}" not in permissions:
+        # Write implies read, as in the Dashboard.
+        granted = {f"{resource}:{access}", f"{resource}:write"} & permissions
+        if key != self.api_key and not granted:
             raise StripeError(
-                403, f"The provided key '{_mask(key)}' does not have the required permissions "
-                f"for this endpoint on account '{self.account}'. Having the "
+                403, f"The provided key '{_mask(key, shown=6)}' does not have the required "
+                f"permissions for this endpoint on account '{self.account}'. Having the "
                 f"'{_RAK[resource]}_{access}' permission would allow this request to continue.")
         if len(parts) == 2 and method == "GET":
             return Reply(200, self._list(resource, query))
         if len(parts) == 3 and method == "GET":
             return Reply(200, self._retrieve(resource, parts[2], query))
         if len(parts) == 3 and method == "DELETE" and resource == "customers":
+            _parse(query, set())
             if parts[2] not in self._customers or self._customers[parts[2]].deleted:
                 raise _missing("customer", parts[2], "id", 404)
             return Reply(200, self.delete_customer(parts[2]))
@@ -693,6 +733,9 @@ class StripeTwin(Twin):
         params = _parse(query, _LIST_PARAMS[resource])
         limit = _limit(params.get("limit"))
         after, before = params.get("starting_after"), params.get("ending_before")
+        stuck = self.stuck_lists.get(resource)
+        if stuck == "ignore_cursor":
+            after = before = None
         if after and before:
             raise StripeError(400, "You may only specify one of these parameters: "
                               "ending_before, starting_after.")
@@ -714,6 +757,7 @@ class StripeTwin(Twin):
                     and (types is None or _type_matches(self._events[k[2]].type, types))]
             store = self._events
         lo, hi = _created_bounds(keys, created)
+        oldest = keys[lo:min(hi, lo + limit)]
         if after or before:
             anchor = store.get(after or before)
             if anchor is None:
@@ -727,7 +771,11 @@ class StripeTwin(Twin):
                 start, stop, has_more = lo, min(hi, lo + limit), lo + limit < hi
         else:
             start, stop, has_more = max(lo, hi - limit), hi, hi - limit > lo
-        page = [store[k[2]] for k in reversed(keys[start:stop])]
+        window = keys[start:stop]
+        if stuck is not None:
+            window = window or (oldest if after else [])
+            has_more = True
+        page = [store[k[2]] for k in reversed(window)]
         if resource == "customers":
             data = [self._render_customer(c) for c in page]
         elif resource == "charges":
@@ -783,7 +831,7 @@ class StripeTwin(Twin):
                     customer_id = twin._seed_customer(person, min(first, times[0]), rng)
                     if rule is not None or clean:
                         planted.append(Planted(rule, "stripe", "customer", customer_id,
-                                               normalise_email(person.email) or person.email))
+                                               _ledger_email(person.email) or person.email))
                 # Guests without a customer: one in ten pays leaving no email at all.
                 emailless = customer_id is None and rng.random() < 0.1
                 for moment in times:
@@ -899,9 +947,12 @@ def _fresh(obj: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(obj))
 
 
-def _mask(key: str) -> str:
+def _mask(key: str, shown: int = 4) -> str:
+    """The key as Stripe echoes it: the prefix, stars, and the last 4 characters (a 401) or
+    6 (a restricted key's 403)."""
     prefix = key[:8] if key[:3] in ("sk_", "rk_", "pk_") else ""
-    return prefix + "*" * max(0, len(key) - len(prefix) - 4) + key[-4:]
+    shown = max(0, min(shown, len(key) - len(prefix)))
+    return prefix + "*" * (len(key) - len(prefix) - shown) + key[len(key) - shown:]
 
 
 def _check_fields(values: dict[str, Any], allowed: frozenset[str], kind: str) -> None:
@@ -939,7 +990,8 @@ def _parse(query: dict[str, list[str]], allowed: set[str]) -> dict[str, Any]:
         array = _ARRAY_PARAM.match(key)
         base = "created" if ranged else array.group(1) if array else key
         if base not in allowed:
-            raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+            raise StripeError(400, f"Received unknown parameter: {key}",
+                              code="parameter_unknown", param=key)
         if ranged:
             params.setdefault("created", {})[ranged.group(1)] = _integer(values[-1], key)
         elif base == "created":

@@ -492,3 +492,204 @@ def test_erase_with_a_read_only_restricted_key_says_which_permission_is_missing(
     assert "Customers: Write" in refused.value.message
     assert "rk_test_readonly" not in refused.value.message
     assert ("customer", customer, "ada@example.com") in twin.ground_truth()
+
+
+# -- check: everything sync and erase will need, tried with the configured key ----------------
+def stripe_check(server: TwinServer, key: str):
+    from daemon.check import run_checks
+    from daemon.config import SecretSources, parse_settings
+
+    settings = parse_settings(
+        {"ledger": {"url": "sqlite://"}, "stripe": {"api_key": "env:STRIPE_KEY",
+                                                   "base_url": server.url}},
+        secrets=SecretSources(environ={"STRIPE_KEY": key}, credentials_dir=None))
+    return next(r for r in run_checks(settings) if r.name == "stripe")
+
+
+def test_check_fails_naming_events_when_the_restricted_key_cannot_read_them(
+        twin: StripeTwin, server: TwinServer) -> None:
+    restricted = "rk_test_51NoEventsAbcdefgh654321"
+    twin.add_restricted_key(restricted, {"customers:read", "charges:read"})
+    result = stripe_check(server, restricted)
+    assert not result.ok
+    assert result.detail.startswith("the restricted key may not read Events (403 Forbidden; "
+                                    "Stripe asks for rak_event_read)")
+    assert result.detail.endswith('In the Stripe Dashboard → Developers → API keys → edit the '
+                                  'restricted key → give "Read" on Events.')
+    assert restricted not in result.detail and "654321" not in result.detail
+
+
+def test_check_names_every_read_the_key_lacks_at_once(twin: StripeTwin,
+                                                      server: TwinServer) -> None:
+    twin.add_restricted_key("rk_test_customersonly", {"customers:read"})
+    result = stripe_check(server, "rk_test_customersonly")
+    assert not result.ok
+    assert 'give "Read" on Charges and Events' in result.detail
+    assert "Stripe asks for rak_charge_read, rak_event_read" in result.detail
+    # Every read was tried: one request to each list.
+    assert [twin.requests_to(f"/v1/{name}", "GET") for name in
+            ("customers", "charges", "events")] == [1, 1, 1]
+
+
+def test_check_passes_a_read_only_key_and_says_erase_needs_write_on_customers(
+        twin: StripeTwin, server: TwinServer) -> None:
+    twin.add_restricted_key("rk_test_readonly", {"customers:read", "charges:read",
+                                                 "events:read"})
+    customer = twin.add_customer(email="ada@example.com")
+    result = stripe_check(server, "rk_test_readonly")
+    assert result.ok, result.detail
+    assert result.detail.startswith("customers, charges and events readable")
+    assert "erase cannot delete customers" in result.detail
+    assert "rak_customer_write" in result.detail and 'give "Write" on Customers' in result.detail
+    assert twin.requests_to("/v1/customers/", "DELETE") == 1
+    assert twin.customer_ids() == [customer]
+
+
+def test_check_says_erase_can_delete_when_the_key_may_write_customers(
+        twin: StripeTwin, server: TwinServer) -> None:
+    # Write implies read, as in Stripe's Dashboard.
+    twin.add_restricted_key("rk_test_eraser", {"customers:write", "charges:read",
+                                               "events:read"})
+    customer = twin.add_customer(email="ada@example.com")
+    result = stripe_check(server, "rk_test_eraser")
+    assert result.ok, result.detail
+    assert result.detail == "customers, charges and events readable; erase can delete customers"
+    assert twin.customer_ids() == [customer] and len(twin.events()) == 1
+
+
+# -- the twin answers as Stripe does --------------------------------------------------------------
+def test_restricted_key_lacking_a_permission_gets_stripes_403_body(
+        twin: StripeTwin, server: TwinServer) -> None:
+    restricted = "rk_test_51Restricted0000abcdef"
+    twin.add_restricted_key(restricted, {"customers:read"})
+    answer = get(server, "/v1/charges", key=restricted)
+    assert answer.status_code == 403
+    assert answer.json() == {"error": {
+        "message": f"The provided key 'rk_test_{'*' * (len(restricted) - 14)}abcdef' does not "
+                   f"have the required permissions for this endpoint on account "
+                   f"'{twin.account}'. Having the 'rak_charge_read' permission would allow "
+                   "this request to continue.",
+        "type": "invalid_request_error"}}
+    client = stripe.StripeClient(restricted, base_addresses={"api": server.url})
+    with pytest.raises(stripe.PermissionError, match="rak_charge_read"):
+        client.v1.charges.list({"limit": 1})
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/customers"), ("GET", "/v1/charges"), ("GET", "/v1/events"),
+    ("GET", "/v1/customers/{customer}"), ("GET", "/v1/charges/{charge}"),
+    ("GET", "/v1/events/{event}"), ("DELETE", "/v1/customers/{customer}")])
+@pytest.mark.parametrize("param", ["updated_since", "created[after]"])
+def test_unknown_parameter_is_stripes_parameter_unknown_on_every_endpoint(
+        twin: StripeTwin, server: TwinServer, method: str, path: str, param: str) -> None:
+    customer = twin.add_customer(email="ada@example.com")
+    charge = twin.add_charge(customer=customer)
+    ids = {"customer": customer, "charge": charge, "event": twin.events()[0]["id"]}
+    answer = requests.request(method, f"{server.url}{path.format(**ids)}", timeout=5,
+                              params={param: "1"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {
+        "code": "parameter_unknown",
+        "doc_url": "https://stripe.com/docs/error-codes/parameter-unknown",
+        "message": f"Received unknown parameter: {param}", "param": param,
+        "type": "invalid_request_error"}
+    assert twin.customer_ids() == [customer]
+
+
+def test_official_library_reads_parameter_unknown_as_stripe_raises_it(
+        twin: StripeTwin, server: TwinServer) -> None:
+    client = stripe.StripeClient(KEY, base_addresses={"api": server.url})
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.customers.list({"limit": 1, "updated_since": 1})
+    assert caught.value.code == "parameter_unknown" and caught.value.param == "updated_since"
+    assert caught.value.http_status == 400
+
+
+def test_twin_imports_nothing_of_the_product() -> None:
+    import ast
+    from pathlib import Path
+
+    import sandbox.stripe as module
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported
+                if name.split(".")[0] in ("connectors", "daemon")}, imported
+
+
+@pytest.mark.parametrize("text, email", [
+    ("  Ada@Example.COM ", "ada@example.com"), ("ada@example", None), ("a@b@c.d", None),
+    ("ada @example.com", None), ("@example.com", None), ("ada@.com", None),
+    ("ada@example.", None), ("ada@ex.ample.", "ada@ex.ample."), (None, None)])
+def test_twin_reads_emails_as_the_ledger_should_hold_them(text: str | None,
+                                                         email: str | None) -> None:
+    from connectors.base import normalise_email
+    from sandbox.stripe import _ledger_email
+
+    assert _ledger_email(text) == email == normalise_email(text)
+
+
+# -- nothing pages for ever ----------------------------------------------------------------------
+def listing_of(connector: StripeConnector, kind: str, cursor: str | None):
+    if kind == "list_keys":
+        return connector.list_keys()
+    return connector.pull(cursor if kind == "incremental" else None)
+
+
+@pytest.mark.parametrize("mode", ["ignore_cursor", "more_forever"])
+@pytest.mark.parametrize("kind, resource", [("full", "charges"), ("full", "customers"),
+                                            ("list_keys", "charges"),
+                                            ("incremental", "events")])
+def test_a_list_that_never_ends_is_fatal_instead_of_paging_for_ever(
+        twin: StripeTwin, server: TwinServer, mode: str, kind: str, resource: str) -> None:
+    cursor = pull_all(make(server))[0][-1].cursor
+    for index in range(5):
+        customer = twin.add_customer(email=f"p{index}@example.com")
+        twin.add_charge(customer=customer, billing_details={"email": f"p{index}@example.com"})
+    twin.stick_paging(resource, mode)
+    before = twin.requests_to(f"/v1/{resource}")
+    seen: list[Any] = []
+    with pytest.raises(FatalAPIError, match="stopped making progress") as caught:
+        for batch in listing_of(make(server, page_size=2), kind, cursor):
+            seen.append(batch)
+            assert len(seen) < 50, f"still paging {resource} after 50 pages"
+    assert not any(b.complete for b in seen)
+    assert f"/v1/{resource}" in caught.value.message and "request req_" in caught.value.message
+    # Pages of two of five objects (ten events): at most one page more before it gave up.
+    objects = 10 if resource == "events" else 5
+    assert twin.requests_to(f"/v1/{resource}") - before <= -(-objects // 2) + 1
+
+
+def test_a_sync_whose_list_never_ends_fails_with_the_reason_and_marks_nothing_gone(
+        ledger: Any, twin: StripeTwin, server: TwinServer) -> None:
+    from sqlalchemy import select
+
+    from daemon.ledger import Holding, SyncRun
+    from daemon.sync import sync_source
+
+    customers = [twin.add_customer(email=f"p{i}@example.com") for i in range(5)]
+    assert sync_source(ledger, make(server, page_size=2), full=True).ok
+    twin.delete_customer(customers[0])
+    stuck = requests.post(f"{server.url}/__twin__/stick_paging", timeout=5,
+                          json={"resource": "customers", "mode": "more_forever"})
+    assert stuck.json() == {"result": None}
+    asked: list[bool] = []
+
+    def should_stop() -> bool:
+        # Only a guard for code that pages for ever: the run must end long before.
+        asked.append(True)
+        return len(asked) > 100
+
+    result = sync_source(ledger, make(server, page_size=2), full=True, batch_size=1,
+                         should_stop=should_stop)
+    assert result.status == "failed"
+    assert "/v1/customers stopped making progress" in (result.error or "")
+    with ledger.sessions() as session:
+        run = session.get(SyncRun, result.run_id)
+        assert run is not None and run.status == "failed" and run.error == result.error
+        gone = session.scalars(select(Holding.external_id)
+                               .where(Holding.gone_at.is_not(None))).all()
+    assert gone == [] and len(asked) < 10

@@ -542,3 +542,55 @@ def test_settings_repr_never_shows_the_key() -> None:
     connector = connect(settings)
     assert (connector.source, connector.kind) == ("stripe", "stripe")
     connector.close()
+
+
+# -- check's probe -------------------------------------------------------------------------------
+@responses.activate
+def test_probe_fails_when_a_list_is_not_a_stripe_list() -> None:
+    responses.get(f"{BASE}/v1/customers", json=listing("/v1/customers", []))
+    responses.get(f"{BASE}/v1/charges", json={"hello": "world"},
+                  headers={"Request-Id": "req_odd"})
+    with pytest.raises(FatalAPIError, match=r"/v1/charges answered, but not with a Stripe list "
+                                            r"\(request req_odd\): is base_url the Stripe API"):
+        make_connector().probe()
+
+
+# -- base_url: https, or plain http to this machine only ----------------------------------------
+def stripe_settings(base_url: str):
+    from daemon.config import SecretSources, parse_settings
+
+    return parse_settings({"stripe": {"api_key": "env:KEY", "base_url": base_url}},
+                          secrets=SecretSources(environ={"KEY": KEY}, credentials_dir=None))
+
+
+@pytest.mark.parametrize("url", ["http://api.stripe.com", "http://10.0.0.7:8080",
+                                 "http://127.0.0.1.attacker.example", "http://[::2]:80",
+                                 "http://stripe-twin.internal"])
+def test_plain_http_base_url_to_another_machine_is_a_config_error_naming_the_key(
+        url: str) -> None:
+    from daemon.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        stripe_settings(url)
+    [problem] = caught.value.problems
+    assert problem.startswith("config: stripe.base_url: ")
+    assert "plain HTTP" in problem and "use https://" in problem and KEY not in problem
+
+
+@pytest.mark.parametrize("url", ["ftp://api.stripe.com", "api.stripe.com", "https://"])
+def test_base_url_that_is_not_an_http_address_is_a_config_error(url: str) -> None:
+    from daemon.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stripe.base_url: .* is not an http"):
+        stripe_settings(url)
+
+
+def test_plain_http_is_accepted_only_to_loopback_and_https_anywhere() -> None:
+    from daemon.config import ConfigError
+
+    accepted = ["http://127.0.0.1:8765", "http://127.8.9.10", "http://[::1]:8765",
+                "http://localhost:8765", "https://api.stripe.com", "https://10.0.0.7"]
+    for url in accepted:
+        assert stripe_settings(url).stripe.base_url == url
+    with pytest.raises(ConfigError):
+        stripe_settings("http://192.168.1.20:8765")

@@ -124,3 +124,31 @@ def test_closing_the_pull_early_stops_both_readers() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("stripe-")]
     # Each reader hands over at most the page it holds: nothing near the 40 pages.
     assert read <= 6
+
+
+def test_a_list_that_leads_back_to_a_page_already_read_is_fatal_before_repeating_it() -> None:
+    # Pages A, B, then A again: each page new against the one before, yet a loop.
+    items = [obj("customer", f"cus_{n}", 2_000 - n) for n in range(4)]
+    pages = {None: items[0:2], "cus_1": items[2:4], "cus_3": items[0:2]}
+    asked: list[str | None] = []
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        after = parse_qs(urlsplit(request.url).query).get("starting_after", [None])[0]
+        asked.append(after)
+        body = {"object": "list", "data": pages[after], "has_more": True,
+                "url": "/v1/customers"}
+        return 200, {"Request-Id": f"req_{len(asked)}"}, json.dumps(body)
+
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, f"{BASE}/v1/customers", callback=answer)
+        rsps.add(responses.GET, f"{BASE}/v1/charges",
+                 json={"object": "list", "data": [], "has_more": False, "url": "/v1/charges"})
+        listed: list[str] = []
+        with pytest.raises(FatalAPIError, match="the page after cus_3 .request req_3. held"):
+            for batch in connector().list_keys():
+                assert not batch.complete
+                listed += [key.external_id for key in batch.keys]
+                assert len(asked) < 20, "still paging"
+    # No page was handed on twice (the last one read is held back when the list fails).
+    assert listed in (["cus_0", "cus_1"], ["cus_0", "cus_1", "cus_2", "cus_3"])
+    assert asked == [None, "cus_1", "cus_3"]
