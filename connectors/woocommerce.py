@@ -72,6 +72,11 @@ AUTH_METHODS = ("auto", "basic", "oauth")
 ORDER_LISTINGS = ("any", "trash")
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_KEYS_PAGE = "(WooCommerce → Settings → Advanced → REST API)"
+# What `check` reads: every listing sync and reconciliation will read.
+_PROBES = (("customers", "customers", {"role": "all"}),
+           ("orders", "orders", {"status": "any"}),
+           ("orders in the trash", "orders", {"status": "trash"}))
 
 
 @dataclass(frozen=True)
@@ -798,9 +803,47 @@ class WooCommerceConnector:
         return f"WooCommerceConnector({self.source}, {'oauth' if self.oauth else 'basic'})"
 
     def probe(self) -> str:
-        """One small authenticated request: what the shop answers about its orders."""
-        _, response = self.client.get_json("orders", {"per_page": 1, "_fields": "id"})
-        return count_text(response.headers.get("X-WP-Total"), "orders")
+        """What sync and erase will ask of the shop, tried with the configured key: customers
+        of every role, orders of every status and the trash read, and whether the key may
+        write (a PUT of nothing to order 0, which no shop holds: WooCommerce checks the key's
+        permission before the route, so "invalid ID" means it may write, and nothing changed).
+        Raises FatalAPIError naming what is missing; a read-only key is reported, not failed
+        (sync needs only Read; erase will refuse)."""
+        counts = []
+        for label, path, params in _PROBES:
+            _, response = self.client.get_json(path, {**params, "per_page": 1, "_fields": "id"},
+                                               ok=(401, 403))
+            if response.status_code in (401, 403):
+                raise FatalAPIError(self.source, self._refused(f"list {label}", response),
+                                    status=response.status_code)
+            counts.append(count_text(response.headers.get("X-WP-Total"), label))
+        return ", ".join(counts) + "; " + self._write_access()
+
+    def _write_access(self) -> str:
+        response = self.client.request("PUT", "orders/0", json_body={},
+                                       ok=(400, 401, 403, 404, 405, 501))
+        if response.status_code in (400, 404):
+            return "the key may write (erase can run)"
+        said = self._describe_error(response) or f"HTTP {response.status_code}"
+        if "write permission" in said.lower():
+            return ("warning: the key is read-only, so erase will refuse to change this shop: "
+                    f"give the key Read/Write permission {_KEYS_PAGE} if erasure is used")
+        return (f"warning: the shop refused a write ({response.status_code}: {said}), so erase "
+                f"may be refused: the key needs Read/Write permission and a user who may edit "
+                f"orders and customers {_KEYS_PAGE}")
+
+    def _refused(self, what: str, response: requests.Response) -> str:
+        """Why the shop refused `what`, and what to change."""
+        said = self._describe_error(response) or f"HTTP {response.status_code}"
+        if "read permission" in said.lower():
+            return (f"the key cannot {what} ({said}): sync needs a key with Read permission "
+                    f"(Read/Write for erase) {_KEYS_PAGE}")
+        if response.status_code == 403:
+            return (f"the key's user may not {what} ({said}): the key must belong to an "
+                    f"administrator or shop manager {_KEYS_PAGE}")
+        return (f"the shop refused the key when asked to {what} ({response.status_code}: "
+                f"{said}): check consumer_key and consumer_secret, or create a key "
+                f"{_KEYS_PAGE}")
 
     def close(self) -> None:
         self.client.close()

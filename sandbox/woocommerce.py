@@ -209,6 +209,7 @@ class WooCommerceTwin(Twin):
     its post and its HPOS queries leave exclude_from_search statuses, the trash, out).
     `unlisted`: ids counted in X-WP-Total but left out of list pages (WooCommerce's
     get_items skips records the key's user may not read, after counting them).
+    `forbidden`: collections the key's user may not list (403).
     `paging_fault`: "repeat" (every page after the first answers the first page's records),
     "alternate" (pages after the first alternate between the first two pages' records,
     and X-WP-Total keeps growing), "growing" (X-WP-Total and X-WP-TotalPages grow with
@@ -225,6 +226,8 @@ class WooCommerceTwin(Twin):
         self.https = https
         self.any_includes_trash = any_includes_trash
         self.unlisted: set[int] = set()
+        # Collections the key's user may not list (its role lacks the capability): 403.
+        self.forbidden: set[str] = set()
         self.paging_fault: str | None = None
         self.paging_fault_pages = 200
         self.shop = shop
@@ -517,6 +520,9 @@ class WooCommerceTwin(Twin):
         collection = f"{scheme}://{headers.get('host', '127.0.0.1')}{API}/{parts[0]}"
         try:
             if parts[0] in ("customers", "orders") and len(parts) == 1 and method == "GET":
+                if user and parts[0] in self.forbidden:
+                    return _error(403, "woocommerce_rest_cannot_view",
+                                  "Sorry, you cannot list resources.")
                 return self._list(parts[0], params, collection, user)
             if parts[0] in ("customers", "orders") and len(parts) == 2 and parts[1].isdigit():
                 return self._item(method, parts[0], int(parts[1]), params, body, collection,

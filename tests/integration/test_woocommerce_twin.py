@@ -5,12 +5,15 @@ the official `woocommerce` package reading the twin unmodified."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -932,3 +935,138 @@ def test_totals_that_keep_growing_do_not_page_for_ever(
     keys = list(connector.list_keys())
     assert keys[-1].listed_types == {"customer"}
     assert shop.requests_to("/orders") - before < 20
+
+
+# -- signatures held against PHP itself ------------------------------------------------------
+
+# Reads a query string as PHP's $_GET does (parse_str), then signs it the way WooCommerce's
+# WC_REST_Authentication::check_oauth_signature verifies a request, with PHP's own
+# rawurlencode, uksort/strcmp and hash_hmac. Prints the signature given and the one expected.
+PHP_VERIFY = r"""
+parse_str($argv[3], $params);
+$given = rawurldecode(str_replace(' ', '+', $params['oauth_signature']));
+unset($params['oauth_signature']);
+uksort($params, 'strcmp');
+$encode = function ($value) use (&$encode) {
+    return is_array($value) ? array_map($encode, $value) : rawurlencode($value);
+};
+$params = array_combine($encode(array_keys($params)), $encode(array_values($params)));
+$pairs = function ($params, $prefix) use (&$pairs) {
+    $out = array();
+    foreach ($params as $key => $value) {
+        $name = $prefix === '' ? $key : $prefix . '%5B' . $key . '%5D';
+        $out = array_merge($out, is_array($value) ? $pairs($value, $name)
+                                                  : array(rawurlencode($name . '=' . $value)));
+    }
+    return $out;
+};
+$base = strtoupper($argv[1]) . '&' . rawurlencode($argv[2]) . '&'
+    . implode('%26', $pairs($params, ''));
+$algorithm = strtolower(str_replace('HMAC-', '', $params['oauth_signature_method']));
+echo json_encode(array('given' => $given,
+    'expected' => base64_encode(hash_hmac($algorithm, $base, $argv[4] . '&', true))));
+"""
+PHP = shutil.which("php")
+needs_php = pytest.mark.skipif(PHP is None, reason="PHP is not installed")
+
+
+def php_verify(method: str, url: str, query: str, secret: str) -> dict[str, str]:
+    assert PHP is not None
+    done = subprocess.run([PHP, "-r", PHP_VERIFY, "--", method, url, query, secret],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return json.loads(done.stdout)
+
+
+AWKWARD = ["a/b@example.com", "a+b@example.com", "~tilde", "100% sure", "two words",
+           "%2F already encoded", "Zoë/Ñandú", "日本語", "a=b&c=d", "*!'()"]
+
+
+@needs_php
+@pytest.mark.parametrize("text", AWKWARD)
+def test_connector_signatures_verify_with_phps_own_functions(text: str) -> None:
+    url = "http://shop.example/wp-json/wc/v3/orders"
+    connector = connect(Settings(name="shop", url="http://shop.example",
+                                 consumer_key="ck_key", consumer_secret="cs_secret"))
+    assert connector.client.signer is not None
+    signed, _ = connector.client.signer(
+        "GET", url, {"search": text, "per_page": 100, "_fields": "id,email"})
+    connector.close()
+    verdict = php_verify("GET", url, urlsplit(signed).query, "cs_secret")
+    assert verdict["given"] == verdict["expected"]
+
+
+@needs_php
+def test_twin_accepts_what_php_signs_and_refuses_the_rest(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    order = shop.add_order(status="trash", billing={"email": "a/b@example.com"})
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    for method in ("HMAC-SHA1", "HMAC-SHA256"):
+        pairs = [("status[0]", "completed"), ("status[1]", "trash"),
+                 ("search", "a/b@example.com"), ("oauth_consumer_key", shop.consumer_key),
+                 ("oauth_nonce", f"nonce{method}"), ("oauth_signature_method", method),
+                 ("oauth_timestamp", str(int(time.time()))), ("oauth_signature", "x")]
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+        signature = php_verify("GET", url, query, shop.consumer_secret)["expected"]
+        signed = query.replace("oauth_signature=x",
+                               f"oauth_signature={quote(signature, safe='')}")
+        answer = requests.get(f"{url}?{signed}", timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert [item["id"] for item in answer.json()] == [order]
+        forged = signed.replace("status%5B1%5D=trash", "status%5B1%5D=completed")
+        assert requests.get(f"{url}?{forged}", timeout=5).status_code == 401
+
+
+# -- check: what sync and erase will need ----------------------------------------------------
+
+
+def woo_check(twin: WooCommerceTwin, url: str, tmp_path: Path,
+              secret: str | None = None) -> Any:
+    from daemon.check import run_checks
+    from daemon.config import SecretSources, parse_settings
+
+    raw = {"ledger": {"url": f"sqlite:///{tmp_path}/ledger.db"},
+           "woocommerce": [{"name": twin.shop, "url": url, "consumer_key": "env:CK",
+                            "consumer_secret": "env:CS"}]}
+    environ = {"CK": twin.consumer_key, "CS": secret or twin.consumer_secret}
+    settings = parse_settings(raw, origin="test", secrets=SecretSources(environ, None))
+    (result,) = [r for r in run_checks(settings) if r.name == f"woo:{twin.shop}"]
+    return result
+
+
+@pytest.mark.parametrize(("permissions", "ok", "words"), [
+    ("read_write", True, ["2 customers", "3 orders", "1 orders in the trash",
+                          "the key may write"]),
+    ("read", True, ["3 orders", "warning: the key is read-only, so erase will refuse",
+                    "Read/Write permission", "WooCommerce → Settings → Advanced → REST API"]),
+    ("write", False, ["cannot list customers", "does not have read permissions",
+                      "Read permission", "WooCommerce → Settings → Advanced → REST API"]),
+])
+def test_check_tries_every_listing_and_write_access_with_the_configured_key(
+        clock: Clock, tmp_path: Path, permissions: str, ok: bool, words: list[str]) -> None:
+    twin = WooCommerceTwin("allmyink", now=clock, permissions=permissions)
+    for n in range(2):
+        twin.add_customer(email=f"c{n}@example.com", role="subscriber" if n else "customer")
+    orders = add_orders(twin, 4)
+    twin.trash_order(orders[0])
+    with TwinServer(twin) as running:
+        result = woo_check(twin, running.url, tmp_path)
+    assert result.ok is ok, result.detail
+    for word in words:
+        assert word in result.detail
+    # One PUT of nothing to order 0 (after the reads; a key that cannot read stops first).
+    assert twin.writes == (0 if permissions == "write" else 1)
+    assert twin.orders.keys() == set(orders)
+
+
+def test_check_names_a_wrong_key_and_a_user_who_may_not_list_customers(
+        shop: WooCommerceTwin, server: TwinServer, tmp_path: Path) -> None:
+    wrong = woo_check(shop, server.url, tmp_path, secret="cs_wrong")
+    assert not wrong.ok
+    assert "the shop refused the key when asked to list customers (401: " in wrong.detail
+    assert "check consumer_key and consumer_secret" in wrong.detail
+    assert "cs_wrong" not in wrong.detail and shop.consumer_secret not in wrong.detail
+    shop.forbidden = {"customers"}
+    barred = woo_check(shop, server.url, tmp_path)
+    assert not barred.ok
+    assert "may not list customers" in barred.detail
+    assert "administrator or shop manager" in barred.detail
