@@ -838,6 +838,8 @@ class WooCommerceConnector:
         if "read permission" in said.lower():
             return (f"the key cannot {what} ({said}): sync needs a key with Read permission "
                     f"(Read/Write for erase) {_KEYS_PAGE}")
+        if response.status_code == 401 and self._basic_over_http:
+            return f"the shop ignored the key when asked to {what} ({said})"
         if response.status_code == 403:
             return (f"the key's user may not {what} ({said}): the key must belong to an "
                     f"administrator or shop manager {_KEYS_PAGE}")
@@ -848,11 +850,14 @@ class WooCommerceConnector:
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def _basic_over_http(self) -> bool:
+        return not self.oauth and urlsplit(self.settings.url).scheme == "http"
+
     def _describe_error(self, response: requests.Response) -> str | None:
         """The shop's words, and why a 401 to Basic auth over plain HTTP is no key problem."""
         text = describe_error(response)
-        if response.status_code == 401 and not self.oauth \
-                and urlsplit(self.settings.url).scheme == "http":
+        if response.status_code == 401 and self._basic_over_http:
             text = (f"{text} " if text else "") + (
                 "(WooCommerce accepts Basic auth only over HTTPS: use the shop's https:// "
                 "address, or auth = \"auto\" to sign requests with OAuth 1.0a)")

@@ -466,6 +466,20 @@ class WooCommerceTwin(Twin):
                 truth.add(("order", str(ident), _real_email(order["billing"].get("email"))))
             return truth
 
+    def set_knobs(self, **knobs: Any) -> dict[str, Any]:
+        """Set the knobs of the class docstring (also through the control API, `knobs`)."""
+        with self.lock:
+            for name, value in knobs.items():
+                if name in ("unlisted", "forbidden"):
+                    value = set(value)
+                elif name not in ("https", "any_includes_trash", "paging_fault",
+                                  "paging_fault_pages"):
+                    raise ValueError(f"unknown knob {name!r}")
+                setattr(self, name, value)
+            self._changed()
+            return {"https": self.https, "any_includes_trash": self.any_includes_trash,
+                    "paging_fault": self.paging_fault}
+
     # -- control API --------------------------------------------------------------------------
 
     def control(self, action: str, payload: dict[str, Any]) -> Any:
@@ -482,6 +496,11 @@ class WooCommerceTwin(Twin):
             "delete_order": self.delete_order, "anonymise_order": self.anonymise_order,
             "set_last_active": lambda i, **f: self.set_last_active(i, f["last_active"]),
         }
+        if action == "knobs":
+            try:
+                return self.set_knobs(**payload)
+            except ValueError as exc:
+                return {"error": str(exc)}
         if action == "ground_truth":
             return sorted(self.ground_truth(), key=lambda t: (t[0], int(t[1])))
         if action not in actions:

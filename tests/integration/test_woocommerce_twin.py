@@ -1070,3 +1070,18 @@ def test_check_names_a_wrong_key_and_a_user_who_may_not_list_customers(
     assert not barred.ok
     assert "may not list customers" in barred.detail
     assert "administrator or shop manager" in barred.detail
+
+
+def test_knobs_are_set_through_the_control_api(shop: WooCommerceTwin,
+                                                server: TwinServer) -> None:
+    control = f"{server.url}/__twin__/knobs"
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    auth = (shop.consumer_key, shop.consumer_secret)
+    assert requests.get(url, auth=auth, timeout=5).status_code == 401
+    assert requests.post(control, json={"https": True, "forbidden": ["customers"]},
+                         timeout=5).json()["result"]["https"] is True
+    assert requests.get(url, auth=auth, timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/wp-json/wc/v3/customers", auth=auth,
+                        timeout=5).status_code == 403
+    bad = requests.post(control, json={"nonsense": 1}, timeout=5)
+    assert bad.json()["result"] == {"error": "unknown knob 'nonsense'"}
