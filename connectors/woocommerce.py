@@ -1188,6 +1188,14 @@ def anonymised_order_fields(order: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _invalid_id(response: requests.Response) -> bool:
+    try:
+        code = response.json().get("code", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(code, str) and code.endswith("_invalid_id")
+
+
 def _write_refused(connector: WooCommerceConnector, what: str,
                    response: requests.Response) -> FatalAPIError:
     said = describe_error(response) or f"HTTP {response.status_code}"
@@ -1216,7 +1224,10 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
         if current is None:
             return "already gone", None
         response = connector.client.request("PUT", path, json_body=anonymised_order_fields(
-            current), ok=(401, 403, 404, 410))
+            current), ok=(400, 401, 403, 404, 410))
+        if response.status_code == 400 and _invalid_id(response):
+            # update_item answers an id that no longer exists 400 "Invalid ID.".
+            return "already gone", None
     else:
         raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
     if response.status_code in (401, 403):

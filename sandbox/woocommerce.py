@@ -855,7 +855,8 @@ class WooCommerceTwin(Twin):
                 raise _Invalid({"status": f"status is not one of {_wp_list(ORDER_STATUSES)}."})
             with self.lock:
                 if ident not in store:
-                    return missing
+                    # WC_REST_CRUD_Controller::update_item: an unknown id is a 400, not a 404.
+                    return _error(400, missing.body["code"], missing.body["message"])
                 update = self.update_customer if kind == "customers" else self.update_order
                 record = update(ident, **changes)
             return Reply(200, self._render(kind, record, collection, None))

@@ -1085,3 +1085,21 @@ def test_knobs_are_set_through_the_control_api(shop: WooCommerceTwin,
                         timeout=5).status_code == 403
     bad = requests.post(control, json={"nonsense": 1}, timeout=5)
     assert bad.json()["result"] == {"error": "unknown knob 'nonsense'"}
+
+
+def test_updating_an_order_that_is_gone_is_a_400_and_erase_counts_it_done(
+        shop: WooCommerceTwin, server: TwinServer,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    from connectors.woocommerce import erase
+
+    order = shop.add_order(status="completed", billing={"email": "ada@example.com"})
+    held = shop.orders[order]
+    shop.delete_order(order)
+    with behind_https(shop):
+        answer = requests.put(f"{server.url}/wp-json/wc/v3/orders/{order}", json={},
+                              auth=(shop.consumer_key, shop.consumer_secret), timeout=5)
+    assert answer.status_code == 400
+    assert answer.json() == {"code": "woocommerce_rest_shop_order_invalid_id",
+                             "message": "Invalid ID.", "data": {"status": 400}}
+    assert erase(connector_for(), "anonymise", "order", str(order), held) == (
+        "already gone", None)
