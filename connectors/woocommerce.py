@@ -1058,7 +1058,6 @@ def _text(value: object) -> str:
     return str(value)
 
 
-
 # -- OAuth 1.0a as WooCommerce verifies it (WC_REST_Authentication::check_oauth_signature) --
 
 

@@ -882,11 +882,14 @@ def test_listing_short_of_its_own_total_is_not_complete(
     # Counted in X-WP-Total but not listed (WooCommerce skips what the key's user may not
     # read): the pages' one-record overlaps must not make up for the missing records.
     ids = add_orders(shop, 240)
-    shop.unlisted = {ids[10], ids[120]}
+    accounts = [shop.add_customer(email=f"c{n}@example.com") for n in range(120)]
+    shop.unlisted = {ids[30], ids[130]}  # beyond the highest customer id
     connector = connector_for(per_page=50)
     batches = list(connector.pull(None))
     assert batches[-1].listed_types == {"customer"}
     assert list(connector.list_keys())[-1].listed_types == {"customer"}
+    shop.unlisted = {accounts[60]}
+    assert list(connector.list_keys())[-1].listed_types == {"order"}
     shop.unlisted = set()
     assert list(connector.list_keys())[-1].listed_types == {"customer", "order"}
 
