@@ -685,3 +685,25 @@ def test_card_number_in_line_item_meta_is_flagged_but_product_options_are_not_fr
     data["line_items"][0]["meta_data"] = [{"id": 1, "key": "Engraving", "value": CARD}]
     result = record(classify_order(data))
     assert result.evidence == ("card number pattern in line_items meta_data[Engraving]",)
+
+
+@responses.activate
+def test_a_listing_whose_new_pages_never_end_fails_instead_of_paging_for_ever() -> None:
+    served: list[int] = []
+
+    def orders(request: Any) -> Reply:
+        query = parse_qs(urlsplit(request.url).query)
+        offset, size = int(query["offset"][0]), int(query["per_page"][0])
+        served.append(offset)
+        if len(served) > 500:  # the old code would have read on until here, then "complete"
+            return page_reply([], offset)
+        return page_reply([{"id": offset + n + 1} for n in range(size)], offset + 3 * size)
+
+    responses.add_callback(responses.GET, re.compile(f"{API}/customers.*"),
+                           callback=lambda _: page_reply([], 0))
+    responses.add_callback(responses.GET, re.compile(f"{API}/orders.*"), callback=orders)
+    connector = connect(settings(per_page=10, concurrency=1))
+    with pytest.raises(FatalAPIError, match="/orders kept growing") as err:
+        list(connector.list_keys())
+    assert "nothing was marked gone" in str(err.value)
+    assert len(served) < 200
