@@ -3,9 +3,11 @@ the trash included) through the REST API v3 and reports who is held there and wh
 categories of personal data each record holds, never the values.
 
 HTTPS shops are read with HTTP Basic; plain-HTTP shops with OAuth 1.0a one-legged signatures
-(the official `woocommerce` package signs, afresh on every attempt because a nonce must never
-repeat). Listings are ordered by id and paged by offset with one record of overlap between
-pages, which proves that no page boundary skipped a record; pages are fetched in parallel and
+computed as WooCommerce verifies them (`oauth_base_string`), afresh on every attempt because a
+nonce must never repeat. Listings are ordered by id and paged by offset with one record of
+overlap between pages, which proves that no page boundary skipped a record; a listing is
+complete only when it also returned as many distinct records as its own X-WP-Total counts, and
+a listing whose pages stop bringing new ids fails the run. Pages are fetched in parallel and
 yielded in order. Pulls decode a page's bytes with msgspec straight into the few fields
 classification reads; lookups for access requests read whole records.
 
@@ -18,9 +20,13 @@ Cursor (opaque to the engine), a JSON object:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import math
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,12 +36,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 import requests
 import structlog
-from woocommerce.oauth import OAuth
 
 from connectors.base import (
     NO_CONTENT,
@@ -67,6 +72,11 @@ AUTH_METHODS = ("auto", "basic", "oauth")
 ORDER_LISTINGS = ("any", "trash")
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_KEYS_PAGE = "(WooCommerce → Settings → Advanced → REST API)"
+# What `check` reads: every listing sync and reconciliation will read.
+_PROBES = (("customers", "customers", {"role": "all"}),
+           ("orders", "orders", {"status": "any"}),
+           ("orders in the trash", "orders", {"status": "trash"}))
 
 
 @dataclass(frozen=True)
@@ -556,7 +566,10 @@ class _Listing:
     The overlap proves the listing whole: when each page starts at or before the id where
     the previous one ended, every record that existed for the whole run was returned, even if
     others were deleted or added meanwhile. When a deletion shifted a page past a record,
-    `connected` turns False and the caller must not trust the listing as complete.
+    `connected` turns False. `complete` also holds the listing against its own X-WP-Total:
+    it must have returned as many distinct records as its last page counts (the overlap
+    record counted once). A page that brings no id beyond the previous page's is no
+    progress: the listing fails (FatalAPIError) rather than read on for ever.
     Pages after the first are fetched by up to `concurrency` threads and yielded in order;
     at most `concurrency` pages are held at once."""
 
@@ -577,6 +590,31 @@ class _Listing:
         self.descending = descending
         self.connected = True
         self.pages_read = 0
+        # Distinct records returned, and the X-WP-Total of the last page read.
+        self.read = 0
+        self.total: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Read whole: every page joined the one before, and the records read reach the
+        listing's own X-WP-Total."""
+        return self.connected and (self.total is None or self.read >= self.total)
+
+    def _advances(self, before: _Page, after: _Page) -> bool:
+        """`after` holds an id beyond every id of `before`, in the listing's order."""
+        if not before.ids or not after.ids:
+            return True
+        if self.descending:
+            return min(after.ids) < min(before.ids)
+        return max(after.ids) > max(before.ids)
+
+    def _stalled(self, before: _Page, after: _Page) -> FatalAPIError:
+        return FatalAPIError(
+            self.source, f"/{self.path} stopped making progress: the page at offset "
+            f"{after.offset} brought no record beyond those of offset {before.offset} "
+            f"(X-WP-Total {after.total if after.total is not None else 'not sent'}). The "
+            "shop's paging is not stable (a cache or security plugin rewriting REST API "
+            "requests?), so this listing cannot be read whole; nothing was marked gone")
 
     def _fetch(self, offset: int) -> _Page:
         body, response = self._fetch_json(
@@ -612,7 +650,10 @@ class _Listing:
     def __iter__(self) -> Iterator[list[Any]]:
         first = self._fetch(0)
         self.pages_read = 1
-        yield first.items
+        self.total = first.total
+        items = _distinct(first)
+        self.read = len(items)
+        yield items
         if self._ended(first):
             return
         if len(first.items) < self.per_page:
@@ -620,6 +661,8 @@ class _Listing:
                         asked=self.per_page, returned=len(first.items))
             self.page_size, self.step = len(first.items), max(1, len(first.items) - 1)
         last_planned = self._planned(first)
+        # Records added during the read extend a listing; this many pages means it never ends.
+        most = 2 * last_planned + 100
         previous = first
         pending: deque[tuple[int, Future[_Page]]] = deque()
         pool = ThreadPoolExecutor(max_workers=self.concurrency,
@@ -645,16 +688,23 @@ class _Listing:
                     self.connected = False
                     log.warning("woocommerce.listing_shifted", source=self.source,
                                 path=self.path, offset=page.offset)
+                if page.total is not None:
+                    self.total = page.total
+                ended = self._ended(page)
+                if not ended and not self._advances(previous, page):
+                    raise self._stalled(previous, page)
                 seen = set(previous.ids)
                 fresh = [item for item, key in zip(page.items, page.keys, strict=True)
                          if key not in seen]
+                self.read += len(fresh)
                 yield fresh
-                if self._ended(page):
+                if ended:
                     break
-                if not fresh:
-                    # Nothing new on a full page: stop rather than read on forever.
-                    self.connected = False
-                    break
+                if self.pages_read >= most:
+                    raise FatalAPIError(
+                        self.source, f"/{self.path} kept growing: {self.pages_read} pages read "
+                        f"where the first page's X-WP-Total ({first.total}) asked for "
+                        f"{last_planned + 1}; nothing was marked gone")
                 previous = page
                 if number == last_planned:
                     # Records were added meanwhile: read on until a page reaches the end.
@@ -663,6 +713,20 @@ class _Listing:
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _distinct(page: _Page) -> list[Any]:
+    """A page's items, each id once (an item without an id is kept: it counts in X-WP-Total)."""
+    if len(set(page.ids)) == len(page.ids):
+        return page.items
+    seen: set[int] = set()
+    kept = []
+    for item, key in zip(page.items, page.keys, strict=True):
+        if key is None or key not in seen:
+            kept.append(item)
+            if key is not None:
+                seen.add(key)
+    return kept
 
 
 def _checkout_owners(items: Iterable[Any], since: datetime | None) -> set[int]:
@@ -730,7 +794,7 @@ class WooCommerceConnector:
             retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
             pool_size=self.concurrency,
             secrets=(settings.consumer_key, settings.consumer_secret),
-            describe_error=describe_error,
+            describe_error=self._describe_error,
             signer=self._sign if self.oauth else None,
             sleep=settings.sleep,
         )
@@ -739,24 +803,83 @@ class WooCommerceConnector:
         return f"WooCommerceConnector({self.source}, {'oauth' if self.oauth else 'basic'})"
 
     def probe(self) -> str:
-        """One small authenticated request: what the shop answers about its orders."""
-        _, response = self.client.get_json("orders", {"per_page": 1, "_fields": "id"})
-        return count_text(response.headers.get("X-WP-Total"), "orders")
+        """What sync and erase will ask of the shop, tried with the configured key: customers
+        of every role, orders of every status and the trash read, and whether the key may
+        write (a PUT of nothing to order 0, which no shop holds: WooCommerce checks the key's
+        permission before the route, so "invalid ID" means it may write, and nothing changed).
+        Raises FatalAPIError naming what is missing; a read-only key is reported, not failed
+        (sync needs only Read; erase will refuse)."""
+        counts = []
+        for label, path, params in _PROBES:
+            _, response = self.client.get_json(path, {**params, "per_page": 1, "_fields": "id"},
+                                               ok=(401, 403))
+            if response.status_code in (401, 403):
+                raise FatalAPIError(self.source, self._refused(f"list {label}", response),
+                                    status=response.status_code)
+            counts.append(count_text(response.headers.get("X-WP-Total"), label))
+        return ", ".join(counts) + "; " + self._write_access()
+
+    def _write_access(self) -> str:
+        response = self.client.request("PUT", "orders/0", json_body={},
+                                       ok=(400, 401, 403, 404, 405, 501))
+        if response.status_code in (400, 404):
+            return "the key may write (erase can run)"
+        said = self._describe_error(response) or f"HTTP {response.status_code}"
+        if "write permission" in said.lower():
+            return ("warning: the key is read-only, so erase will refuse to change this shop: "
+                    f"give the key Read/Write permission {_KEYS_PAGE} if erasure is used")
+        return (f"warning: the shop refused a write ({response.status_code}: {said}), so erase "
+                f"may be refused: the key needs Read/Write permission and a user who may edit "
+                f"orders and customers {_KEYS_PAGE}")
+
+    def _refused(self, what: str, response: requests.Response) -> str:
+        """Why the shop refused `what`, and what to change."""
+        said = self._describe_error(response) or f"HTTP {response.status_code}"
+        if "read permission" in said.lower():
+            return (f"the key cannot {what} ({said}): sync needs a key with Read permission "
+                    f"(Read/Write for erase) {_KEYS_PAGE}")
+        if response.status_code == 401 and self._basic_over_http:
+            return f"the shop ignored the key when asked to {what} ({said})"
+        if response.status_code == 403:
+            return (f"the key's user may not {what} ({said}): the key must belong to an "
+                    f"administrator or shop manager {_KEYS_PAGE}")
+        return (f"the shop refused the key when asked to {what} ({response.status_code}: "
+                f"{said}): check consumer_key and consumer_secret, or create a key "
+                f"{_KEYS_PAGE}")
 
     def close(self) -> None:
         self.client.close()
+
+    @property
+    def _basic_over_http(self) -> bool:
+        return not self.oauth and urlsplit(self.settings.url).scheme == "http"
+
+    def _describe_error(self, response: requests.Response) -> str | None:
+        """The shop's words, and why a 401 to Basic auth over plain HTTP is no key problem."""
+        text = describe_error(response)
+        if response.status_code == 401 and self._basic_over_http:
+            text = (f"{text} " if text else "") + (
+                "(WooCommerce accepts Basic auth only over HTTPS: use the shop's https:// "
+                "address, or auth = \"auto\" to sign requests with OAuth 1.0a)")
+        return text
 
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _sign(self, method: str, url: str, params: dict[str, Any]) -> tuple[str, None]:
         """OAuth 1.0a one-legged, HMAC-SHA256, signature in the query string; a new nonce and
         timestamp every call (HttpClient calls this once per attempt)."""
-        query = urlencode({key: _text(value) for key, value in params.items()})
-        signed = OAuth(url=f"{url}?{query}" if query else url,
-                       consumer_key=self.settings.consumer_key,
-                       consumer_secret=self.settings.consumer_secret,
-                       version="wc/v3", method=method).get_oauth_url()
-        return signed, None
+        query = signed_query(method, self._signed_url(url),
+                             {key: _text(value) for key, value in params.items()},
+                             self.settings.consumer_key, self.settings.consumer_secret)
+        return f"{url}?{query}", None
+
+    def _signed_url(self, url: str) -> str:
+        """The URL as WordPress names it in the string it signs: `get_home_url(..., is_ssl() ?
+        'https' : 'http')`. An https address signed with auth = "oauth" is one whose WordPress
+        does not see TLS (a terminating proxy; else Basic would serve), so its scheme is http."""
+        if self.settings.auth == "oauth" and url.startswith("https://"):
+            return "http://" + url[len("https://"):]
+        return url
 
     def _listing(self, path: str, params: Mapping[str, Any], *, descending: bool = False,
                  concurrency: int | None = None,
@@ -804,12 +927,12 @@ class WooCommerceConnector:
                 for items in pages:
                     records, skipped = _split(classify_order(item) for item in items)
                     yield Batch(records, skipped=skipped)
-            orders_whole = orders_whole and listing.connected
-        listed = {CUSTOMER} if customers.connected else set()
+            orders_whole = orders_whole and listing.complete
+        listed = {CUSTOMER} if customers.complete else set()
         if orders_whole:
             listed.add(ORDER)
         cursor = _Cursor(started if orders_whole else None,
-                         top if customers.connected else None)
+                         top if customers.complete else None)
         yield Batch((), cursor=cursor.dump(), complete=True, listed_types=frozenset(listed))
 
     def _incremental(self, state: _Cursor) -> Iterator[Batch]:
@@ -828,7 +951,7 @@ class WooCommerceConnector:
                     records, skipped = _split(classify_order(item) for item in items)
                     owners.update(_checkout_owners(items, since))
                     yield Batch(records, skipped=skipped)
-            orders_whole = orders_whole and listing.connected
+            orders_whole = orders_whole and listing.complete
         # Customers have no modified filter. New accounts: newest first down to the highest
         # id already known. Changed accounts: those who checked out or paid in this window
         # (WooCommerce saves the checkout's addresses to the account then; the shop
@@ -856,7 +979,8 @@ class WooCommerceConnector:
                 if len(fresh) < len(items):
                     # Reached an account the ledger already holds: older ones are known too.
                     break
-        customers_whole = listing.connected
+        # Read newest first down to a known id, the descending listing stops short of its total.
+        customers_whole = listing.connected if known is not None else listing.complete
         for chunk in _chunks(sorted(owners - seen), self.per_page):
             included = self._customers(include=",".join(str(i) for i in chunk))
             with closing(iter(included)) as pages:
@@ -878,7 +1002,7 @@ class WooCommerceConnector:
         with closing(iter(customers)) as pages:
             for items in pages:
                 yield KeyBatch([Key(CUSTOMER, i) for i in map(_ident, items) if i])
-        if customers.connected:
+        if customers.complete:
             listed.add(CUSTOMER)
         orders_whole = True
         for status in ORDER_LISTINGS:
@@ -886,7 +1010,7 @@ class WooCommerceConnector:
             with closing(iter(listing)) as pages:
                 for items in pages:
                     yield KeyBatch([Key(ORDER, i) for i in map(_ident, items) if i])
-            orders_whole = orders_whole and listing.connected
+            orders_whole = orders_whole and listing.complete
         if orders_whole:
             listed.add(ORDER)
         yield KeyBatch((), complete=True, listed_types=frozenset(listed))
@@ -932,6 +1056,60 @@ def _text(value: object) -> str:
     if isinstance(value, list | tuple | set):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+# -- OAuth 1.0a as WooCommerce verifies it (WC_REST_Authentication::check_oauth_signature) --
+
+
+def rawurlencode(text: str) -> str:
+    """PHP's rawurlencode (RFC 3986): every UTF-8 byte percent-encoded but A-Z a-z 0-9 - . _ ~
+    (`quote` would leave "/" bare by default, and the shop's signature would differ)."""
+    return quote(text, safe="")
+
+
+def _base_url(url: str) -> str:
+    """RFC 5849 §3.4.1.2: scheme and host lower-cased, the default port dropped, no query."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) \
+        else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+def oauth_base_string(method: str, url: str, params: Mapping[str, str]) -> str:
+    """The string WooCommerce signs: the method, the rawurlencoded URL, and the parameters
+    sorted by name as bytes (PHP's strcmp), name and value rawurlencoded, each `name=value`
+    rawurlencoded again and joined by %26. For plain names this is RFC 5849 §3.4.1."""
+    pairs = [rawurlencode(f"{rawurlencode(name)}={rawurlencode(value)}")
+             for name, value in sorted(params.items(), key=lambda item: item[0].encode())]
+    return f"{method.upper()}&{rawurlencode(_base_url(url))}&{'%26'.join(pairs)}"
+
+
+def oauth_signature(base_string: str, consumer_secret: str, method: str = "HMAC-SHA256") -> str:
+    """Base64 of the HMAC (SHA-256 or SHA-1, the two the shop accepts) keyed with the secret
+    and "&" (no token secret in one-legged OAuth)."""
+    digest = {"HMAC-SHA256": hashlib.sha256, "HMAC-SHA1": hashlib.sha1}[method]
+    mac = hmac.new(f"{consumer_secret}&".encode(), base_string.encode(), digest)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def signed_query(method: str, url: str, params: Mapping[str, str], consumer_key: str,
+                 consumer_secret: str, *, nonce: str | None = None,
+                 timestamp: int | None = None) -> str:
+    """The query string of a signed request: `params` and the oauth_* parameters, each name
+    and value rawurlencoded, so that PHP's $_GET decodes exactly the values that were signed
+    (a "+" stays a plus, a space is %20). One value per name: PHP keeps only the last."""
+    signed = {**params, "oauth_consumer_key": consumer_key,
+              "oauth_nonce": nonce or secrets.token_hex(16),
+              "oauth_signature_method": "HMAC-SHA256",
+              "oauth_timestamp": str(int(time.time()) if timestamp is None else timestamp)}
+    signed["oauth_signature"] = oauth_signature(oauth_base_string(method, url, signed),
+                                                consumer_secret)
+    return "&".join(f"{rawurlencode(name)}={rawurlencode(value)}"
+                    for name, value in signed.items())
 
 
 # -- erasure ---------------------------------------------------------------------------------
@@ -1009,6 +1187,14 @@ def anonymised_order_fields(order: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _invalid_id(response: requests.Response) -> bool:
+    try:
+        code = response.json().get("code", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(code, str) and code.endswith("_invalid_id")
+
+
 def _write_refused(connector: WooCommerceConnector, what: str,
                    response: requests.Response) -> FatalAPIError:
     said = describe_error(response) or f"HTTP {response.status_code}"
@@ -1037,7 +1223,10 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
         if current is None:
             return "already gone", None
         response = connector.client.request("PUT", path, json_body=anonymised_order_fields(
-            current), ok=(401, 403, 404, 410))
+            current), ok=(400, 401, 403, 404, 410))
+        if response.status_code == 400 and _invalid_id(response):
+            # update_item answers an id that no longer exists 400 "Invalid ID.".
+            return "already gone", None
     else:
         raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
     if response.status_code in (401, 403):

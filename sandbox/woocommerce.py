@@ -5,7 +5,11 @@ X-WP-TotalPages and Link headers, the list filters an auditor uses (status with 
 the trash out, role with `customer` by default, modified_after/before, include, email, search,
 customer, _fields), WordPress's error bodies, and authentication as
 class-wc-rest-authentication.php does it: OAuth 1.0a signatures (HMAC-SHA1/SHA256, 15-minute
-timestamp window, nonces never reused) and HTTP Basic (standing in for HTTPS).
+timestamp window, nonces never reused) and HTTP Basic only where WordPress's is_ssl() is true.
+The twin listens on plain HTTP; `https=True` declares it behind a TLS-terminating proxy whose
+site sets $_SERVER['HTTPS'] = 'on' (what is_ssl() reads), so Basic is served and signatures
+name https:// URLs. Query parameters are read as PHP's $_GET reads them (`status[0]=a`,
+`status[]=a`, the last of repeated names).
 
 State lives in memory; `seeded()` builds a shop from the people of sandbox.estate with the
 planted retention breaches, `bulk()` builds large shops for benchmarks, and the mutators
@@ -25,10 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, unquote, unquote_plus, urlencode
 from zoneinfo import ZoneInfo
 
-from connectors.base import normalise_email, parse_time
 from sandbox.estate import (
     AGENTS,
     CARD_IN_NOTE,
@@ -98,6 +101,29 @@ def _rawurlencode(text: str) -> str:
     return quote(text, safe="~")
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalise_email(value: object) -> str | None:
+    """How the twin compares emails (its own rule, not the connector's): trimmed, lower-cased,
+    None when it is not an address."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    return email if _EMAIL.match(email) else None
+
+
+def parse_time(value: object) -> datetime | None:
+    """ISO 8601 text as the twin stores and accepts it (naive is UTC), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _wp_list(items: Iterable[str]) -> str:
     """WordPress's `%l` list: "a and b", "a, b, and c"."""
     words = list(items)
@@ -106,8 +132,10 @@ def _wp_list(items: Iterable[str]) -> str:
     return ", ".join(words[:-1]) + ", and " + words[-1]
 
 
-def _parse_list(value: str | list[str]) -> list[str]:
+def _parse_list(value: str | list[str] | dict[str, str]) -> list[str]:
     """wp_parse_list: an array as is, a string split on commas and spaces."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, list):
         parts: list[str] = []
         for item in value:
@@ -173,15 +201,35 @@ class _Invalid(Exception):
 class WooCommerceTwin(Twin):
     """One shop. `now` is the shop's clock for what it records (dates created/modified);
     OAuth timestamps are checked against `oauth_clock` (wall-clock seconds by default), as
-    the server checks a client's real clock."""
+    the server checks a client's real clock.
+
+    Knobs for what the docs leave open or a real shop gets wrong:
+    `https`: is_ssl() is true (behind a TLS-terminating proxy), so Basic auth is served.
+    `any_includes_trash`: `status=any` lists trashed orders too (WooCommerce does not: both
+    its post and its HPOS queries leave exclude_from_search statuses, the trash, out).
+    `unlisted`: ids counted in X-WP-Total but left out of list pages (WooCommerce's
+    get_items skips records the key's user may not read, after counting them).
+    `forbidden`: collections the key's user may not list (403).
+    `paging_fault`: "repeat" (every page after the first answers the first page's records),
+    "alternate" (pages after the first alternate between the first two pages' records,
+    and X-WP-Total keeps growing), "growing" (X-WP-Total and X-WP-TotalPages grow with
+    every page); `paging_fault_pages` list pages later the fault stops."""
 
     name = "woocommerce"
 
     def __init__(self, shop: str = "shop", consumer_key: str | None = None,
                  consumer_secret: str | None = None,
                  now: Callable[[], datetime] | None = None, *,
-                 permissions: str = "read_write", timezone: str = "Europe/London") -> None:
+                 permissions: str = "read_write", timezone: str = "Europe/London",
+                 https: bool = False, any_includes_trash: bool = False) -> None:
         super().__init__()
+        self.https = https
+        self.any_includes_trash = any_includes_trash
+        self.unlisted: set[int] = set()
+        # Collections the key's user may not list (its role lacks the capability): 403.
+        self.forbidden: set[str] = set()
+        self.paging_fault: str | None = None
+        self.paging_fault_pages = 200
         self.shop = shop
         self.consumer_key = consumer_key or f"ck_sandbox_{shop}"
         self.consumer_secret = consumer_secret or f"cs_sandbox_{shop}"
@@ -418,6 +466,20 @@ class WooCommerceTwin(Twin):
                 truth.add(("order", str(ident), _real_email(order["billing"].get("email"))))
             return truth
 
+    def set_knobs(self, **knobs: Any) -> dict[str, Any]:
+        """Set the knobs of the class docstring (also through the control API, `knobs`)."""
+        with self.lock:
+            for name, value in knobs.items():
+                if name in ("unlisted", "forbidden"):
+                    value = set(value)
+                elif name not in ("https", "any_includes_trash", "paging_fault",
+                                  "paging_fault_pages"):
+                    raise ValueError(f"unknown knob {name!r}")
+                setattr(self, name, value)
+            self._changed()
+            return {"https": self.https, "any_includes_trash": self.any_includes_trash,
+                    "paging_fault": self.paging_fault}
+
     # -- control API --------------------------------------------------------------------------
 
     def control(self, action: str, payload: dict[str, Any]) -> Any:
@@ -434,6 +496,11 @@ class WooCommerceTwin(Twin):
             "delete_order": self.delete_order, "anonymise_order": self.anonymise_order,
             "set_last_active": lambda i, **f: self.set_last_active(i, f["last_active"]),
         }
+        if action == "knobs":
+            try:
+                return self.set_knobs(**payload)
+            except ValueError as exc:
+                return {"error": str(exc)}
         if action == "ground_truth":
             return sorted(self.ground_truth(), key=lambda t: (t[0], int(t[1])))
         if action not in actions:
@@ -471,9 +538,13 @@ class WooCommerceTwin(Twin):
             return _error(401, "woocommerce_rest_authentication_error",
                           "The API key provided does not have read permissions.")
         parts = path[len(API):].strip("/").split("/")
-        collection = f"http://{headers.get('host', '127.0.0.1')}{API}/{parts[0]}"
+        scheme = "https" if self.https else "http"
+        collection = f"{scheme}://{headers.get('host', '127.0.0.1')}{API}/{parts[0]}"
         try:
             if parts[0] in ("customers", "orders") and len(parts) == 1 and method == "GET":
+                if user and parts[0] in self.forbidden:
+                    return _error(403, "woocommerce_rest_cannot_view",
+                                  "Sorry, you cannot list resources.")
                 return self._list(parts[0], params, collection, user)
             if parts[0] in ("customers", "orders") and len(parts) == 2 and parts[1].isdigit():
                 return self._item(method, parts[0], int(parts[1]), params, body, collection,
@@ -497,10 +568,21 @@ class WooCommerceTwin(Twin):
             for part in authorization[6:].split(","):
                 name, _, value = part.strip().partition("=")
                 if name.startswith("oauth_"):
-                    oauth[name] = unquote(value.strip().strip('"'))
+                    oauth[name] = unquote_plus(value.strip().strip('"'))
         present = [name for name in OAUTH_PARAMS if oauth.get(name)]
-        if present:
-            return self._check_oauth(method, host, path, oauth)
+        if not self.https:
+            # authenticate(): Basic (and consumer_key in the query) only when is_ssl(); over
+            # plain HTTP the request is anonymous unless signed, and the endpoint answers 401.
+            return self._check_oauth(method, host, path, oauth) if present else (False, None)
+        user, failure = self._basic(params, authorization)
+        if user or failure is not None or not present:
+            return user, failure
+        return self._check_oauth(method, host, path, oauth)
+
+    def _basic(self, params: dict[str, Any],
+               authorization: str) -> tuple[bool, Reply | None]:
+        """perform_basic_authentication: the query's consumer_key/secret first, then the
+        Authorization header; an unknown key is no user (OAuth is tried next)."""
         key = secret = None
         if params.get("consumer_key") and params.get("consumer_secret"):
             key, secret = params["consumer_key"], params["consumer_secret"]
@@ -513,8 +595,12 @@ class WooCommerceTwin(Twin):
         if not key or not secret or not _same(key, self.consumer_key):
             return False, None
         if not _same(secret, self.consumer_secret):
-            return False, _error(401, "woocommerce_rest_authentication_error",
-                                 "Consumer secret is invalid.")
+            refused = _error(401, "woocommerce_rest_authentication_error",
+                             "Consumer secret is invalid.")
+            refused.headers["WWW-Authenticate"] = (
+                'Basic realm="WooCommerce API. Use a consumer key in the username field and a '
+                'consumer secret in the password field."')
+            return False, refused
         return True, None
 
     def _check_oauth(self, method: str, host: str, path: str,
@@ -533,7 +619,8 @@ class WooCommerceTwin(Twin):
                                  "Invalid signature - signature method is invalid.")
         given = unquote(str(params["oauth_signature"]).replace(" ", "+"))
         signed = {k: v for k, v in params.items() if k != "oauth_signature"}
-        expected = oauth_signature(method, f"http://{host}{path}", signed,
+        scheme = "https" if self.https else "http"
+        expected = oauth_signature(method, f"{scheme}://{host}{path}", signed,
                                    self.consumer_secret, signature_method)
         if not _same(given, expected):
             return False, _error(401, "woocommerce_rest_authentication_error",
@@ -580,8 +667,9 @@ class WooCommerceTwin(Twin):
         fields = _parse_list(params["_fields"]) if params.get("_fields") else None
         with self.lock:
             ids = self._select(kind, selection, str(orderby), str(order))
-            start = offset if offset is not None else (page - 1) * per_page
-            chosen = ids[max(0, start):max(0, start) + per_page]
+            start = max(0, offset if offset is not None else (page - 1) * per_page)
+            chosen, total = self._page(ids, start, per_page)
+            chosen = [i for i in chosen if i not in self.unlisted]
             store = self.customers if kind == "customers" else self.orders
             if fields:
                 body: list[Any] | None = [self._render(kind, store[i], base, fields)
@@ -590,7 +678,6 @@ class WooCommerceTwin(Twin):
             else:
                 body, raw = None, b"[" + b",".join(
                     self._encode(kind, store[i], base) for i in chosen) + b"]"
-        total = len(ids)
         pages = math.ceil(total / per_page)
         headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
         links = []
@@ -602,6 +689,22 @@ class WooCommerceTwin(Twin):
         if links:
             headers["Link"] = ", ".join(links)
         return Reply(200, body, headers, raw=raw)
+
+    def _page(self, ids: list[int], start: int, per_page: int) -> tuple[list[int], int]:
+        """The ids of one list page and the X-WP-Total to send, as `paging_fault` has it."""
+        fault, honest = self.paging_fault, (ids[start:start + per_page], len(ids))
+        if fault is None or start == 0 or self.paging_fault_pages <= 0:
+            return honest
+        self.paging_fault_pages -= 1
+        growing = max(len(ids), start + 2 * per_page)
+        if fault == "repeat":
+            return ids[:per_page], len(ids)
+        if fault == "alternate":
+            first, second = ids[:per_page], ids[per_page:2 * per_page]
+            return (first if (start // per_page) % 2 else second), growing
+        if fault == "growing":
+            return honest[0], growing
+        raise ValueError(f"unknown paging_fault {fault!r}")
 
     def _customer_filters(self, params: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
         selection: dict[str, Any] = {}
@@ -624,6 +727,7 @@ class WooCommerceTwin(Twin):
                 errors["status"] = f"status[{index}] is not one of " \
                                    f"{_wp_list(('any', *ORDER_STATUSES))}."
         selection["status"] = tuple(statuses)
+        selection["any_includes_trash"] = self.any_includes_trash
         gmt = str(params.get("dates_are_gmt", "false")).lower() in ("1", "true")
         if "dates_are_gmt" in params and str(params["dates_are_gmt"]).lower() not in (
                 "1", "0", "true", "false"):
@@ -754,7 +858,8 @@ class WooCommerceTwin(Twin):
                 raise _Invalid({"status": f"status is not one of {_wp_list(ORDER_STATUSES)}."})
             with self.lock:
                 if ident not in store:
-                    return missing
+                    # WC_REST_CRUD_Controller::update_item: an unknown id is a 400, not a 404.
+                    return _error(400, missing.body["code"], missing.body["message"])
                 update = self.update_customer if kind == "customers" else self.update_order
                 record = update(ident, **changes)
             return Reply(200, self._render(kind, record, collection, None))
@@ -784,7 +889,8 @@ class WooCommerceTwin(Twin):
              now: datetime | None = None) -> WooCommerceTwin:
         """A large shop for benchmarks: `customers` accounts and `orders` orders (a third of
         them guests'), every status, over five years. 100,000 orders take a few seconds."""
-        twin = cls(shop)
+        # Benchmarks read it with Basic auth, as a shop behind HTTPS.
+        twin = cls(shop, https=True)
         rng = random.Random(seed)  # noqa: S311 - test data
         at = now or datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
         first = at.timestamp() - 5 * 365 * 86400
@@ -889,8 +995,8 @@ def _customer_sort(orderby: str, selection: dict[str, Any]) -> Callable[[dict[st
 def _order_matches(record: dict[str, Any], selection: dict[str, Any]) -> bool:
     statuses = selection.get("status", ("any",))
     if "any" in statuses:
-        # WooCommerce short-circuits on `any`: every status but the trash.
-        if record["status"] == "trash":
+        # WooCommerce short-circuits on `any`: every status but the trash (unless the knob).
+        if record["status"] == "trash" and not selection.get("any_includes_trash"):
             return False
     elif record["status"] not in statuses:
         return False
@@ -950,13 +1056,25 @@ _WRITABLE = {
 
 def _php_params(query: dict[str, list[str]]) -> dict[str, Any]:
     """The query as PHP's $_GET sees it: the last of repeated names wins (so the parameters
-    the `woocommerce` package sends twice count once), `name[]` collects a list."""
+    the `woocommerce` package sends twice count once); `name[key]=v` and `name[]=v` build an
+    array ({key: v}, [] taking the next integer key), which the filters read like `a,b`."""
     params: dict[str, Any] = {}
     for name, values in query.items():
-        if name.endswith("[]"):
-            params[name[:-2]] = list(values)
-        else:
-            params[name] = values[-1]
+        base, bracket, rest = name.partition("[")
+        base = base.replace(".", "_").replace(" ", "_")
+        if not bracket or not rest.endswith("]") or not base:
+            params[name.replace(".", "_").replace(" ", "_")] = values[-1]
+            continue
+        key = rest[:-1].split("][", 1)[0]
+        array = params.get(base)
+        if not isinstance(array, dict):
+            array = params[base] = {}
+        for value in values:
+            if key == "":
+                numbers = [int(k) for k in array if k.lstrip("-").isdigit()]
+                array[str(max(numbers) + 1 if numbers else 0)] = value
+            else:
+                array[key] = value
     return params
 
 
@@ -1003,8 +1121,8 @@ def _id_list(params: dict[str, Any], name: str, errors: dict[str, str]) -> tuple
 def _query(params: dict[str, Any], page: int) -> str:
     pairs: list[tuple[str, str]] = []
     for key, value in params.items():
-        if isinstance(value, list):
-            pairs.extend((f"{key}[]", item) for item in value)
+        if isinstance(value, dict):
+            pairs.extend((f"{key}[{index}]", item) for index, item in value.items())
         else:
             pairs.append((key, str(value)))
     pairs.append(("page", str(page)))
@@ -1019,8 +1137,9 @@ def oauth_signature(method: str, url: str, params: dict[str, Any], secret: str,
     pieces: list[str] = []
     for key in sorted(params, key=lambda k: k.encode()):
         value = params[key]
-        if isinstance(value, list):
-            for index, item in enumerate(value):
+        if isinstance(value, dict):
+            # join_with_equals_sign: an array's entries as `name%5Bkey%5D`, in their order.
+            for index, item in value.items():
                 name = f"{_rawurlencode(key)}%5B{index}%5D"
                 pieces.append(_rawurlencode(f"{name}={_rawurlencode(str(item))}"))
         else:

@@ -5,11 +5,15 @@ the official `woocommerce` package reading the twin unmodified."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -75,6 +79,16 @@ def connector_for(server: TwinServer, shop: WooCommerceTwin,
     yield make
     for connector in made:
         connector.close()
+
+
+@contextmanager
+def behind_https(twin: WooCommerceTwin) -> Iterator[WooCommerceTwin]:
+    """The twin as a shop behind a TLS-terminating proxy (is_ssl() true): Basic auth served."""
+    twin.https = True
+    try:
+        yield twin
+    finally:
+        twin.https = False
 
 
 def records(batches: list[Batch], record_type: str | None = None) -> list[Record]:
@@ -164,7 +178,7 @@ def test_seeding_is_deterministic() -> None:
 def test_twin_records_have_the_documented_fields_and_types(estate: Any) -> None:
     _, _, twins = estate
     twin = twins["allmyink"]
-    with TwinServer(twin) as running:
+    with TwinServer(twin) as running, behind_https(twin):
         auth = (twin.consumer_key, twin.consumer_secret)
         for kind in ("customers", "orders"):
             documented = json.loads((DATA / f"woocommerce_{kind}.json").read_text())[0]
@@ -197,6 +211,7 @@ def test_pages_of_0_1_100_and_101_records_are_read_whole(
 def test_twin_pages_with_totals_and_link_headers(
         shop: WooCommerceTwin, server: TwinServer) -> None:
     add_orders(shop, 25)
+    shop.https = True
     auth = (shop.consumer_key, shop.consumer_secret)
     url = f"{server.url}/wp-json/wc/v3/orders"
     middle = requests.get(url, auth=auth, params={"per_page": 10, "page": 2}, timeout=5)
@@ -225,6 +240,7 @@ def test_twin_refuses_101_per_page_with_the_documented_error(
 
 def test_twin_trims_to_the_fields_asked(shop: WooCommerceTwin, server: TwinServer) -> None:
     add_orders(shop, 2)
+    shop.https = True
     answer = requests.get(f"{server.url}/wp-json/wc/v3/orders",
                           auth=(shop.consumer_key, shop.consumer_secret),
                           params={"_fields": "id,date_modified_gmt,billing.email"}, timeout=5)
@@ -276,9 +292,10 @@ def test_every_role_is_listed_including_shop_managers_and_subscribers(
     pulled = {int(r.external_id): r.status for r in records(list(connector_for().pull(None)))}
     assert pulled == roles
     # WooCommerce itself lists only role `customer` unless asked for all.
-    default = requests.get(
-        f"{connector_for().settings.url}/wp-json/wc/v3/customers",
-        auth=(shop.consumer_key, shop.consumer_secret), timeout=5).json()
+    with behind_https(shop):
+        default = requests.get(
+            f"{connector_for().settings.url}/wp-json/wc/v3/customers",
+            auth=(shop.consumer_key, shop.consumer_secret), timeout=5).json()
     assert [c["role"] for c in default] == ["customer"]
 
 
@@ -543,7 +560,7 @@ def test_official_woocommerce_package_lists_customers_from_the_twin(
 
 
 def test_read_only_key_cannot_write(clock: Clock) -> None:
-    twin = WooCommerceTwin("ro", now=clock, permissions="read")
+    twin = WooCommerceTwin("ro", now=clock, permissions="read", https=True)
     order = twin.add_order(status="completed")
     with TwinServer(twin) as running:
         answer = requests.delete(f"{running.url}/wp-json/wc/v3/orders/{order}",
@@ -556,6 +573,7 @@ def test_read_only_key_cannot_write(clock: Clock) -> None:
 
 
 def test_twin_deletes_as_woocommerce_does(shop: WooCommerceTwin, server: TwinServer) -> None:
+    shop.https = True
     auth = (shop.consumer_key, shop.consumer_secret)
     base = f"{server.url}/wp-json/wc/v3"
     customer = shop.add_customer(email="c@example.com")
@@ -627,11 +645,12 @@ def test_order_anonymised_through_put_is_pulled_as_anonymised(
     order = shop.add_order(status="completed", billing={"first_name": "Ada",
                                                         "email": "ada@example.com"})
     clock.advance(minutes=5)
-    answer = requests.put(
-        f"{server.url}/wp-json/wc/v3/orders/{order}",
-        auth=(shop.consumer_key, shop.consumer_secret), timeout=5,
-        json={"billing": {"first_name": "[deleted]", "email": "deleted@site.invalid"},
-              "meta_data": [{"key": "_anonymized", "value": "yes"}], "id": 1})
+    with behind_https(shop):
+        answer = requests.put(
+            f"{server.url}/wp-json/wc/v3/orders/{order}",
+            auth=(shop.consumer_key, shop.consumer_secret), timeout=5,
+            json={"billing": {"first_name": "[deleted]", "email": "deleted@site.invalid"},
+                  "meta_data": [{"key": "_anonymized", "value": "yes"}], "id": 1})
     assert answer.status_code == 200
     assert answer.json()["id"] == order
     assert answer.json()["date_modified_gmt"] == "2026-11-01T06:05:00"
@@ -729,3 +748,361 @@ def test_erase_with_a_read_only_key_names_the_shop_and_the_permission_needed(
     assert "does not have write permissions" in refused.value.message
     assert "Read/Write" in refused.value.message
     assert twin.customers.keys() == {account}
+
+
+# -- signatures, strictness and completeness (as the real shop answers) --------------------
+
+
+def test_lookup_of_an_email_with_a_slash_is_signed_as_woocommerce_verifies_it(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    # "/" is legal in an email address; a quote()-encoded signature leaves it bare and the
+    # shop (rawurlencode) answers 401 "invalid signature".
+    customer = shop.add_customer(email="a/b@example.com")
+    order = shop.add_order(status="completed", billing={"email": "a/b@example.com"})
+    found = connector_for().lookup("a/b@example.com")
+    assert [(f["record_type"], f["external_id"]) for f in found] == [
+        ("customer", str(customer)), ("order", str(order))]
+
+
+@pytest.mark.parametrize("text", ["a+b@example.com", "~tilde", "100% sure", "two words",
+                                  "Zoë/Ñandú", "%2F already", "日本語"])
+def test_signed_searches_with_awkward_characters_are_accepted(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        text: str) -> None:
+    order = shop.add_order(status="completed", billing={"first_name": text})
+    body, response = connector_for().client.get_json("orders", {"search": text})
+    assert response.status_code == 200
+    assert [item["id"] for item in body] == [order]
+
+
+def test_basic_auth_over_plain_http_is_refused_as_woocommerce_does(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    refused = {"code": "woocommerce_rest_cannot_view",
+               "message": "Sorry, you cannot list resources.", "data": {"status": 401}}
+    basic = requests.get(url, auth=(shop.consumer_key, shop.consumer_secret), timeout=5)
+    assert (basic.status_code, basic.json()) == (401, refused)
+    in_query = requests.get(url, params={"consumer_key": shop.consumer_key,
+                                         "consumer_secret": shop.consumer_secret}, timeout=5)
+    assert (in_query.status_code, in_query.json()) == (401, refused)
+    with behind_https(shop):
+        assert requests.get(url, auth=(shop.consumer_key, shop.consumer_secret),
+                            timeout=5).status_code == 200
+        wrong = requests.get(url, auth=(shop.consumer_key, "cs_wrong"), timeout=5)
+        assert wrong.json()["message"] == "Consumer secret is invalid."
+        assert wrong.headers["WWW-Authenticate"].startswith("Basic realm=")
+
+
+def test_connector_with_basic_auth_to_a_plain_http_shop_is_told_to_sign(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    with pytest.raises(FatalAPIError) as err:
+        list(connector_for(auth="basic").pull(None))
+    assert "only over HTTPS" in str(err.value)
+    assert shop.consumer_secret not in str(err.value)
+    with behind_https(shop):
+        assert list(connector_for(auth="basic").pull(None))[-1].complete
+
+
+def test_oauth_behind_https_signs_the_https_address(shop: WooCommerceTwin,
+                                                    server: TwinServer) -> None:
+    from connectors.woocommerce import signed_query
+
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    with behind_https(shop):
+        plain = signed_query("GET", url, {}, shop.consumer_key, shop.consumer_secret)
+        assert requests.get(f"{url}?{plain}", timeout=5).status_code == 401
+        https = signed_query("GET", url.replace("http://", "https://"), {},
+                             shop.consumer_key, shop.consumer_secret)
+        assert requests.get(f"{url}?{https}", timeout=5).status_code == 200
+
+
+def test_php_style_array_parameters_filter_like_comma_lists(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    done, held, gone = add_orders(shop, 3)
+    shop.update_order(held, status="on-hold")
+    shop.trash_order(gone)
+    shop.https = True
+    auth = (shop.consumer_key, shop.consumer_secret)
+    url = f"{server.url}/wp-json/wc/v3/orders?orderby=id&order=asc"
+
+    def ids(query: str) -> list[int]:
+        answer = requests.get(f"{url}&{query}", auth=auth, timeout=5)
+        assert answer.status_code == 200, answer.text
+        return [item["id"] for item in answer.json()]
+
+    assert ids("status=completed,trash") == [done, gone]
+    assert ids("status[0]=completed&status[1]=trash") == [done, gone]
+    assert ids("status[]=completed&status[]=trash") == [done, gone]
+    assert ids(f"include[0]={held}&include[1]={gone}&status=any") == [held]
+    bad = requests.get(f"{url}&status[0]=nope", auth=auth, timeout=5)
+    assert bad.status_code == 400 and "status" in bad.json()["data"]["params"]
+
+
+def test_twin_imports_nothing_of_the_product() -> None:
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "sandbox" / "server.py")
+                     .read_text() + "\n" + (Path(__file__).resolve().parents[2] / "sandbox"
+                                            / "woocommerce.py").read_text())
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported if name.split(".")[0] in ("connectors", "daemon")}
+
+
+@pytest.mark.parametrize("any_includes_trash", [False, True])
+def test_each_order_listing_is_judged_against_its_own_total(
+        clock: Clock, any_includes_trash: bool) -> None:
+    """WooCommerce's `status=any` leaves the trash out (its post and HPOS queries both drop
+    exclude_from_search statuses); where a shop lists it under `any` too, the trashed orders
+    come twice and neither listing looks short or long."""
+    twin = WooCommerceTwin("allmyink", now=clock, any_includes_trash=any_includes_trash)
+    kept = add_orders(twin, 250)
+    trashed = kept[::5]
+    for order in trashed:
+        twin.trash_order(order)
+    with TwinServer(twin) as running:
+        connector = connect(Settings(name="allmyink", url=running.url, per_page=50,
+                                     consumer_key=twin.consumer_key,
+                                     consumer_secret=twin.consumer_secret,
+                                     sleep=lambda _: None, clock=clock))
+        batches = list(connector.pull(None))
+        keys = list(connector.list_keys())
+        connector.close()
+    assert batches[-1].listed_types == {"customer", "order"}
+    assert keys[-1].listed_types == {"customer", "order"}
+    assert {int(r.external_id) for r in records(batches, "order")} == set(kept)
+    twice = len(records(batches, "order")) - len(kept)
+    assert twice == (len(trashed) if any_includes_trash else 0)
+
+
+def test_listing_short_of_its_own_total_is_not_complete(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    # Counted in X-WP-Total but not listed (WooCommerce skips what the key's user may not
+    # read): the pages' one-record overlaps must not make up for the missing records.
+    ids = add_orders(shop, 240)
+    accounts = [shop.add_customer(email=f"c{n}@example.com") for n in range(120)]
+    shop.unlisted = {ids[30], ids[130]}  # beyond the highest customer id
+    connector = connector_for(per_page=50)
+    batches = list(connector.pull(None))
+    assert batches[-1].listed_types == {"customer"}
+    assert list(connector.list_keys())[-1].listed_types == {"customer"}
+    shop.unlisted = {accounts[60]}
+    assert list(connector.list_keys())[-1].listed_types == {"order"}
+    shop.unlisted = set()
+    assert list(connector.list_keys())[-1].listed_types == {"customer", "order"}
+
+
+def gone_holdings(ledger: Any) -> int:
+    from sqlalchemy import func, select
+
+    from daemon.ledger import Holding
+
+    with ledger.session() as session:
+        return session.scalar(select(func.count()).select_from(Holding)
+                              .where(Holding.gone_at.is_not(None)))
+
+
+@pytest.mark.parametrize("fault", ["alternate", "repeat"])
+def test_pages_that_make_no_progress_end_the_run_failed_and_mark_nothing_gone(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector],
+        sqlite_url: str, fault: str) -> None:
+    from daemon.ledger import Ledger
+    from daemon.sync import reconcile_source, sync_source
+
+    add_orders(shop, 450)
+    ledger = Ledger.open(sqlite_url)
+    try:
+        assert sync_source(ledger, connector_for(), full=True).ok
+        shop.paging_fault, shop.paging_fault_pages = fault, 60
+        for run in (lambda: sync_source(ledger, connector_for(), full=True),
+                    lambda: reconcile_source(ledger, connector_for())):
+            result = run()
+            assert result.status == "failed"
+            assert "/orders" in (result.error or "")
+            assert "cannot be read whole" in (result.error or "")
+            assert result.gone == 0 and gone_holdings(ledger) == 0
+        # The fault stopped well before its 60 pages: the listing gave up at once.
+        assert shop.paging_fault_pages > 40
+    finally:
+        ledger.close()
+
+
+def test_totals_that_keep_growing_do_not_page_for_ever(
+        shop: WooCommerceTwin, connector_for: Callable[..., WooCommerceConnector]) -> None:
+    add_orders(shop, 450)
+    shop.paging_fault = "growing"
+    connector = connector_for()
+    before = shop.requests_to("/orders")
+    keys = list(connector.list_keys())
+    assert keys[-1].listed_types == {"customer"}
+    assert shop.requests_to("/orders") - before < 20
+
+
+# -- signatures held against PHP itself ------------------------------------------------------
+
+# Reads a query string as PHP's $_GET does (parse_str), then signs it the way WooCommerce's
+# WC_REST_Authentication::check_oauth_signature verifies a request, with PHP's own
+# rawurlencode, uksort/strcmp and hash_hmac. Prints the signature given and the one expected.
+PHP_VERIFY = r"""
+parse_str($argv[3], $params);
+$given = rawurldecode(str_replace(' ', '+', $params['oauth_signature']));
+unset($params['oauth_signature']);
+uksort($params, 'strcmp');
+$encode = function ($value) use (&$encode) {
+    return is_array($value) ? array_map($encode, $value) : rawurlencode($value);
+};
+$params = array_combine($encode(array_keys($params)), $encode(array_values($params)));
+$pairs = function ($params, $prefix) use (&$pairs) {
+    $out = array();
+    foreach ($params as $key => $value) {
+        $name = $prefix === '' ? $key : $prefix . '%5B' . $key . '%5D';
+        $out = array_merge($out, is_array($value) ? $pairs($value, $name)
+                                                  : array(rawurlencode($name . '=' . $value)));
+    }
+    return $out;
+};
+$base = strtoupper($argv[1]) . '&' . rawurlencode($argv[2]) . '&'
+    . implode('%26', $pairs($params, ''));
+$algorithm = strtolower(str_replace('HMAC-', '', $params['oauth_signature_method']));
+echo json_encode(array('given' => $given,
+    'expected' => base64_encode(hash_hmac($algorithm, $base, $argv[4] . '&', true))));
+"""
+PHP = shutil.which("php")
+needs_php = pytest.mark.skipif(PHP is None, reason="PHP is not installed")
+
+
+def php_verify(method: str, url: str, query: str, secret: str) -> dict[str, str]:
+    assert PHP is not None
+    done = subprocess.run([PHP, "-r", PHP_VERIFY, "--", method, url, query, secret],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return json.loads(done.stdout)
+
+
+AWKWARD = ["a/b@example.com", "a+b@example.com", "~tilde", "100% sure", "two words",
+           "%2F already encoded", "Zoë/Ñandú", "日本語", "a=b&c=d", "*!'()"]
+
+
+@needs_php
+@pytest.mark.parametrize("text", AWKWARD)
+def test_connector_signatures_verify_with_phps_own_functions(text: str) -> None:
+    url = "http://shop.example/wp-json/wc/v3/orders"
+    connector = connect(Settings(name="shop", url="http://shop.example",
+                                 consumer_key="ck_key", consumer_secret="cs_secret"))
+    assert connector.client.signer is not None
+    signed, _ = connector.client.signer(
+        "GET", url, {"search": text, "per_page": 100, "_fields": "id,email"})
+    connector.close()
+    verdict = php_verify("GET", url, urlsplit(signed).query, "cs_secret")
+    assert verdict["given"] == verdict["expected"]
+
+
+@needs_php
+def test_twin_accepts_what_php_signs_and_refuses_the_rest(
+        shop: WooCommerceTwin, server: TwinServer) -> None:
+    order = shop.add_order(status="trash", billing={"email": "a/b@example.com"})
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    for method in ("HMAC-SHA1", "HMAC-SHA256"):
+        pairs = [("status[0]", "completed"), ("status[1]", "trash"),
+                 ("search", "a/b@example.com"), ("oauth_consumer_key", shop.consumer_key),
+                 ("oauth_nonce", f"nonce{method}"), ("oauth_signature_method", method),
+                 ("oauth_timestamp", str(int(time.time()))), ("oauth_signature", "x")]
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+        signature = php_verify("GET", url, query, shop.consumer_secret)["expected"]
+        signed = query.replace("oauth_signature=x",
+                               f"oauth_signature={quote(signature, safe='')}")
+        answer = requests.get(f"{url}?{signed}", timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert [item["id"] for item in answer.json()] == [order]
+        forged = signed.replace("status%5B1%5D=trash", "status%5B1%5D=completed")
+        assert requests.get(f"{url}?{forged}", timeout=5).status_code == 401
+
+
+# -- check: what sync and erase will need ----------------------------------------------------
+
+
+def woo_check(twin: WooCommerceTwin, url: str, tmp_path: Path,
+              secret: str | None = None) -> Any:
+    from daemon.check import run_checks
+    from daemon.config import SecretSources, parse_settings
+
+    raw = {"ledger": {"url": f"sqlite:///{tmp_path}/ledger.db"},
+           "woocommerce": [{"name": twin.shop, "url": url, "consumer_key": "env:CK",
+                            "consumer_secret": "env:CS"}]}
+    environ = {"CK": twin.consumer_key, "CS": secret or twin.consumer_secret}
+    settings = parse_settings(raw, origin="test", secrets=SecretSources(environ, None))
+    (result,) = [r for r in run_checks(settings) if r.name == f"woo:{twin.shop}"]
+    return result
+
+
+@pytest.mark.parametrize(("permissions", "ok", "words"), [
+    ("read_write", True, ["2 customers", "3 orders", "1 orders in the trash",
+                          "the key may write"]),
+    ("read", True, ["3 orders", "warning: the key is read-only, so erase will refuse",
+                    "Read/Write permission", "WooCommerce → Settings → Advanced → REST API"]),
+    ("write", False, ["cannot list customers", "does not have read permissions",
+                      "Read permission", "WooCommerce → Settings → Advanced → REST API"]),
+])
+def test_check_tries_every_listing_and_write_access_with_the_configured_key(
+        clock: Clock, tmp_path: Path, permissions: str, ok: bool, words: list[str]) -> None:
+    twin = WooCommerceTwin("allmyink", now=clock, permissions=permissions)
+    for n in range(2):
+        twin.add_customer(email=f"c{n}@example.com", role="subscriber" if n else "customer")
+    orders = add_orders(twin, 4)
+    twin.trash_order(orders[0])
+    with TwinServer(twin) as running:
+        result = woo_check(twin, running.url, tmp_path)
+    assert result.ok is ok, result.detail
+    for word in words:
+        assert word in result.detail
+    # One PUT of nothing to order 0 (after the reads; a key that cannot read stops first).
+    assert twin.writes == (0 if permissions == "write" else 1)
+    assert twin.orders.keys() == set(orders)
+
+
+def test_check_names_a_wrong_key_and_a_user_who_may_not_list_customers(
+        shop: WooCommerceTwin, server: TwinServer, tmp_path: Path) -> None:
+    wrong = woo_check(shop, server.url, tmp_path, secret="cs_wrong")
+    assert not wrong.ok
+    assert "the shop refused the key when asked to list customers (401: " in wrong.detail
+    assert "check consumer_key and consumer_secret" in wrong.detail
+    assert "cs_wrong" not in wrong.detail and shop.consumer_secret not in wrong.detail
+    shop.forbidden = {"customers"}
+    barred = woo_check(shop, server.url, tmp_path)
+    assert not barred.ok
+    assert "may not list customers" in barred.detail
+    assert "administrator or shop manager" in barred.detail
+
+
+def test_knobs_are_set_through_the_control_api(shop: WooCommerceTwin,
+                                                server: TwinServer) -> None:
+    control = f"{server.url}/__twin__/knobs"
+    url = f"{server.url}/wp-json/wc/v3/orders"
+    auth = (shop.consumer_key, shop.consumer_secret)
+    assert requests.get(url, auth=auth, timeout=5).status_code == 401
+    assert requests.post(control, json={"https": True, "forbidden": ["customers"]},
+                         timeout=5).json()["result"]["https"] is True
+    assert requests.get(url, auth=auth, timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/wp-json/wc/v3/customers", auth=auth,
+                        timeout=5).status_code == 403
+    bad = requests.post(control, json={"nonsense": 1}, timeout=5)
+    assert bad.json()["result"] == {"error": "unknown knob 'nonsense'"}
+
+
+def test_updating_an_order_that_is_gone_is_a_400_and_erase_counts_it_done(
+        shop: WooCommerceTwin, server: TwinServer,
+        connector_for: Callable[..., WooCommerceConnector]) -> None:
+    from connectors.woocommerce import erase
+
+    order = shop.add_order(status="completed", billing={"email": "ada@example.com"})
+    held = shop.orders[order]
+    shop.delete_order(order)
+    with behind_https(shop):
+        answer = requests.put(f"{server.url}/wp-json/wc/v3/orders/{order}", json={},
+                              auth=(shop.consumer_key, shop.consumer_secret), timeout=5)
+    assert answer.status_code == 400
+    assert answer.json() == {"code": "woocommerce_rest_shop_order_invalid_id",
+                             "message": "Invalid ID.", "data": {"status": 400}}
+    assert erase(connector_for(), "anonymise", "order", str(order), held) == (
+        "already gone", None)

@@ -348,6 +348,46 @@ def test_plain_http_shop_is_signed_with_oauth_afresh_on_every_retry() -> None:
     assert queries[0]["oauth_nonce"] != queries[1]["oauth_nonce"]
 
 
+def test_oauth_base_string_is_the_documented_one() -> None:
+    from connectors.woocommerce import oauth_base_string
+
+    assert oauth_base_string("get", "http://www.example.com/wp-json/wc/v3/orders", {
+        "oauth_signature_method": "HMAC-SHA1", "oauth_consumer_key": "abc123"}) == (
+        "GET&http%3A%2F%2Fwww.example.com%2Fwp-json%2Fwc%2Fv3%2Forders&"
+        "oauth_consumer_key%3Dabc123%26oauth_signature_method%3DHMAC-SHA1")
+
+
+def test_oauth_base_string_encodes_as_rawurlencode_and_sorts_names_as_bytes() -> None:
+    from connectors.woocommerce import oauth_base_string
+
+    base = oauth_base_string("GET", "HTTP://Shop.Example:80/wp-json/wc/v3/orders", {
+        "search": "a/b+c~d e%Zoë", "_fields": "id", "Zeta": "1"})
+    # "Z" (0x5A) sorts before "_" (0x5F) before "s"; "/" is %2F, a space %20, "~" bare,
+    # every % of the first encoding encoded again.
+    assert base == ("GET&http%3A%2F%2Fshop.example%2Fwp-json%2Fwc%2Fv3%2Forders&"
+                    "Zeta%3D1%26_fields%3Did%26search%3Da%252Fb%252Bc~d%2520e%2525Zo%25C3%25AB")
+
+
+@responses.activate
+def test_oauth_over_an_https_address_signs_the_http_address_wordpress_sees() -> None:
+    from connectors.woocommerce import oauth_base_string, oauth_signature
+
+    seen: list[str] = []
+
+    def reply(request: Any) -> Reply:
+        seen.append(request.url)
+        return page_reply([], 0)
+
+    responses.add_callback(responses.GET, re.compile(f"{API}/orders.*"), callback=reply)
+    connector = connect(settings(auth="oauth"))
+    connector.client.get_json("orders", {"search": "a/b@example.com"})
+    query = {k: v[0] for k, v in parse_qs(urlsplit(seen[0]).query).items()}
+    given = query.pop("oauth_signature")
+    # Behind a TLS-terminating proxy WordPress's is_ssl() is false: it signs http://.
+    assert given == oauth_signature(oauth_base_string(
+        "GET", API.replace("https://", "http://") + "/orders", query), SECRET)
+
+
 # -- errors --------------------------------------------------------------------------------
 
 
@@ -645,3 +685,25 @@ def test_card_number_in_line_item_meta_is_flagged_but_product_options_are_not_fr
     data["line_items"][0]["meta_data"] = [{"id": 1, "key": "Engraving", "value": CARD}]
     result = record(classify_order(data))
     assert result.evidence == ("card number pattern in line_items meta_data[Engraving]",)
+
+
+@responses.activate
+def test_a_listing_whose_new_pages_never_end_fails_instead_of_paging_for_ever() -> None:
+    served: list[int] = []
+
+    def orders(request: Any) -> Reply:
+        query = parse_qs(urlsplit(request.url).query)
+        offset, size = int(query["offset"][0]), int(query["per_page"][0])
+        served.append(offset)
+        if len(served) > 500:  # the old code would have read on until here, then "complete"
+            return page_reply([], offset)
+        return page_reply([{"id": offset + n + 1} for n in range(size)], offset + 3 * size)
+
+    responses.add_callback(responses.GET, re.compile(f"{API}/customers.*"),
+                           callback=lambda _: page_reply([], 0))
+    responses.add_callback(responses.GET, re.compile(f"{API}/orders.*"), callback=orders)
+    connector = connect(settings(per_page=10, concurrency=1))
+    with pytest.raises(FatalAPIError, match="/orders kept growing") as err:
+        list(connector.list_keys())
+    assert "nothing was marked gone" in str(err.value)
+    assert len(served) < 200
