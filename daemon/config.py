@@ -175,8 +175,12 @@ class WooCommerceSettings(_Section):
     @field_validator("name")
     @classmethod
     def _short_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r}: use lower-case letters, digits, - and _ (max 63)")
+        # fullmatch: `$` also matches before a trailing newline.
+        if not _NAME.fullmatch(value):
+            blank = " (it has blank space or a newline around it)" if value != value.strip() \
+                else ""
+            raise ValueError(f"{value!r}{blank}: use lower-case letters, digits, - and _ "
+                             "(max 63)")
         return value
 
     @field_validator("url")
@@ -585,7 +589,9 @@ def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
             label = str(item)
             if isinstance(node, list) and item < len(node):
                 node = node[item]
-                if isinstance(node, Mapping) and isinstance(node.get("name"), str):
+                if (isinstance(node, Mapping) and isinstance(node.get("name"), str)
+                        and _NAME.fullmatch(node["name"])):
+                    # Only a valid name labels the table: any other text could forge lines.
                     label = node["name"]
             parts[-1:] = [f"{parts[-1]}[{label}]"] if parts else [f"[{label}]"]
             continue
