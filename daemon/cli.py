@@ -140,8 +140,15 @@ def _progress_printer() -> Callable[[str, int], None] | None:
 @click.pass_obj
 def sync(app: App, only: str | None, full: bool) -> None:
     """Pull the configured sources into the ledger."""
-    from daemon.sources import UnknownSourceError, settle_heap, sync_configured
+    from daemon.sources import (
+        BUSY,
+        UnknownSourceError,
+        require_writable,
+        settle_heap,
+        sync_configured,
+    )
 
+    require_writable(app.settings.ledger.database_url)
     ledger = app.ledger()
     settle_heap()
     try:
@@ -154,6 +161,9 @@ def sync(app: App, only: str | None, full: bool) -> None:
     if sys.stderr.isatty():
         click.echo("", err=True)
     for result in results:
+        if result.status == BUSY:
+            click.echo(_escaped(f"{result.source}: not synced — {result.error}"), err=True)
+            continue
         line = (f"{result.source}: {result.status} ({result.mode}) — {result.seen:,} seen, "
                 f"{result.changed:,} changed, {result.skipped:,} skipped, "
                 f"{result.gone:,} gone")

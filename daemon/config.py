@@ -468,8 +468,14 @@ class ScheduleSettings(_Section):
         description="How late the nightly audit or the weekly reconciliation may still start "
                     "(after a suspend, a clock step or a long job) instead of waiting for the "
                     "next one.", examples=["6h"])
+    source_timeout: Period = Field(
+        default=timedelta(hours=2),
+        description="The longest one source's sync may run. Past it the sync is stopped and "
+                    "recorded as failed with that reason (the next run resumes from its last "
+                    "committed batch), so a source that hangs never holds up the others.",
+        examples=["2h"])
 
-    @field_validator("sync_interval", "outbox_interval", "misfire_grace")
+    @field_validator("sync_interval", "outbox_interval", "misfire_grace", "source_timeout")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
