@@ -788,3 +788,20 @@ def test_sync_into_a_read_only_directory_names_the_path_and_the_permission(
         f"(uid {uid}): a sync needs write permission on {state} (SQLite writes its journal "
         "and lock files beside the ledger); run as the ledger's owner or grant it, e.g. "
         "chmod u+w")
+
+
+def test_sigterm_during_run_once_with_a_hung_source_exits_at_once(
+        estate: RunningEstate, smtp: Mailbox, tmp_path: Path,
+        spawn: Callable[..., Daemon]) -> None:
+    with HangingServer() as hung:
+        config = add_hung_shop(write_config(estate, smtp, tmp_path / "etc",
+                                            schedule='source_timeout = "1h"\n'), hung.url)
+        url = sqlite_url(tmp_path / "etc")
+        Ledger.open(url).close()
+        once = spawn(config, "run", "--once", label="once", env=HUNG_ENV)
+        wait_until(lambda: runs(url, "woo:hung", status="running"), 60,
+                   "the hung shop's sync under way")
+        once.process.send_signal(signal.SIGTERM)
+        assert once.wait(30) == 0
+    assert runs(url, status="running") == []
+    assert [(r.status, r.error) for r in runs(url, "woo:hung")] == [("failed", "stopped")]
