@@ -310,7 +310,14 @@ def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
     give_up = 0.0
     deadline = time.monotonic() + limit
     while True:
-        thread.join(_POLL)
+        try:
+            thread.join(_POLL)
+        except KeyboardInterrupt:
+            # Ctrl-C: the sync ends as a stop would, then the interrupt goes on.
+            told.set()
+            thread.join(STOP_GRACE)
+            end_runs(ledger, name, started, STOPPED)
+            raise
         if not thread.is_alive():
             break
         now = time.monotonic()

@@ -381,7 +381,8 @@ def _start_run(ledger: Ledger, connector: Connector, mode: str,
         source = ledger.source(session, connector.source, connector.kind)
         if source.gone_at is not None:
             source.gone_at = None
-        # A run left "running" by a killed process: say so instead of leaving it open.
+        # A run left "running" by a killed process: say so instead of leaving it open. (The
+        # daemon and the sync command hold the source's RunLock: no live sync owns it.)
         session.execute(
             update(SyncRun)
             .where(SyncRun.source_id == source.id, SyncRun.status == "running")
