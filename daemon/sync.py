@@ -503,7 +503,7 @@ def end_runs(ledger: Ledger, name: str, since: datetime, error: str) -> list[int
     with ledger.session() as session:
         rows = session.execute(
             select(SyncRun, Source.name).join(Source, Source.id == SyncRun.source_id)
-            .where((Source.name == name) | Source.name.startswith(f"{name}:"),
+            .where((Source.name == name) | Source.name.startswith(f"{name}:", autoescape=True),
                    SyncRun.started_at >= since,
                    (SyncRun.status == "running")
                    | ((SyncRun.status == "failed") & (SyncRun.error == STOPPED)))).all()
