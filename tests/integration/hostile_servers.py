@@ -4,6 +4,7 @@ one that answers every request with a fixed error body."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -42,6 +43,15 @@ class HangingServer:
         with self._lock:
             for connection in self._held:
                 connection.close()
+
+    def drop(self) -> None:
+        """Close every connection held so far: a client blocked on one wakes up."""
+        with self._lock:
+            held, self._held = self._held, []
+        for connection in held:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
 
     def _accept(self) -> None:
         while not self._closed.is_set():

@@ -75,3 +75,33 @@ def test_nightly_audits_while_a_source_hangs_and_names_it_as_still_syncing(
         finally:
             stop.set()
             ledger.close()
+
+
+def test_a_sync_past_its_time_limit_ends_failed_with_the_reason_and_keeps_it(
+        ledger_url: str) -> None:
+    with HangingServer() as hung:
+        settings = parse_settings(
+            {"ledger": {"url": ledger_url}, "schedule": {"source_timeout": "1s"},
+             "woocommerce": [{"name": "hung", "url": hung.url, "consumer_key": "env:KEY",
+                              "consumer_secret": "env:KEY", "timeout": "10min"}]},
+            secrets=SecretSources(environ={"KEY": "ck_hung_unit"}, credentials_dir=None))
+        ledger = Ledger.open(ledger_url)
+        try:
+            [result] = sync_configured(ledger, settings)
+            reason = ("timed out: the sync ran longer than schedule.source_timeout (1s) and "
+                      "was stopped; the next run resumes from its last committed batch")
+            assert (result.source, result.status, result.error) == ("woo:hung", "failed",
+                                                                    reason)
+            assert hung_runs(ledger) == [("failed", reason)]
+            # The sync left behind wakes up (its connection dropped) and ends on its own:
+            # the run keeps the reason it was given.
+            [behind] = [t for t in threading.enumerate() if t.name == "sync woo:hung"]
+            hung.drop()
+            behind.join(30)
+            assert not behind.is_alive()
+            assert hung_runs(ledger) == [("failed", reason)]
+            # The source's lock went with it: the next sync starts (and times out again).
+            [again] = sync_configured(ledger, settings)
+            assert again.error == reason and len(hung_runs(ledger)) == 2
+        finally:
+            ledger.close()
