@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -51,6 +52,30 @@ class _Group(click.Group):
         except LedgerError as exc:
             click.echo(f"ledger error: {exc}", err=True)
             ctx.exit(1)
+
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls (ANSI sequences start
+# with ESC or CSI; CR and LF forge lines), DEL, bidi overrides and Unicode line breaks.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                       "\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(text: object, *, in_json: bool = False) -> str:
+    """Text that came from upstream, fit for the terminal: every control character written
+    as an escape (lossless, unlike the email's shown(): an id stays copyable). `in_json`:
+    JSON output, where json.dumps leaves DEL, C1 and bidi characters raw; they become
+    \\uXXXX, which only occurs inside JSON strings, so the document stays the same."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if in_json:
+            # A raw newline there is json.dumps's indentation, never a string's.
+            return char if char == "\n" else f"\\u{ord(char):04x}"
+        return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                    else f"\\u{ord(char):04x}")
+
+    return _CONTROLS.sub(escape, str(text))
 
 
 def _time(value: Any) -> str:
@@ -175,8 +200,16 @@ def sync(app: App, only: str | None, full: bool) -> None:
     Ctrl-C or SIGTERM stops between batches: what was committed stays, the next sync
     continues from there. Exits 1 when a source failed, 130 when stopped by SIGINT, 143
     by SIGTERM."""
-    from daemon.sources import UnknownSourceError, select_names, settle_heap, sync_configured
+    from daemon.sources import (
+        BUSY,
+        UnknownSourceError,
+        require_writable,
+        select_names,
+        settle_heap,
+        sync_configured,
+    )
 
+    require_writable(app.settings.ledger.database_url)
     results: list[Any] = []
     selected: list[str] = []
     with _StopSignals() as stop:
@@ -196,11 +229,14 @@ def sync(app: App, only: str | None, full: bool) -> None:
     if sys.stderr.isatty():
         click.echo("", err=True)
     for result in results:
+        if result.status == BUSY:
+            click.echo(_escaped(f"{result.source}: not synced — {result.error}"), err=True)
+            continue
         line = (f"{result.source}: {result.status} ({result.mode}) — {result.seen:,} seen, "
                 f"{result.changed:,} changed, {result.skipped:,} skipped, "
                 f"{result.gone:,} gone")
-        click.echo(line + (f" — {result.error}" if result.error and not result.stopped
-                           else ""))
+        click.echo(_escaped(line + (f" — {result.error}" if result.error and not result.stopped
+                                    else "")))
     if stop.signal is not None:
         click.echo(_stopped_line(stop, results, selected), err=True)
         sys.exit(128 + stop.signal)
@@ -251,7 +287,8 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
     # Above the results; beside JSON on stderr, so that stdout stays JSON.
     _say(blind, err=as_json)
     if as_json:
-        click.echo(json.dumps([asdict(h) for h in holdings], default=str, indent=2))
+        click.echo(_escaped(json.dumps([asdict(h) for h in holdings], default=str, indent=2),
+                            in_json=True))
         return
     if not holdings:
         click.echo(f"{email} is held nowhere the ledger knows of.")
@@ -261,12 +298,12 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
         state = f"gone {_time(h.gone_at)}" if h.gone_at else (h.status or "held")
         if h.anonymised:
             state += ", anonymised"
-        click.echo(f"  {h.source:<24} {h.record_type:<10} {h.external_id:<20} {state:<16} "
-                   f"created {_time(h.created_at)}  seen {_time(h.first_seen)}"
-                   f"–{_time(h.last_seen)}")
-        click.echo(f"  {'':<24} {', '.join(h.categories)}")
+        click.echo(_escaped(f"  {h.source:<24} {h.record_type:<10} {h.external_id:<20} "
+                            f"{state:<16} created {_time(h.created_at)}  seen "
+                            f"{_time(h.first_seen)}–{_time(h.last_seen)}"))
+        click.echo(_escaped(f"  {'':<24} {', '.join(h.categories)}"))
         for note in h.evidence:
-            click.echo(f"  {'':<24} ! {note}")
+            click.echo(_escaped(f"  {'':<24} ! {note}"))
 
 
 @main.command()
@@ -432,11 +469,11 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         ledger.close()
     _say(blind, err=as_json)
     if as_json:
-        click.echo(json.dumps([finding.to_json() for finding in findings], indent=2,
-                              ensure_ascii=False))
+        click.echo(_escaped(json.dumps([finding.to_json() for finding in findings], indent=2,
+                                       ensure_ascii=False), in_json=True))
         return
     for line in format_findings(findings, result=result, zone=ZoneInfo(app.settings.timezone)):
-        click.echo(line)
+        click.echo(_escaped(line))
 
 
 @main.command()
@@ -531,11 +568,12 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
         with open_systems(settings) as systems:
             plan = make_plan(ledger, systems, settings.retention, email)
             for line in plan_lines(plan):
-                click.echo(line)
+                click.echo(_escaped(line))
             unanswered = ", ".join(a.source for a in plan.lookup.failed)
             if not plan.complete:
-                click.echo(f"INCOMPLETE: {unanswered} did not answer; what is held there is "
-                           "not in this plan. Run the command again once it answers.", err=True)
+                click.echo(_escaped(f"INCOMPLETE: {unanswered} did not answer; what is held "
+                                    "there is not in this plan. Run the command again once "
+                                    "it answers."), err=True)
             if not plan.steps and plan.complete:
                 click.echo(f"{email} is held nowhere: every system answered; nothing to "
                            "erase.")
@@ -556,7 +594,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
     finally:
         ledger.close()
     for line in result_lines(result):
-        click.echo(line)
+        click.echo(_escaped(line))
     if not result.complete:
         sys.exit(1)
 

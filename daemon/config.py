@@ -183,8 +183,12 @@ class WooCommerceSettings(_Section):
     @field_validator("name")
     @classmethod
     def _short_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r}: use lower-case letters, digits, - and _ (max 63)")
+        # fullmatch: `$` also matches before a trailing newline.
+        if not _NAME.fullmatch(value):
+            blank = " (it has blank space or a newline around it)" if value != value.strip() \
+                else ""
+            raise ValueError(f"{value!r}{blank}: use lower-case letters, digits, - and _ "
+                             "(max 63)")
         return value
 
     @field_validator("url")
@@ -482,8 +486,14 @@ class ScheduleSettings(_Section):
         description="How late the nightly audit or the weekly reconciliation may still start "
                     "(after a suspend, a clock step or a long job) instead of waiting for the "
                     "next one.", examples=["6h"])
+    source_timeout: Period = Field(
+        default=timedelta(hours=2),
+        description="The longest one source's sync may run. Past it the sync is stopped and "
+                    "recorded as failed with that reason (the next run resumes from its last "
+                    "committed batch), so a source that hangs never holds up the others.",
+        examples=["2h"])
 
-    @field_validator("sync_interval", "outbox_interval", "misfire_grace")
+    @field_validator("sync_interval", "outbox_interval", "misfire_grace", "source_timeout")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
@@ -603,7 +613,9 @@ def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
             label = str(item)
             if isinstance(node, list) and item < len(node):
                 node = node[item]
-                if isinstance(node, Mapping) and isinstance(node.get("name"), str):
+                if (isinstance(node, Mapping) and isinstance(node.get("name"), str)
+                        and _NAME.fullmatch(node["name"])):
+                    # Only a valid name labels the table: any other text could forge lines.
                     label = node["name"]
             parts[-1:] = [f"{parts[-1]}[{label}]"] if parts else [f"[{label}]"]
             continue

@@ -174,6 +174,8 @@ class SyncHealth:
     last_failure: datetime | None
     last_error: str
     records_seen: int | None
+    # A sync of it was still running when the digest was made: what it says predates it.
+    syncing_since: datetime | None = None
 
     @property
     def problem(self) -> bool:
@@ -233,6 +235,10 @@ class Digest:
     def first(self) -> bool:
         """No digest was sent before this one: nothing may speak of a previous email."""
         return self.previous is None
+
+    @property
+    def still_syncing(self) -> tuple[SyncHealth, ...]:
+        return tuple(s for s in self.sync if s.syncing_since is not None)
 
     @property
     def verdict(self) -> str:
@@ -450,6 +456,9 @@ def _sync_health(session: Session, now: datetime, stale_after: timedelta,
             .where(SyncRun.source_id == source_id, SyncRun.status == "failed")
             .order_by(func.coalesce(SyncRun.finished_at, SyncRun.started_at).desc())
             .limit(1)).first()
+        syncing = session.scalar(
+            select(func.min(SyncRun.started_at))
+            .where(SyncRun.source_id == source_id, SyncRun.status == "running"))
         last_ok = success[0] if success else None
         last_failed = failure[0] if failure else None
         if last_failed is not None and (last_ok is None or last_failed > last_ok):
@@ -464,7 +473,7 @@ def _sync_health(session: Session, now: datetime, stale_after: timedelta,
             source=shown(name, 80), label=source_label(name), state=state,
             last_success=last_ok,
             last_failure=last_failed, last_error=shown(failure[1] if failure else "", 300),
-            records_seen=success[1] if success else None))
+            records_seen=success[1] if success else None, syncing_since=syncing))
     known = [name for _, name in sources]
     for name in configured:
         if not any(k == name or k.startswith(f"{name}:") for k in known):

@@ -12,6 +12,7 @@ lock file for its whole life; on PostgreSQL every job holds an advisory lock whi
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import logging
@@ -229,6 +230,14 @@ def last_sync_started(ledger: Ledger, name: str, modes: tuple[str, ...]) -> date
                        & SyncRun.error.not_in(_NOT_ATTEMPTS))))
 
 
+def syncing_sources(ledger: Ledger) -> list[str]:
+    """The sources with a sync running now (in this daemon or another)."""
+    with ledger.sessions() as session:
+        return sorted(session.scalars(
+            select(Source.name).distinct().join(SyncRun, SyncRun.source_id == Source.id)
+            .where(SyncRun.status == "running")))
+
+
 def last_entry(ledger: Ledger, action: str) -> datetime | None:
     with ledger.sessions() as session:
         return session.scalar(select(func.max(AuditLogEntry.at))
@@ -244,9 +253,13 @@ def nightly(ledger: Ledger, settings: Settings, *, now: datetime | None = None) 
     values."""
     from daemon import audit, mail, report
 
+    # Never waits on a sync: the audit reads what is committed, and says who was syncing.
+    still = syncing_sources(ledger)
     result = audit.run_audit(ledger, settings.retention, now=now, actor=ACTOR)
     done: dict[str, Any] = {"new": result.new, "ongoing": result.ongoing,
                             "resolved": result.resolved}
+    if still:
+        done["still_syncing"] = still
     if settings.report is not None:
         rendered = report.render_digest(ledger, settings, now=now)
         done["message_id"] = mail.enqueue(ledger, rendered, settings.report, now=now)
@@ -349,7 +362,7 @@ class Daemon:
             add("heartbeat", IntervalTrigger(seconds=self._ping_every), self._beat,
                 grace=timedelta(seconds=self._ping_every), executor="heartbeat")
         for job in self.scheduler.get_jobs():
-            if job.id not in wanted and job.id != "startup":
+            if job.id not in wanted and not job.id.startswith("startup"):
                 job.remove()
 
     # -- jobs ------------------------------------------------------------------------------
@@ -382,7 +395,7 @@ class Daemon:
                           lambda: self._sync(name, full)), source=name)
 
     def _sync(self, name: str, full: bool) -> str:
-        from daemon.sources import sync_configured
+        from daemon.sources import BUSY, sync_configured
 
         now = utcnow()
         if full:
@@ -410,6 +423,9 @@ class Daemon:
             slots.release()
         if not results:
             return "stopped"
+        if all(r.status == BUSY for r in results):
+            log.info("job.skipped", reason=results[0].error)
+            return "skipped"
         return "ok" if all(r.ok for r in results) else (
             "stopped" if any(r.error == STOPPED for r in results) else "failed")
 
@@ -455,19 +471,42 @@ class Daemon:
                      waiting=delivered.waiting)
         return "ok" if not delivered.failed else "failed"
 
-    def _startup(self) -> None:
-        """The first round after a start: each source synced (in full when this week's
-        reconciliation was missed), then the nightly audit if the last one was missed."""
+    def _startup_syncs(self) -> list[tuple[str, bool]]:
+        """The first round's syncs: every source, in full when this week's reconciliation
+        was missed."""
         plan = self.settings.schedule
         hour, minute = plan.full_sync_time
+        since = previous_weekly(utcnow(), plan.full_sync_weekday, hour, minute, self.zone)
+        round_ = []
         for name in self.settings.source_names:
-            if self.stopping.is_set():
-                return
-            since = previous_weekly(utcnow(), plan.full_sync_weekday, hour, minute, self.zone)
             last_full = last_sync_started(self.ledger, name, ("full",))
-            full = last_full is None or last_full < since
-            self._isolated(f"{'full' if full else 'sync'}:{name}",
-                           lambda name=name, full=full: self._sync_job(name, full))
+            round_.append((name, last_full is None or last_full < since))
+        return round_
+
+    def _start_round(self) -> None:
+        """The first round after a start, as one-off jobs side by side: each source's sync
+        and the nightly audit if the last one was missed, which never waits on a sync (it
+        audits the ledger as it is and says which sources are still syncing)."""
+        for name, full in self._startup_syncs():
+            self.scheduler.add_job(self._sync_job, args=(name, full), id=f"startup:{name}",
+                                   name=f"startup:{name}", misfire_grace_time=None)
+        self.scheduler.add_job(self._nightly_job, args=(True,), id="startup:nightly",
+                               name="startup:nightly", misfire_grace_time=None)
+
+    def _startup(self) -> None:
+        """`run --once`: every source synced side by side (parallel_syncs at a time, each
+        within schedule.source_timeout), then the nightly audit if the last one was
+        missed."""
+        threads = [threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._isolated, f"{'full' if full else 'sync'}:{name}",
+                  lambda name=name, full=full: self._sync_job(name, full)),
+            name=f"once {name}", daemon=True) for name, full in self._startup_syncs()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
         if not self.stopping.is_set():
             self._isolated(NIGHTLY, lambda: self._nightly_job(True))
 
@@ -614,8 +653,7 @@ class Daemon:
             self.locks.close()
             return 0
         self.schedule()
-        self.scheduler.add_job(self._startup, id="startup", name="startup",
-                               misfire_grace_time=None)
+        self._start_round()
         watchdog = (Watchdog(self.notifier, self._ping_every, self.healthy)
                     if self._ping_every else None)
         self._heartbeat = time.monotonic()

@@ -427,7 +427,8 @@ def _start_run(ledger: Ledger, connector: Connector, mode: str,
         source = ledger.source(session, connector.source, connector.kind)
         if source.gone_at is not None:
             source.gone_at = None
-        # A run left "running" by a killed process: say so instead of leaving it open.
+        # A run left "running" by a killed process: say so instead of leaving it open. (The
+        # daemon and the sync command hold the source's RunLock: no live sync owns it.)
         session.execute(
             update(SyncRun)
             .where(SyncRun.source_id == source.id, SyncRun.status == "running")
@@ -531,15 +532,41 @@ def _catch_up(ledger: Ledger, connector: Connector, source_id: int, run_id: int,
 
 def _finish_run(ledger: Ledger, run_id: int, status: str, error: str | None) -> None:
     with ledger.session() as session:
-        session.execute(update(SyncRun).where(SyncRun.id == run_id).values(
-            status=status, error=error, finished_at=utcnow()))
-        run = session.get(SyncRun, run_id)
+        # Only a running run: one ended for it (its time limit) keeps the reason it was given.
+        ended = session.execute(update(SyncRun).where(
+            SyncRun.id == run_id, SyncRun.status == "running").values(
+            status=status, error=error, finished_at=utcnow())).rowcount
+        run = session.get(SyncRun, run_id) if ended else None
         source = session.get(Source, run.source_id) if run else None
         if run is not None and source is not None:
             trail.append(session, "daemon", "sync", {
                 "source": source.name, "run_id": run_id, "mode": run.mode, "status": status,
                 "seen": run.records_seen, "changed": run.records_changed,
                 "skipped": run.records_skipped, "gone": run.records_gone, "error": error})
+
+
+def end_runs(ledger: Ledger, name: str, since: datetime, error: str) -> list[int]:
+    """End as failed, with `error`, the runs of this configured source (`mailchimp` also
+    names its audiences) started since `since` that are still running or were stopped:
+    a sync cut short from outside (its time limit, a stop it could not answer). Returns
+    their ids."""
+    with ledger.session() as session:
+        rows = session.execute(
+            select(SyncRun, Source.name).join(Source, Source.id == SyncRun.source_id)
+            .where((Source.name == name) | Source.name.startswith(f"{name}:", autoescape=True),
+                   SyncRun.started_at >= since,
+                   (SyncRun.status == "running")
+                   | ((SyncRun.status == "failed") & (SyncRun.error == STOPPED)))).all()
+        now = utcnow()
+        for run, source_name in rows:
+            if run.status == "running":
+                trail.append(session, "daemon", "sync", {
+                    "source": source_name, "run_id": run.id, "mode": run.mode, "status": "failed",
+                    "seen": run.records_seen, "changed": run.records_changed,
+                    "skipped": run.records_skipped, "gone": run.records_gone, "error": error})
+            run.status, run.error = "failed", error
+            run.finished_at = run.finished_at or now
+        return [run.id for run, _ in rows]
 
 
 def sync_source(ledger: Ledger, connector: Connector, *, full: bool = False,

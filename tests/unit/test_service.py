@@ -5,6 +5,7 @@ night, job errors recorded (redacted) without stopping the daemon, and reload.""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -408,3 +409,20 @@ def test_reload_replaces_the_jobs_and_keeps_the_old_config_when_the_new_fails(
     assert not daemon.reload()
     assert not daemon.reload()
     assert daemon.settings is kept
+
+
+def test_a_sync_job_is_skipped_while_another_sync_holds_the_source(ledger: Ledger,
+                                                                    make_daemon) -> None:
+    from daemon.sources import RunLock, SourceBusyError
+
+    # Nothing listens on port 9: a sync that started would record a failed run.
+    daemon = make_daemon(stripe={"api_key": "env:KEY", "base_url": "http://127.0.0.1:9/v1"})
+    with RunLock(ledger, "stripe"):
+        assert daemon._sync("stripe", False) == "skipped"
+        with pytest.raises(SourceBusyError, match=r"stripe is already being synced \(by pid "
+                                                  rf"{os.getpid()} on "):
+            RunLock(ledger, "stripe").__enter__()
+    with ledger.sessions() as session:
+        assert session.scalars(select(SyncRun)).all() == []
+    with RunLock(ledger, "stripe"):
+        pass  # released with its holder
