@@ -393,3 +393,111 @@ def test_erase_command_plans_asks_applies_and_refuses_bad_input(
     verified = cli(config, "verify-log", "--person", p.email)
     assert verified.exit_code == 0 and "the hash chain is intact" in verified.stdout
     assert "erasure.done" in verified.stdout
+
+
+# -- every form of an email, and only that person's ------------------------------------------
+
+
+def test_command_erases_a_stripe_customer_held_with_capitals_and_never_synced(
+        running: RunningEstate, tmp_path: Path, sqlite_url: str) -> None:
+    stripe = running.estate.stripe
+    config = running.write_config(tmp_path / "config", ledger_url=sqlite_url)
+    assert cli(config, "sync", "--full").exit_code == 0
+    # Created after the sync: only Stripe knows it, and its email filter is case-sensitive.
+    customer = stripe.add_customer(email="Dana.Case@Example.com", name="Dana Case")
+    applied = cli(config, "erase", "Dana.Case@Example.com", "--apply", "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert f"DELETE    customer {customer}" in applied.stdout
+    assert (stripe.customer(customer) or {}).get("deleted") is True
+    assert "Verified live" in applied.stdout
+
+
+def test_decomposed_and_differently_cased_forms_are_erased_by_a_composed_request(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    stripe, chimp = estate.stripe, estate.mailchimp
+    audience = chimp.sources()[0].split(":", 1)[1]
+    held = "Chloe\u0301.Durand@Example.org"           # NFD, capitals: as Stripe holds it
+    customer = stripe.add_customer(email=held, name="Chloé Durand")
+    charge = stripe.add_charge(customer=None, billing_details={"email": held})
+    member = chimp.add_member(audience, "chloe\u0301.durand@example.org", first_name="Chloé")
+    sync(synced_lite, settings)
+    # Not synced and held only decomposed: found by the request's decomposed form.
+    unsynced = chimp.add_member(chimp.sources()[1].split(":", 1)[1],
+                                "Chloe\u0301.Durand@example.org")
+    request = "chlo\u00e9.durand@example.org"           # NFC, as the person writes it
+    plan, result = erase(synced_lite, systems, settings, request)
+    assert result.complete, ([o.error for o in result.failed], result.leftover)
+    planned = {(s.source, s.record_type, s.external_id) for s in plan.steps}
+    assert ("stripe", "customer", customer) in planned
+    assert ("stripe", "charge", charge) in planned
+    assert (stripe.customer(customer) or {}).get("deleted") is True
+    for source in chimp.sources():
+        assert not any(ident in (member, unsynced) for _, ident, _ in
+                       chimp.ground_truth(source))
+    with synced_lite.sessions() as session:
+        subjects = session.scalars(select(Subject.email)
+                                   .where(Subject.email.like("%durand@example.org"))).all()
+        forms = session.execute(text("SELECT form FROM email_forms")).scalars().all()
+    # One person, whatever form each system holds (the kept charge keeps the subject); the
+    # raw forms kept, only those that differ from the key (most are lower-case ASCII).
+    assert subjects == ["chlo\u00e9.durand@example.org"]
+    assert held in forms and len(forms) < len(estate.people) // 2
+
+
+def test_a_kelvin_sign_mailbox_is_another_person_and_survives_erasing_k(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    stripe, shop = estate.stripe, estate.shops["allmyink"]
+    kelvin, plain = "\u212aelvin.sign@example.org", "kelvin.sign@example.org"
+    theirs = {email: (stripe.add_customer(email=email, name="K"),
+                      str(shop.add_customer(email=email, first_name="K")))
+              for email in (kelvin, plain)}
+    kelvin_charge = stripe.add_charge(customer=theirs[kelvin][0],
+                                      billing_details={"email": kelvin})
+    sync(synced, settings)
+    plan, result = erase(synced, systems, settings, plain)
+    assert result.complete, [o.error for o in result.failed]
+    erased = {s.external_id for s in plan.steps}
+    assert theirs[plain][0] in erased and theirs[plain][1] in erased
+    assert not erased & {theirs[kelvin][0], theirs[kelvin][1], kelvin_charge}
+    assert stripe.customer(theirs[kelvin][0])["email"] == kelvin
+    assert int(theirs[kelvin][1]) in shop.customers
+    assert (stripe.customer(theirs[plain][0]) or {}).get("deleted") is True
+    with synced.sessions() as session:
+        subjects = set(session.scalars(select(Subject.email)
+                                       .where(Subject.email.like("%elvin.sign@example.org"))))
+    assert subjects == {kelvin}
+
+
+def test_subjects_split_by_the_old_key_are_merged_by_the_migration(ledger: Ledger) -> None:
+    decomposed, composed = "chloe\u0301@example.org", "chlo\u00e9@example.org"
+    with ledger.engine.begin() as connection:
+        connection.execute(text("DROP TABLE email_forms"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    with ledger.session() as session:
+        source = ledger.source(session, "stripe", "stripe")
+        for n, email in enumerate((decomposed, composed, "ada@example.org")):
+            subject = Subject(email=email, first_seen=NOW + n * DAY, last_seen=NOW + n * DAY)
+            session.add(subject)
+            session.flush()
+            session.add(Holding(source_id=source.id, record_type="customer",
+                                external_id=f"cus_{n}", subject_id=subject.id,
+                                categories=",email,", first_seen=NOW, last_seen=NOW))
+    again = Ledger.open(ledger.engine.url.render_as_string(hide_password=False))
+    try:
+        with again.sessions() as session:
+            subjects = session.execute(select(Subject.email, Subject.first_seen,
+                                              Subject.last_seen).order_by(Subject.email)).all()
+            owners = dict(session.execute(
+                select(Holding.external_id, Subject.email)
+                .join(Subject, Subject.id == Holding.subject_id)).all())
+            forms = session.execute(text("SELECT form FROM email_forms")).scalars().all()
+    finally:
+        again.close()
+    assert [s.email for s in subjects] == ["ada@example.org", composed]
+    assert (subjects[1].first_seen, subjects[1].last_seen) == (NOW, NOW + DAY)
+    assert owners == {"cus_0": composed, "cus_1": composed, "cus_2": "ada@example.org"}
+    # The old key is a form the systems may hold (Mailchimp hashes exactly that).
+    assert forms == [decomposed]
