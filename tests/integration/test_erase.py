@@ -5,11 +5,15 @@ at once; the trail verifies, names the person by reference only, and shows an ed
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
@@ -19,7 +23,16 @@ from daemon import trail
 from daemon.access import Systems, open_systems, person_ref
 from daemon.audit import run_audit
 from daemon.config import Settings, load_settings
-from daemon.erasure import ANONYMISE, DELETE, KEEP, ErasureResult, Plan, apply_plan, make_plan
+from daemon.erasure import (
+    ANONYMISE,
+    DELETE,
+    KEEP,
+    ErasureResult,
+    Plan,
+    apply_plan,
+    make_plan,
+)
+from daemon.erasure import result_lines as erasure_lines
 from daemon.ledger import AuditLogEntry, Finding, Holding, Ledger, Source, Subject
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
@@ -501,3 +514,158 @@ def test_subjects_split_by_the_old_key_are_merged_by_the_migration(ledger: Ledge
     assert owners == {"cus_0": composed, "cus_1": composed, "cus_2": "ada@example.org"}
     # The old key is a form the systems may hold (Mailchimp hashes exactly that).
     assert forms == [decomposed]
+
+
+# -- erasure writes answered by something other than the API ---------------------------------
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class Gate:
+    """A loopback proxy in front of a twin, as a login wall or a misbehaving proxy would
+    stand in front of the real API: every request is forwarded as it came (the Host header
+    too: WooCommerce's OAuth signature covers it) unless `answer(method, path)` replies."""
+
+    def __init__(self, target: str, answer: Callable[[str, str], Answer | None]) -> None:
+        where = urlsplit(target)
+        host, port = where.hostname or "127.0.0.1", where.port or 80
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                own = answer(self.command, self.path)
+                if own is None:
+                    upstream = http.client.HTTPConnection(host, port, timeout=30)
+                    upstream.request(self.command, self.path, body or None,
+                                     dict(self.headers.items()))
+                    reply = upstream.getresponse()
+                    own = (reply.status, {k: v for k, v in reply.getheaders()
+                                          if k.lower() not in ("transfer-encoding",
+                                                               "connection",
+                                                               "content-length")},
+                           reply.read())
+                    upstream.close()
+                status, headers, data = own
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+LOGIN_PAGE = (b"<!DOCTYPE html><html><head><title>Log In</title></head><body>"
+              b"<form name=\"loginform\" action=\"/wp-login.php\" method=\"post\"></form>"
+              b"</body></html>")
+
+
+def login_wall(method: str, path: str) -> Answer | None:
+    """Writes are sent to a login page; the page itself answers 200 with HTML."""
+    if path.startswith("/wp-login.php"):
+        return 200, {"Content-Type": "text/html; charset=UTF-8"}, LOGIN_PAGE
+    if method != "GET":
+        return 302, {"Location": "/wp-login.php?redirect_to=%2Fwp-admin%2F"}, b""
+    return None
+
+
+@pytest.fixture
+def gated(running: RunningEstate, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
+    """Settings whose sources (all, or those named) are reached through a Gate."""
+    gates: list[Gate] = []
+
+    def make(answer: Callable[[str, str], Answer | None],
+             sources: tuple[str, ...] | None = None) -> Settings:
+        config = running.write_config(tmp_path / f"gated-{len(gates)}")
+        text_ = config.read_text(encoding="utf-8")
+        for source in sources or tuple(running.servers):
+            gate = Gate(running.url(source), answer)
+            gates.append(gate)
+            text_ = text_.replace(running.url(source), gate.url)
+        config.write_text(text_, encoding="utf-8")
+        return load_settings(config)
+
+    yield make
+    for gate in gates:
+        gate.close()
+
+
+def test_erasure_writes_redirected_to_a_login_page_are_failed_steps_never_deleted(
+        running: RunningEstate, synced_lite: Ledger, gated: Callable[..., Settings]) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    settings = gated(login_wall)
+    before, truth = writes(estate), estate_truth(estate)
+    with open_systems(settings, sleep=lambda _: None) as systems:
+        plan, result = erase(synced_lite, systems, settings, p.email)
+    assert plan.changes and len(result.outcomes) == len(plan.changes)
+    assert all(o.status == "failed" and "redirect" in (o.error or "") for o in result.outcomes)
+    assert {o.step.kind for o in result.outcomes} == {"woocommerce", "stripe", "mailchimp"}
+    assert not result.complete and not result.forgotten
+    assert writes(estate) == before and estate_truth(estate) == truth
+    # Nothing upstream changed, so the ledger still holds every record.
+    assert ledger_truth(synced_lite) == estate_truth(estate)
+    assert "NOT COMPLETE" in "\n".join(erasure_lines(result))
+
+
+def test_erasure_writes_answered_by_an_html_page_with_200_are_failed_steps(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    for twin, method in ((estate.shops[p.account_shops[0]], "DELETE"),
+                         (estate.stripe, "DELETE"), (estate.mailchimp, "POST")):
+        twin.faults.inject("html", times=50, method=method)
+    plan, result = erase(synced_lite, systems, settings, p.email)
+    assert plan.changes
+    failed = {o.step.kind for o in result.outcomes if o.status == "failed"}
+    assert failed == {"woocommerce", "stripe", "mailchimp"}
+    assert not any(o.status == "deleted" for o in result.outcomes
+                   if o.step.kind in ("stripe", "mailchimp") or o.step.action == DELETE)
+    assert not result.complete
+    # What each failed step named is still upstream, and the ledger still holds it.
+    left = {held[:3] for held in estate_truth(estate)}
+    named = {o.step.key for o in result.failed}
+    assert named <= left and named <= {held[:3] for held in ledger_truth(synced_lite)}
+
+
+def test_verification_reads_each_changed_record_back_by_id(
+        running: RunningEstate, synced_lite: Ledger, gated: Callable[..., Settings]) -> None:
+    shop = running.estate.shops["allmyink"]
+    email = "read.back@example.org"
+    account = shop.add_customer(email=email, first_name="Read")
+    # An order of the account under another billing email: found through the account only,
+    # so once the account is gone no search finds it again.
+    order = shop.add_order(customer_id=account, status="pending",
+                           billing={"email": "paid.for.by@example.org"})
+
+    def lost_delete(method: str, path: str) -> Answer | None:
+        # A proxy that answers the order's deletion as the API would, and drops it.
+        if method == "DELETE" and urlsplit(path).path.endswith(f"/orders/{order}"):
+            return 200, {"Content-Type": "application/json"}, json.dumps(
+                {"id": order, "status": "pending"}).encode()
+        return None
+
+    settings = gated(lost_delete, ("woo:allmyink",))
+    with open_systems(settings, sleep=lambda _: None) as systems:
+        plan, result = erase(synced_lite, systems, settings, email)
+    assert {(s.record_type, s.external_id) for s in plan.changes} >= {
+        ("customer", str(account)), ("order", str(order))}
+    assert all(o.ok for o in result.outcomes)
+    assert order in shop.orders and account not in shop.customers
+    assert [(f.record_type, f.external_id) for f in result.leftover] == [("order", str(order))]
+    assert not result.complete
+    assert f"still held: woo:allmyink order {order}" in "\n".join(erasure_lines(result))
