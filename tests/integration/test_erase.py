@@ -669,3 +669,53 @@ def test_verification_reads_each_changed_record_back_by_id(
     assert [(f.record_type, f.external_id) for f in result.leftover] == [("order", str(order))]
     assert not result.complete
     assert f"still held: woo:allmyink order {order}" in "\n".join(erasure_lines(result))
+
+
+# -- the outbox forgets the person too -------------------------------------------------------
+
+
+def test_a_digest_queued_before_the_erasure_is_withdrawn_and_never_delivered(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    from aiosmtpd.controller import Controller
+
+    from daemon import mail, report
+    from daemon.config import ReportSettings, SmtpSettings
+    from daemon.ledger import OutboxMessage
+    from tests.integration.test_mail import Inbox, _free_port
+
+    estate = running.estate
+    run_audit(synced, settings.retention, now=NOW)
+    digest = report.render_digest(synced, settings, NOW)
+    p = next(p for p in estate.people if p.email in digest.text)
+    addressing = ReportSettings(recipients=["owner@shop.example"], sender="ledger@shop.example")
+    mail.enqueue(synced, digest, addressing, now=NOW)
+    other = mail.RenderedEmail("a note", "nothing about anyone", "<p>nothing about anyone</p>")
+    mail.enqueue(synced, other, addressing, now=NOW)
+    # A copy already sent, naming the person: the ledger has no reason to keep it.
+    mail.enqueue(synced, digest, addressing, now=NOW - DAY)
+    with synced.session() as session:
+        oldest = session.scalar(select(OutboxMessage.id).order_by(OutboxMessage.id.desc()))
+        session.execute(OutboxMessage.__table__.update().where(OutboxMessage.id == oldest)
+                        .values(status="sent", sent_at=NOW - DAY))
+    _, result = erase(synced, systems, settings, p.email)
+    inbox, port = Inbox(), _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        mail.deliver_pending(synced, SmtpSettings(host="127.0.0.1", port=port, security="none",
+                                                  timeout=timedelta(seconds=5)), now=NOW)
+    finally:
+        controller.stop()
+    assert [str(r.message["Subject"]) for r in inbox.received] == ["a note"]
+    with synced.sessions() as session:
+        left = session.scalars(select(OutboxMessage.subject)).all()
+        done = json.loads(session.scalars(select(AuditLogEntry.detail).where(
+            AuditLogEntry.action == "erasure.done")).all()[-1])
+        withdrawn = session.scalars(select(AuditLogEntry.detail).where(
+            AuditLogEntry.action == "email.withdrawn")).all()
+    assert left == ["a note"]
+    assert (result.mail_withdrawn, result.mail_deleted) == (1, 1)
+    assert done["outbox"] == {"withdrawn": 1, "sent_deleted": 1}
+    assert len(withdrawn) == 1 and p.email not in withdrawn[0]
+    lines = "\n".join(erasure_lines(result))
+    assert "1 queued email(s) naming the person withdrawn" in lines
