@@ -4,7 +4,10 @@ and naming the person in the audit trail without their email.
 
 Where to look: every configured system is asked (WooCommerce customers by email and orders
 by billing email or account, the trash included; Stripe customers by email, their charges
-and charges carrying the email; Mailchimp members of every audience by subscriber hash),
+and charges carrying the email; Mailchimp members of every audience by subscriber hash), by
+every form of the email (lookup_forms: as typed, composed, decomposed, normalised, and the
+raw forms the ledger saw upstream), keeping only records whose email normalises to the
+person's,
 and the ledger adds what it knows: a live holding of the person that a system's search did
 not return is fetched by its id, and a source the ledger holds the person in that is not
 configured any more makes the answer incomplete. The systems say what is there: the copy is

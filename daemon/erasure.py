@@ -35,11 +35,19 @@ erasure is complete, the person's gone holdings and their findings are detached 
 subject, and the subject row — the ledger's copy of the email — is deleted once no live
 holding refers to it (kept Stripe charges still do: the ledger keeps tracking what is held).
 
+Verified twice: a fresh lookup by every form of the email the plan asked by, and each
+record the plan changed read back by its id (a write that did not happen shows even where no
+search finds the record again). A write counts only when the API answered it for that record:
+a redirect or an HTML page is a failed step (connectors' erase functions decide).
+
+Mail: queued emails naming the person (any form of the address) are withdrawn from the
+outbox and sent copies deleted, in the transaction of `erasure.done` (daemon/mail.py).
+
 audit_log: `erasure.plan` (counts per action), one `erasure.step` per step applied (source,
 record type and id, action, status: deleted / anonymised / already gone / failed), and
-`erasure.done` (verified or not, what is left). The person is named by access.person_ref;
-Mailchimp member ids are the MD5 of the email, so member steps carry no id (the audience and
-the person's reference name the record).
+`erasure.done` (verified or not, what is left, the outbox rows withdrawn or deleted). The
+person is named by access.person_ref; Mailchimp member ids are the MD5 of the email, so
+member steps carry no id (the audience and the person's reference name the record).
 """
 
 from __future__ import annotations
