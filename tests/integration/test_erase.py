@@ -425,6 +425,22 @@ def test_command_erases_a_stripe_customer_held_with_capitals_and_never_synced(
     assert "Verified live" in applied.stdout
 
 
+def test_a_stripe_customer_in_a_form_nobody_typed_is_found_through_its_charge(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    stripe = running.estate.stripe
+    customer = stripe.add_customer(email="Paid.Once@Example.COM", name="Paid Once")
+    carrying = stripe.add_charge(customer=customer,
+                                 billing_details={"email": "paid.once@example.com"})
+    silent = stripe.add_charge(customer=customer, billing_details={"email": None})
+    # Neither synced nor typed as Stripe holds it: only the charge's email says who it is.
+    plan, result = erase(synced_lite, systems, settings, "paid.once@example.com")
+    planned = {(s.record_type, s.external_id, s.action) for s in plan.steps}
+    assert {("customer", customer, DELETE), ("charge", carrying, KEEP),
+            ("charge", silent, KEEP)} <= planned
+    assert result.complete and (stripe.customer(customer) or {}).get("deleted") is True
+
+
 def test_decomposed_and_differently_cased_forms_are_erased_by_a_composed_request(
         running: RunningEstate, synced_lite: Ledger, systems: Systems,
         settings: Settings) -> None:
