@@ -516,6 +516,20 @@ class StripeConnector:
                 if target in (normalise_email(billing.get("email")),
                               normalise_email(item.get("receipt_email"))):
                     charges[ident] = item
+        # A customer the filter missed (held in a form nobody typed or saw) still shows
+        # through the charges carrying the person's email: read it by its id.
+        payers = {c for c in (_customer_id(ch) for ch in charges.values())
+                  if c and c not in customers}
+        for customer_id in sorted(payers):
+            item = fetch(self, "customer", customer_id)
+            if item is not None and normalise_email(item.get("email")) == target:
+                customers[customer_id] = item
+                found.append({"record_type": "customer", "external_id": customer_id,
+                              "data": item})
+                for page in self._pages("/v1/charges", {"customer": customer_id}):
+                    for charge in page.items:
+                        if (ident := _id(charge)) is not None:
+                            charges.setdefault(ident, charge)
         found.extend({"record_type": "charge", "external_id": ident, "data": item}
                      for ident, item in charges.items())
         return found
@@ -635,6 +649,11 @@ class StripeConnector:
                 f"{said}"
             )
         return FatalAPIError(self.source, redact_keys(message), status=response.status_code)
+
+
+def _customer_id(charge: Mapping[str, Any]) -> str | None:
+    customer = charge.get("customer")
+    return customer if isinstance(customer, str) else _id(customer)
 
 
 def _max(a: int | None, b: int | None) -> int | None:

@@ -450,7 +450,7 @@ def classify_customer(data: object) -> Record | Skip:
         return Record(
             record_type=CUSTOMER,
             external_id=ident,
-            email=(email := _email(customer.email) or _email(billing.email)),
+            email=(email := (own := _email(customer.email)) or _email(billing.email)),
             categories=frozenset(categories),
             status=role if isinstance(role, str) and role else None,
             created_at=created,
@@ -458,8 +458,7 @@ def classify_customer(data: object) -> Record | Skip:
             modified_at=(created if customer.date_modified_gmt == customer.date_created_gmt
                          else parse_time(customer.date_modified_gmt)),
             evidence=tuple(evidence),
-            email_as_held=email_as_held(
-                customer.email if _email(customer.email) else billing.email, email),
+            email_as_held=email_as_held(customer.email if own else billing.email, email),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         return Skip(CUSTOMER, ident, f"customer {ident} could not be read ({type(exc).__name__})")
