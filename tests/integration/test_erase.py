@@ -500,6 +500,27 @@ def test_a_kelvin_sign_mailbox_is_another_person_and_survives_erasing_k(
     assert subjects == {kelvin}
 
 
+def test_erasing_the_kelvin_sign_mailbox_leaves_the_mailchimp_member_of_k(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    stripe, chimp = estate.stripe, estate.mailchimp
+    kelvin, plain = "\u212aelvin.sign@example.org", "kelvin.sign@example.org"
+    theirs = stripe.add_customer(email=kelvin, name="K")
+    other = stripe.add_customer(email=plain, name="k")
+    # Mailchimp names a member by the MD5 of the lower-cased address, and U+212A
+    # lower-cases to k: asking for the Kelvin sign's hash answers k's member.
+    audience = chimp.sources()[0].split(":", 1)[1]
+    member = chimp.add_member(audience, plain)
+    sync(synced_lite, settings)
+    plan, result = erase(synced_lite, systems, settings, kelvin)
+    assert result.complete, [o.error for o in result.failed]
+    assert [(s.source, s.external_id) for s in plan.steps] == [("stripe", theirs)]
+    assert (stripe.customer(theirs) or {}).get("deleted") is True
+    assert stripe.customer(other)["email"] == plain
+    assert chimp.member(audience, member)["email_address"] == plain
+
+
 def test_subjects_split_by_the_old_key_are_merged_by_the_migration(ledger: Ledger) -> None:
     decomposed, composed = "chloe\u0301@example.org", "chlo\u00e9@example.org"
     with ledger.engine.begin() as connection:
