@@ -9,6 +9,7 @@ held, never its value: the values are read, classified and dropped here.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,8 @@ class Record:
     anonymised: bool = False
     # Non-personal facts worth showing, e.g. "card number pattern in customer_note".
     evidence: tuple[str, ...] = ()
+    # The email exactly as the system holds it, only when it differs from `email`.
+    email_as_held: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,10 @@ class Connector(Protocol):
         """Every record key that exists upstream now, for reconciliation."""
         ...
 
-    def lookup(self, email: str) -> list[dict[str, Any]]:
-        """The live records about one person, as the system holds them."""
+    def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The live records about one person (`email`: the normalised key; `forms`: the
+        raw forms to ask by), as the system holds them: only records whose email
+        normalises to `email`."""
         ...
 
     def close(self) -> None: ...
@@ -147,11 +152,48 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def normalise_email(value: object) -> str | None:
-    """Lower-cased, trimmed email, or None when the value is not an email at all."""
+    """The ledger's key for an email: trimmed, composed (NFC) and lower-cased, except that a
+    non-ASCII character never becomes ASCII by it (the Kelvin sign stays itself: `\u212a@x`
+    and `k@x` are two mailboxes); None when the value is not an email at all."""
     if not isinstance(value, str):
         return None
-    email = value.strip().lower()
+    email = value.strip()
+    # Nearly every address is ASCII: one call, as before.
+    email = email.lower() if email.isascii() else _fold(_compose(email))
     return email if _EMAIL.match(email) else None
+
+
+def _keeps_ascii(char: str, changed: str) -> bool:
+    """True when turning this non-ASCII character into `changed` would make it ASCII."""
+    return not char.isascii() and any(c.isascii() for c in changed)
+
+
+def _compose(text: str) -> str:
+    """NFC, except around characters NFC would turn into ASCII (U+212A KELVIN SIGN → K,
+    U+037E GREEK QUESTION MARK → ;): those stay, and the text between them is composed."""
+    pieces, start = [], 0
+    for index, char in enumerate(text):
+        if not char.isascii() and _keeps_ascii(char, unicodedata.normalize("NFC", char)):
+            pieces += [unicodedata.normalize("NFC", text[start:index]), char]
+            start = index + 1
+    pieces.append(unicodedata.normalize("NFC", text[start:]))
+    return "".join(pieces)
+
+
+def _fold(text: str) -> str:
+    """Lower-cased character by character, but a non-ASCII one whose lower case holds ASCII
+    (U+212A → k, U+0130 → i + U+0307) stays; composed again after (idempotent)."""
+    folded = "".join(char if _keeps_ascii(char, low := char.lower()) else low
+                     for char in text)
+    return _compose(folded)
+
+
+def email_as_held(value: object, email: str | None) -> str | None:
+    """The email exactly as a system holds it, when that differs from its key `email` (the
+    ledger keeps such forms to look the person up by them); None when it is the same."""
+    if email is None or not isinstance(value, str) or value == email:
+        return None
+    return value[:320]
 
 
 # The zeros and punctuation an anonymised phone number keeps: no content on their own.

@@ -280,3 +280,18 @@ def _reason(exc: Exception) -> str:
         if marker.lower() in text.lower():
             return marker.lower()
     return type(exc).__name__
+
+
+def require_api_answer(source: str, response: requests.Response, what: str) -> None:
+    """Raise FatalAPIError unless a write's response came from the API itself: a redirect
+    (followed or not: to a login page, another host) means the write was not carried out
+    as asked, whatever the final page says."""
+    hops = [*response.history, response] if response.history else [response]
+    moved = next((hop for hop in hops if 300 <= hop.status_code < 400), None)
+    if moved is not None:
+        target = strip_query(moved.headers.get("Location", "") or response.url) or "elsewhere"
+        raise FatalAPIError(
+            source, f"the {what} request was answered with a redirect ({moved.status_code} "
+                    f"to {target}), not by the API: it was not carried out. Is a login wall, "
+                    "security plugin or proxy in front of the API? Check it, then run the "
+                    "erasure again.", status=moved.status_code)

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,13 +37,20 @@ from connectors.base import (
     Skip,
     contains_card_number,
     count_text,
+    email_as_held,
     has_value,
     normalise_email,
     parse_time,
     scan_text,
     utcnow,
 )
-from connectors.http import APIError, FatalAPIError, HttpClient, RetryPolicy
+from connectors.http import (
+    APIError,
+    FatalAPIError,
+    HttpClient,
+    RetryPolicy,
+    require_api_answer,
+)
 
 log = structlog.get_logger("connectors.mailchimp")
 
@@ -214,7 +221,8 @@ def classify_member(member: object) -> Record | Skip:
     return Record(
         record_type=RECORD_TYPE,
         external_id=member_id.strip(),
-        email=normalise_email(raw_email),
+        email=(email := normalise_email(raw_email)),
+        email_as_held=email_as_held(raw_email, email),
         categories=frozenset(categories),
         status=status,
         created_at=parse_time(member.get("timestamp_signup")) or opted,
@@ -476,18 +484,28 @@ class MailchimpAudienceConnector:
         yield KeyBatch(held or [], complete=complete,
                        listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
 
-    def lookup(self, email: str) -> list[dict[str, Any]]:
-        """The member with this address, as Mailchimp holds it (archived ones too)."""
+    def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The member with this address, as Mailchimp holds it (archived ones too). A member
+        is named by the MD5 of the address Mailchimp holds, lower-cased: each form given is
+        tried (a decomposed é hashes apart from a composed one), and a member is kept only
+        when its address normalises to the person's (U+212A lower-cases to k, yet is not k)."""
         address = normalise_email(email)
         if address is None:
             return []
-        member_hash = subscriber_hash(address)
-        body, response = self._get(f"lists/{self.audience_id}/members/{member_hash}",
-                                   {"exclude_fields": "_links"}, ok=(404,))
-        if response.status_code == 404 or not isinstance(body, dict):
-            return []
-        return [{"record_type": RECORD_TYPE, "external_id": str(body.get("id") or member_hash),
-                 "source": self.source, "audience": self.audience_name, "data": body}]
+        hashes = dict.fromkeys(subscriber_hash(f) for f in (address, *forms) if f.strip())
+        found: dict[str, dict[str, Any]] = {}
+        for member_hash in hashes:
+            body, response = self._get(f"lists/{self.audience_id}/members/{member_hash}",
+                                       {"exclude_fields": "_links"}, ok=(404,))
+            if response.status_code == 404 or not isinstance(body, dict):
+                continue
+            if normalise_email(body.get("email_address")) != address:
+                continue
+            ident = str(body.get("id") or member_hash)
+            found.setdefault(ident, {"record_type": RECORD_TYPE, "external_id": ident,
+                                     "source": self.source, "audience": self.audience_name,
+                                     "data": body})
+        return list(found.values())
 
     def close(self) -> None:
         self.account.close()
@@ -713,6 +731,15 @@ def erase(connector: MailchimpAudienceConnector, action: str, record_type: str,
             f"permanently ({response.status_code}{': ' + said if said else ''}). Check that "
             "the API key belongs to an account user allowed to delete contacts.",
             status=response.status_code)
+    require_api_answer(connector.source, response, "permanent deletion of a member")
     if response.status_code == 404:
         return "already gone", None
+    # Mailchimp answers a permanent deletion with 204 No Content, and nothing else.
+    if response.status_code != 204:
+        raise FatalAPIError(
+            connector.source,
+            f"Mailchimp answered the permanent deletion of a member of audience "
+            f"{connector.audience_name!r} with HTTP {response.status_code} instead of 204 No "
+            "Content: it is not confirmed. Check base_url, then run the erasure again.",
+            status=response.status_code)
     return "deleted", None

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from queue import Full, Queue
@@ -32,13 +32,21 @@ from connectors.base import (
     KeyBatch,
     Record,
     Skip,
+    email_as_held,
     has_value,
     normalise_email,
     parse_time,
     scan_text,
     utcnow,
 )
-from connectors.http import FatalAPIError, HttpClient, RetryPolicy, redact
+from connectors.http import (
+    FatalAPIError,
+    HttpClient,
+    RetryPolicy,
+    looks_like_html,
+    redact,
+    require_api_answer,
+)
 
 log = structlog.get_logger("connectors.stripe")
 
@@ -256,10 +264,11 @@ def classify_customer(item: dict[str, Any]) -> Record:
     return Record(
         record_type="customer",
         external_id=str(item["id"]),
-        email=normalise_email(item.get("email")),
+        email=(email := normalise_email(item.get("email"))),
         categories=frozenset(categories),
         created_at=parse_time(item.get("created")),
         evidence=tuple(evidence),
+        email_as_held=email_as_held(item.get("email"), email),
     )
 
 
@@ -290,15 +299,19 @@ def classify_charge(item: dict[str, Any]) -> Record:
     parent = customer if isinstance(customer, str) else _id(customer)
     created = parse_time(item.get("created"))
     status = item.get("status")
+    raw = billing.get("email") if normalise_email(billing.get("email")) else \
+        item.get("receipt_email")
+    email = normalise_email(raw)
     return Record(
         record_type="charge",
         external_id=str(item["id"]),
-        email=normalise_email(billing.get("email")) or normalise_email(item.get("receipt_email")),
+        email=email,
         categories=frozenset(categories),
         status=status if isinstance(status, str) else None,
         created_at=created,
         last_activity_at=created,
         parent_id=parent or None,
+        email_as_held=email_as_held(raw, email),
         evidence=tuple(evidence),
     )
 
@@ -525,20 +538,24 @@ class StripeConnector:
             else:
                 yield KeyBatch(keys)
 
-    def lookup(self, email: str) -> list[dict[str, Any]]:
+    def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Everything Stripe holds about one email: customers with that email (Stripe matches
-        exactly and case-sensitively, so the form given and the normalised form are both
-        tried), their charges, and every charge whose billing or receipt email is theirs.
-        Stripe has no filter on a charge's billing email, so the charges are listed."""
+        exactly and case-sensitively, so every form given is tried, and only customers whose
+        email normalises to the person's are kept), their charges, and every charge whose
+        billing or receipt email is theirs. Stripe has no filter on a charge's billing email,
+        so the charges are listed."""
         target = normalise_email(email)
-        forms = [f for f in dict.fromkeys((email, email.strip(), target)) if f]
+        if target is None:
+            return []
+        asked = [f for f in dict.fromkeys((email, email.strip(), target, *forms)) if f]
         found: list[dict[str, Any]] = []
         customers: dict[str, dict[str, Any]] = {}
-        for form in forms:
+        for form in asked:
             for page in self._pages("/v1/customers", {"email": form}):
                 for item in page.items:
                     ident = _id(item)
-                    if ident is not None and ident not in customers:
+                    if ident is not None and ident not in customers \
+                            and normalise_email(item.get("email")) == target:
                         customers[ident] = item
         found.extend({"record_type": "customer", "external_id": ident, "data": item}
                      for ident, item in customers.items())
@@ -549,16 +566,29 @@ class StripeConnector:
                     ident = _id(item)
                     if ident is not None:
                         charges.setdefault(ident, item)
-        if target is not None:
-            for page in self._pages("/v1/charges", {}):
-                for item in page.items:
-                    ident = _id(item)
-                    if ident is None or ident in charges:
-                        continue
-                    billing = _obj(item.get("billing_details"))
-                    if target in (normalise_email(billing.get("email")),
-                                  normalise_email(item.get("receipt_email"))):
-                        charges[ident] = item
+        for page in self._pages("/v1/charges", {}):
+            for item in page.items:
+                ident = _id(item)
+                if ident is None or ident in charges:
+                    continue
+                billing = _obj(item.get("billing_details"))
+                if target in (normalise_email(billing.get("email")),
+                              normalise_email(item.get("receipt_email"))):
+                    charges[ident] = item
+        # A customer the filter missed (held in a form nobody typed or saw) still shows
+        # through the charges carrying the person's email: read it by its id.
+        payers = {c for c in (_customer_id(ch) for ch in charges.values())
+                  if c and c not in customers}
+        for customer_id in sorted(payers):
+            item = fetch(self, "customer", customer_id)
+            if item is not None and normalise_email(item.get("email")) == target:
+                customers[customer_id] = item
+                found.append({"record_type": "customer", "external_id": customer_id,
+                              "data": item})
+                for page in self._pages("/v1/charges", {"customer": customer_id}):
+                    for charge in page.items:
+                        if (ident := _id(charge)) is not None:
+                            charges.setdefault(ident, charge)
         found.extend({"record_type": "charge", "external_id": ident, "data": item}
                      for ident, item in charges.items())
         return found
@@ -715,6 +745,11 @@ def _lacking_reads(lacking: list[tuple[str, str | None]]) -> str:
         f'and events. In the {_EDIT_KEY} "Read" on {resources}.')
 
 
+def _customer_id(charge: Mapping[str, Any]) -> str | None:
+    customer = charge.get("customer")
+    return customer if isinstance(customer, str) else _id(customer)
+
+
 def _max(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b
@@ -776,6 +811,24 @@ def erase(connector: StripeConnector, action: str, record_type: str, external_id
                 "on Customers: use a restricted key with Customers: Write for erase, "
                 "or delete the customer in the Stripe Dashboard."),
             status=response.status_code)
+    require_api_answer(connector.source, response, f"delete customer {external_id}")
     if response.status_code == 404:
         return "already gone", None
+    # Stripe answers a deletion with the deleted object: anything else is not that answer.
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not (isinstance(body, dict) and body.get("id") == external_id
+            and body.get("deleted") is True):
+        raise FatalAPIError(
+            connector.source,
+            f"Stripe did not answer the deletion of customer {external_id} with the deleted "
+            f"customer (HTTP {response.status_code}, {_answer_kind(response)}): it is not "
+            "confirmed; check base_url, then run the erasure again.",
+            status=response.status_code)
     return "deleted", None
+
+
+def _answer_kind(response: requests.Response) -> str:
+    return "an HTML page" if looks_like_html(response) else "another body"

@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ from connectors.base import (
     Skip,
     contains_card_number,
     count_text,
+    email_as_held,
     format_gmt,
     has_value,
     normalise_email,
@@ -59,7 +60,13 @@ from connectors.base import (
     scan_text,
     utcnow,
 )
-from connectors.http import FatalAPIError, HttpClient, RetryPolicy
+from connectors.http import (
+    FatalAPIError,
+    HttpClient,
+    RetryPolicy,
+    looks_like_html,
+    require_api_answer,
+)
 
 log = structlog.get_logger("connectors.woocommerce")
 
@@ -453,7 +460,7 @@ def classify_customer(data: object) -> Record | Skip:
         return Record(
             record_type=CUSTOMER,
             external_id=ident,
-            email=_email(customer.email) or _email(billing.email),
+            email=(email := (own := _email(customer.email)) or _email(billing.email)),
             categories=frozenset(categories),
             status=role if isinstance(role, str) and role else None,
             created_at=created,
@@ -461,6 +468,7 @@ def classify_customer(data: object) -> Record | Skip:
             modified_at=(created if customer.date_modified_gmt == customer.date_created_gmt
                          else parse_time(customer.date_modified_gmt)),
             evidence=tuple(evidence),
+            email_as_held=email_as_held(customer.email if own else billing.email, email),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         return Skip(CUSTOMER, ident, f"customer {ident} could not be read ({type(exc).__name__})")
@@ -517,7 +525,7 @@ def classify_order(data: object) -> Record | Skip:
         return Record(
             record_type=ORDER,
             external_id=ident,
-            email=_email(billing.email),
+            email=(email := _email(billing.email)),
             categories=frozenset(categories),
             status=status if isinstance(status, str) and status else None,
             created_at=parse_time(order.date_created_gmt),
@@ -527,6 +535,7 @@ def classify_order(data: object) -> Record | Skip:
             parent_id=owner,
             anonymised=anonymised,
             evidence=tuple(evidence),
+            email_as_held=email_as_held(billing.email, email),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         return Skip(ORDER, ident, f"order {ident} could not be read ({type(exc).__name__})")
@@ -1017,23 +1026,31 @@ class WooCommerceConnector:
 
     # -- access requests ----------------------------------------------------------------------
 
-    def lookup(self, email: str) -> list[dict[str, Any]]:
+    def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
         """The shop's live customers and orders about one email address (orders matched on
-        the billing email, and every order of a matching account), the trash included."""
+        the billing email, and every order of a matching account), the trash included. Each
+        form given is asked for (the shop compares what it holds, lower-cased, with what it
+        is sent: a decomposed é is not a composed one); a record is kept only when its
+        email normalises to the person's."""
         wanted = normalise_email(email)
         if wanted is None:
             return []
+        # The shop compares case-insensitively: one query per lower-cased form.
+        asked = list(dict.fromkeys(f.strip().lower() for f in (wanted, *forms)
+                                   if normalise_email(f)))
         found: dict[tuple[str, str], dict[str, Any]] = {}
         accounts: list[int] = []
-        for items in self._listing("customers", {"email": wanted, "role": "all"},
-                                   concurrency=1):
-            for item in items:
-                ident = _ident(item)
-                if ident and (_email(item.get("email")) == wanted):
-                    found[(CUSTOMER, ident)] = item
-                    accounts.append(int(ident))
+        for form in asked:
+            for items in self._listing("customers", {"email": form, "role": "all"},
+                                       concurrency=1):
+                for item in items:
+                    ident = _ident(item)
+                    if ident and (_email(item.get("email")) == wanted) \
+                            and (CUSTOMER, ident) not in found:
+                        found[(CUSTOMER, ident)] = item
+                        accounts.append(int(ident))
         for status in ORDER_LISTINGS:
-            queries = [{"search": wanted}] + [{"customer": a} for a in accounts]
+            queries = [{"search": f} for f in asked] + [{"customer": a} for a in accounts]
             for query in queries:
                 # Whole records (the person's copy), not the fields classification reads.
                 for items in self._listing("orders", {"status": status, "orderby": "id",
@@ -1229,17 +1246,25 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
             return "already gone", None
     else:
         raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
+    require_api_answer(connector.source, response, what)
     if response.status_code in (401, 403):
         raise _write_refused(connector, what, response)
     if response.status_code in (404, 410):
         return "already gone", None
-    if action == "delete":
-        return "deleted", None
     try:
         after = response.json()
     except ValueError:
         after = None
-    if not isinstance(after, dict):
-        raise FatalAPIError(connector.source, f"the shop answered the {what} request without "
-                            "the order: check the order in WooCommerce by hand")
+    # The REST API answers a write with the record itself: anything else (a login page
+    # with 200) is not that answer, and the write is not confirmed.
+    if not isinstance(after, dict) or str(after.get("id")) != str(int(external_id)):
+        kind = "an HTML page" if looks_like_html(response) else "another body"
+        raise FatalAPIError(connector.source, f"the shop answered the {what} request with "
+                            f"{kind} (HTTP {response.status_code}), not the {record_type}: "
+                            "it is not confirmed. Check the record in WooCommerce and that "
+                            "nothing (a login wall, security plugin) sits in front of the "
+                            "REST API, then run the erasure again.",
+                            status=response.status_code)
+    if action == "delete":
+        return "deleted", None
     return "anonymised", after

@@ -4,7 +4,10 @@ and naming the person in the audit trail without their email.
 
 Where to look: every configured system is asked (WooCommerce customers by email and orders
 by billing email or account, the trash included; Stripe customers by email, their charges
-and charges carrying the email; Mailchimp members of every audience by subscriber hash),
+and charges carrying the email; Mailchimp members of every audience by subscriber hash), by
+every form of the email (lookup_forms: as typed, composed, decomposed, normalised, and the
+raw forms the ledger saw upstream), keeping only records whose email normalises to the
+person's,
 and the ledger adds what it knows: a live holding of the person that a system's search did
 not return is fetched by its id, and a source the ledger holds the person in that is not
 configured any more makes the answer incomplete. The systems say what is there: the copy is
@@ -35,6 +38,7 @@ import json
 import os
 import re
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +57,15 @@ from connectors import mailchimp, stripe, woocommerce
 from connectors.base import Category, Record, normalise_email, utcnow
 from connectors.http import APIError
 from daemon import trail
-from daemon.ledger import AuditLogEntry, Holding, Ledger, LedgerKey, Source, Subject
+from daemon.ledger import (
+    AuditLogEntry,
+    EmailForm,
+    Holding,
+    Ledger,
+    LedgerKey,
+    Source,
+    Subject,
+)
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings, Settings
@@ -271,6 +283,8 @@ class Lookup:
     email: str
     at: datetime
     answers: tuple[SystemAnswer, ...]
+    # Every form of the email the systems were asked by (as typed, as held upstream).
+    forms: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -323,7 +337,29 @@ def ledger_hints(ledger: Ledger, email: str) -> dict[str, list[tuple[str, str, s
     return hints
 
 
-def _still_theirs(found: Found, email: str) -> bool:
+def ledger_forms(ledger: Ledger, email: str) -> list[str]:
+    """The raw forms of the person's email the systems were seen holding (sync keeps
+    those that differ from the normalised key)."""
+    with ledger.sessions() as session:
+        return list(session.scalars(
+            select(EmailForm.form).join(Subject, Subject.id == EmailForm.subject_id)
+            .where(Subject.email == email).order_by(EmailForm.form)))
+
+
+def lookup_forms(typed: str, email: str, seen: Sequence[str] = ()) -> tuple[str, ...]:
+    """What to ask the systems by: the request as typed (trimmed), its composed and
+    decomposed forms, the normalised key, and every form the ledger has seen. Systems that
+    match exactly (Stripe's email filter) or hash what they hold (Mailchimp) find a record
+    only by the form they hold; each connector still keeps only records whose email
+    normalises to `email`."""
+    trimmed = typed.strip()
+    candidates = (typed, trimmed, unicodedata.normalize("NFC", trimmed),
+                  unicodedata.normalize("NFD", trimmed), email,
+                  unicodedata.normalize("NFD", email), *seen)
+    return tuple(f for f in dict.fromkeys(candidates) if f)
+
+
+def still_theirs(found: Found, email: str) -> bool:
     """A record the ledger pointed at still concerns the person: it carries their email,
     or no email and is not anonymised (an order of their account, a charge of their
     customer)."""
@@ -335,13 +371,13 @@ def _still_theirs(found: Found, email: str) -> bool:
     return not record.anonymised
 
 
-def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]],
-         label: str) -> SystemAnswer:
+def _ask(connector: Any, email: str, forms: Sequence[str],
+         hinted: Sequence[tuple[str, str, str]], label: str) -> SystemAnswer:
     kind, source = connector.kind, connector.source
     found: dict[tuple[str, str], Found] = {}
     gone: list[tuple[str, str]] = []
     moved_on: list[Found] = []
-    for item in connector.lookup(email):
+    for item in connector.lookup(email, forms):
         record = Found(source, kind, str(item["record_type"]), str(item["external_id"]),
                        dict(item.get("data") or {}))
         found.setdefault((record.record_type, record.external_id), record)
@@ -358,7 +394,7 @@ def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]],
             gone.append((record_type, external_id))
             continue
         record = Found(source, kind, record_type, external_id, data)
-        if _still_theirs(record, email):
+        if still_theirs(record, email):
             found[(record_type, external_id)] = record
         else:
             moved_on.append(record)
@@ -367,17 +403,20 @@ def _ask(connector: Any, email: str, hinted: Sequence[tuple[str, str, str]],
 
 
 def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
-            now: datetime | None = None) -> Lookup:
-    """Ask every connected system live about one person; with a ledger, also fetch the
-    person's holdings a search did not return, and report sources the ledger holds the
-    person in but that are not configured. Upstream failures become failed answers."""
-    email = require_email(email)
+            now: datetime | None = None, forms: Sequence[str] = ()) -> Lookup:
+    """Ask every connected system live about one person (`email` as typed: by every form of
+    it, see lookup_forms, plus `forms`); with a ledger, also fetch the person's holdings a
+    search did not return, and report sources the ledger holds the person in but that are
+    not configured. Upstream failures become failed answers."""
+    typed, email = email, require_email(email)
     hints = ledger_hints(ledger, email) if ledger is not None else {}
+    seen = ledger_forms(ledger, email) if ledger is not None else []
+    asked = lookup_forms(typed, email, [*forms, *seen])
     answers: list[SystemAnswer] = []
     for source, connector in systems.connectors.items():
         label = systems.labels.get(source, source)
         try:
-            answers.append(_ask(connector, email, hints.get(source, ()), label))
+            answers.append(_ask(connector, email, asked, hints.get(source, ()), label))
         except APIError as exc:
             log.warning("request.system_failed", source=source, error=safe_text(exc.message))
             answers.append(SystemAnswer(source, connector.kind, label, error=exc.message))
@@ -391,7 +430,7 @@ def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
                 error=f"not configured: the ledger holds {len(held)} record(s) of this person "
                       "there, which cannot be looked up; configure the source again or "
                       "answer for it by hand"))
-    return Lookup(email=email, at=now or utcnow(), answers=tuple(answers))
+    return Lookup(email=email, at=now or utcnow(), answers=tuple(answers), forms=asked)
 
 
 # -- what a person reads ---------------------------------------------------------------------
@@ -593,7 +632,7 @@ def run_export(ledger: Ledger, settings: Settings, email: str, directory: Path, 
     address = require_email(email)
     request_id = uuid.uuid4().hex[:12]
     with open_systems(settings, sleep=sleep) as systems:
-        lookup = look_up(systems, address, ledger=ledger, now=now)
+        lookup = look_up(systems, email, ledger=ledger, now=now)
     json_path, html_path = write_export(lookup, settings.retention, directory, request_id)
     trail.record(ledger, actor, "export", {
         "request": request_id, "person": person_ref(ledger, address),

@@ -261,12 +261,13 @@ def _say(lines: list[str], *, err: bool = False) -> None:
 
 
 def _email(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """An EMAIL argument or option, normalised; a usage error naming the parameter when it
-    is not an email address."""
+    """An EMAIL argument or option as typed (Stripe matches emails exactly: erase and export
+    look up this form as well as the normalised one); a usage error naming the parameter
+    when it is not an email address."""
     from daemon.access import RequestError, require_email
 
     try:
-        return require_email(value) if value is not None else None
+        return value.strip() if value is not None and require_email(value) else None
     except RequestError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -278,6 +279,9 @@ def _email(_ctx: click.Context, _param: click.Parameter, value: str | None) -> s
 @click.pass_obj
 def where(app: App, email: str, as_json: bool, current: bool) -> None:
     """Every holding of one person: source, record, categories, dates."""
+    from daemon.access import require_email
+
+    email = require_email(email)
     ledger = app.ledger()
     try:
         holdings = ledger.holdings_for(email, include_gone=not current)

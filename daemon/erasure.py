@@ -35,11 +35,19 @@ erasure is complete, the person's gone holdings and their findings are detached 
 subject, and the subject row — the ledger's copy of the email — is deleted once no live
 holding refers to it (kept Stripe charges still do: the ledger keeps tracking what is held).
 
+Verified twice: a fresh lookup by every form of the email the plan asked by, and each
+record the plan changed read back by its id (a write that did not happen shows even where no
+search finds the record again). A write counts only when the API answered it for that record:
+a redirect or an HTML page is a failed step (connectors' erase functions decide).
+
+Mail: queued emails naming the person (any form of the address) are withdrawn from the
+outbox and sent copies deleted, in the transaction of `erasure.done` (daemon/mail.py).
+
 audit_log: `erasure.plan` (counts per action), one `erasure.step` per step applied (source,
 record type and id, action, status: deleted / anonymised / already gone / failed), and
-`erasure.done` (verified or not, what is left). The person is named by access.person_ref;
-Mailchimp member ids are the MD5 of the email, so member steps carry no id (the audience and
-the person's reference name the record).
+`erasure.done` (verified or not, what is left, the outbox rows withdrawn or deleted). The
+person is named by access.person_ref; Mailchimp member ids are the MD5 of the email, so
+member steps carry no id (the audience and the person's reference name the record).
 """
 
 from __future__ import annotations
@@ -71,8 +79,10 @@ from daemon.access import (
     person_ref,
     require_email,
     safe_text,
+    still_theirs,
 )
-from daemon.ledger import Finding, Holding, Ledger, Subject
+from daemon.ledger import EmailForm, Finding, Holding, Ledger, Subject
+from daemon.mail import purge_mail
 from daemon.sync import mark_gone, upsert_records
 
 if TYPE_CHECKING:
@@ -207,7 +217,8 @@ def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, em
     upstream; records the request (`erasure.plan`) in audit_log."""
     address = require_email(email)
     moment = now or utcnow()
-    lookup = look_up(systems, address, ledger=ledger, now=moment)
+    # As typed, not only normalised: Stripe's email filter matches exactly.
+    lookup = look_up(systems, email, ledger=ledger, now=moment)
     steps = [Step(f.source, f.kind, f.record_type, f.external_id, *decide(f, retention, moment))
              for f in lookup.records]
     steps.sort(key=lambda s: (_STEP_ORDER.get((s.kind, s.record_type), 9), s.source,
@@ -253,6 +264,11 @@ class ErasureResult:
     forgotten: bool
     # Stale holdings brought up to date (gone or no longer the person's upstream already).
     caught_up: int = 0
+    # Changed records whose state could not be read back by id, and why.
+    unconfirmed: tuple[tuple[Step, str], ...] = ()
+    # Queued emails naming the person that were withdrawn, and sent copies deleted.
+    mail_withdrawn: int = 0
+    mail_deleted: int = 0
 
     @property
     def failed(self) -> list[StepOutcome]:
@@ -261,9 +277,9 @@ class ErasureResult:
     @property
     def complete(self) -> bool:
         """Every system answered before and after, every step succeeded, and nothing but
-        what the plan keeps is left."""
+        what the plan keeps is left, by a fresh lookup and by each changed record's id."""
         return (self.plan.complete and self.verification.complete and not self.failed
-                and not self.leftover)
+                and not self.leftover and not self.unconfirmed)
 
 
 def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: RetentionSettings, *,
@@ -279,30 +295,64 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
                                        now or utcnow())
         outcomes.append(outcome)
         resolved += settled
-    verification = look_up(systems, plan.email, ledger=ledger)
+    # A fresh lookup by every form asked before, and each changed record read back by its
+    # id: a write that did not happen is seen even where the lookup cannot see the record.
+    verification = look_up(systems, plan.email, ledger=ledger, forms=plan.lookup.forms)
     kept = {step.key for step in plan.kept}
-    leftover = tuple(found for found in verification.records if found.key not in kept)
+    leftover = {found.key: found for found in verification.records if found.key not in kept}
+    still, unconfirmed = _read_back(systems, plan)
+    for found in still:
+        leftover.setdefault(found.key, found)
     forgotten = False
     done_well = (plan.complete and verification.complete and not leftover
-                 and all(o.ok for o in outcomes))
+                 and not unconfirmed and all(o.ok for o in outcomes))
     with ledger.session() as session:
         moment = now or utcnow()
         stale = _catch_up(ledger, session, verification, moment)
         resolved += settle_findings(session, stale, retention, moment)
+        # Mail is the ledger's copy too: a digest queued before the erasure must not go out
+        # naming the person after it, and a sent copy has no reason to stay.
+        withdrawn, deleted = purge_mail(session, (plan.email, *plan.lookup.forms))
         if done_well:
             forgotten = _forget_subject(session, plan.email)
         trail.append(session, actor, "erasure.done", {
             "request": plan.request_id, "person": plan.person, "verified": done_well,
             "steps": {status: sum(1 for o in outcomes if o.status == status)
                       for status in sorted({o.status for o in outcomes})},
-            "kept": len(plan.kept), "left": len(leftover),
+            "kept": len(plan.kept), "left": len(leftover), "unconfirmed": len(unconfirmed),
             "unanswered": sorted(a.source for a in verification.failed),
             "findings_resolved": resolved, "ledger_caught_up": len(stale),
+            "outbox": {"withdrawn": withdrawn, "sent_deleted": deleted},
             "subject_removed": forgotten})
     log.info("erasure.done", request=plan.request_id, verified=done_well,
-             failed=sum(1 for o in outcomes if not o.ok), left=len(leftover))
-    return ErasureResult(plan, tuple(outcomes), verification, leftover, resolved, forgotten,
-                         len(stale))
+             failed=sum(1 for o in outcomes if not o.ok), left=len(leftover),
+             mail_withdrawn=withdrawn)
+    return ErasureResult(plan, tuple(outcomes), verification, tuple(leftover.values()),
+                         resolved, forgotten, len(stale), tuple(unconfirmed), withdrawn,
+                         deleted)
+
+
+def _read_back(systems: Systems, plan: Plan) -> tuple[list[Found], list[tuple[Step, str]]]:
+    """Each record the plan changed, fetched by its id: the ones still holding the person
+    (not deleted, not anonymised), and the ones that could not be read."""
+    still: list[Found] = []
+    unconfirmed: list[tuple[Step, str]] = []
+    for step in plan.changes:
+        connector = systems.connectors.get(step.source)
+        if connector is None:
+            unconfirmed.append((step, "the source is not connected"))
+            continue
+        try:
+            data = MODULES[step.kind].fetch(connector, step.record_type, step.external_id)
+        except (APIError, ValueError) as exc:
+            unconfirmed.append((step, exc.message if isinstance(exc, APIError) else str(exc)))
+            continue
+        if data is None:
+            continue
+        found = Found(step.source, step.kind, step.record_type, step.external_id, data)
+        if step.action == DELETE or still_theirs(found, plan.email):
+            still.append(found)
+    return still, unconfirmed
 
 
 def _apply_step(ledger: Ledger, systems: Systems, plan: Plan, step: Step,
@@ -420,6 +470,7 @@ def _forget_subject(session: Session, email: str) -> bool:
                     .values(subject_id=None))
     if session.scalar(select(exists().where(Holding.subject_id == subject_id))):
         return False
+    session.execute(delete(EmailForm).where(EmailForm.subject_id == subject_id))
     session.execute(update(Finding).where(Finding.subject_id == subject_id)
                     .values(subject_id=None))
     session.execute(delete(Subject).where(Subject.id == subject_id))
@@ -465,6 +516,16 @@ def result_lines(result: ErasureResult) -> list[str]:
         lines.append(f"  {answer.source}: could not verify — {answer.error}")
     for found in result.leftover:
         lines.append(f"  still held: {found.source} {found.record_type} {found.external_id}")
+    for step, why in result.unconfirmed:
+        lines.append(f"  could not read back {step.source} {step.record_type} "
+                     f"{step.external_id}: {why}")
+    if result.mail_withdrawn:
+        lines.append(f"  outbox: {result.mail_withdrawn} queued email(s) naming the person "
+                     "withdrawn, not sent (the next report is rendered from the ledger as it "
+                     "is now)")
+    if result.mail_deleted:
+        lines.append(f"  outbox: {result.mail_deleted} sent email(s) naming the person "
+                     "deleted from the ledger")
     if result.complete:
         kept = len(result.plan.kept)
         tail = f" except the {kept} record(s) the plan keeps" if kept else ""

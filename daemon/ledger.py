@@ -76,6 +76,18 @@ class Subject(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class EmailForm(Base):
+    """An email exactly as a system holds it, where that differs from the subject's
+    normalised key (other case, decomposed accents): Stripe's email filter matches exactly
+    and Mailchimp hashes what it holds, so an erasure looks the person up by every form."""
+
+    __tablename__ = "email_forms"
+    __table_args__ = (Index("ix_email_forms_subject", "subject_id"),)
+
+    form: Mapped[str] = mapped_column(String(320), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id"))
+
+
 class Source(Base):
     __tablename__ = "sources"
 
@@ -276,7 +288,7 @@ def make_engine(url: str) -> Engine:
 
 
 # The newest migration's revision (a test checks it against daemon/migrations).
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004_erase"
 
 
 def schema_revision(engine: Engine) -> str | None:

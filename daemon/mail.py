@@ -8,7 +8,9 @@ Error messages name the server, the step and the address that failed — never t
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import smtplib
 import socket
 import ssl
@@ -16,14 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email import policy
+from email import message_from_string, policy
 from email.message import EmailMessage
 from email.parser import HeaderParser
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from connectors.base import utcnow
@@ -40,6 +42,10 @@ ACTOR = "mail"
 LEASE = timedelta(minutes=10)
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(hours=6)
+# Sent emails stay in the outbox this long, then are deleted: long enough to answer "did
+# yesterday's email go out, and what did it say" across a holiday, no longer (they name
+# people; the trail keeps the fact that each was sent).
+SENT_KEPT = timedelta(days=14)
 
 
 class MailError(Exception):
@@ -381,10 +387,55 @@ def deliver_pending(ledger: Ledger, settings: SmtpSettings, *, now: datetime | N
                 log.warning("mail.lease_lost", outbox_id=row.id)
         sent += 1
         log.info("mail.sent", outbox_id=row.id, message_id=row.message_id)
+    purge_sent(ledger, clock())
     with ledger.sessions() as session:
         waiting = session.scalar(select(func.count(OutboxMessage.id))
                                  .where(OutboxMessage.status != "sent")) or 0
     return DeliveryResult(sent=sent, failed=failed, errors=tuple(errors), waiting=waiting)
+
+
+def _readable_text(message: str) -> str:
+    """The subject and every text part of a stored message, decoded (the parts are
+    quoted-printable, the HTML entity-escaped), for searching."""
+    parsed = message_from_string(message, policy=policy.default)
+    texts = [str(parsed.get("Subject", ""))]
+    for part in parsed.walk():
+        if part.get_content_maintype() == "text":
+            try:
+                content = part.get_content()
+            except (LookupError, ValueError):
+                content = part.get_payload(decode=False)
+            texts.append(html.unescape(str(content)))
+    return "\n".join(texts)
+
+
+def purge_mail(session: Session, emails: Sequence[str]) -> tuple[int, int]:
+    """Delete every outbox row whose message names any of these forms of one email, in the
+    caller's transaction: queued ones are withdrawn (never sent; one being sent right now
+    is too late to stop and is not retried), sent copies go. Returns (withdrawn, deleted)."""
+    # Whole addresses only: erasing ana@x.com must not withdraw an email naming dana@x.com.
+    needles = [re.compile(rf"(?<![\w.+%'-]){re.escape(e)}(?![\w-]|\.\w)")
+               for e in dict.fromkeys(emails) if e]
+    withdrawn: list[int] = []
+    deleted: list[int] = []
+    for ident, status, message in session.execute(
+            select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.message)):
+        text = _readable_text(message)
+        if any(needle.search(text) for needle in needles):
+            (deleted if status == "sent" else withdrawn).append(ident)
+    if withdrawn or deleted:
+        session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(withdrawn + deleted)))
+        trail.append(session, ACTOR, "email.withdrawn",
+                     {"outbox_ids": sorted(withdrawn), "sent_deleted": sorted(deleted),
+                      "reason": "names an erased person"})
+    return len(withdrawn), len(deleted)
+
+
+def purge_sent(ledger: Ledger, now: datetime) -> int:
+    """Delete sent emails older than SENT_KEPT; returns how many."""
+    with ledger.session() as session:
+        return session.execute(delete(OutboxMessage).where(
+            OutboxMessage.status == "sent", OutboxMessage.sent_at < now - SENT_KEPT)).rowcount
 
 
 def next_attempt(ledger: Ledger) -> datetime | None:

@@ -100,6 +100,9 @@ class _Driver:
         self.insert_subjects = _Insert(
             "INSERT INTO subjects (email, first_seen, last_seen) VALUES ", f"({self.marks(3)})",
             " ON CONFLICT (email) DO NOTHING")
+        self.insert_forms = _Insert(
+            "INSERT INTO email_forms (form, subject_id) VALUES ", f"({self.marks(2)})",
+            " ON CONFLICT (form) DO NOTHING")
         self.insert_holdings = _Insert(
             f"INSERT INTO holdings ({', '.join(_INSERTED)}) VALUES ",  # noqa: S608
             f"({self.marks(len(_INSERTED))})")
@@ -340,6 +343,10 @@ def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Recor
             now: datetime, *, touch_unchanged: bool) -> int:
     subjects, held_before = _subject_ids(driver, {r.email for r in latest.values() if r.email},
                                          now)
+    # The raw forms an erasure must look the person up by; most records have none.
+    forms = {(r.email_as_held, subjects[r.email]) for r in latest.values()
+             if r.email_as_held is not None and r.email in subjects}
+    driver.insert_many(driver.insert_forms, sorted(forms))
     existing = _held(driver, source_id, latest)
     parents = _parent_subjects(driver, source_id, latest.values(), subjects)
     stamp = driver.time(now)

@@ -5,11 +5,15 @@ at once; the trail verifies, names the person by reference only, and shows an ed
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
@@ -19,7 +23,16 @@ from daemon import trail
 from daemon.access import Systems, open_systems, person_ref
 from daemon.audit import run_audit
 from daemon.config import Settings, load_settings
-from daemon.erasure import ANONYMISE, DELETE, KEEP, ErasureResult, Plan, apply_plan, make_plan
+from daemon.erasure import (
+    ANONYMISE,
+    DELETE,
+    KEEP,
+    ErasureResult,
+    Plan,
+    apply_plan,
+    make_plan,
+)
+from daemon.erasure import result_lines as erasure_lines
 from daemon.ledger import AuditLogEntry, Finding, Holding, Ledger, Source, Subject
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
@@ -393,3 +406,353 @@ def test_erase_command_plans_asks_applies_and_refuses_bad_input(
     verified = cli(config, "verify-log", "--person", p.email)
     assert verified.exit_code == 0 and "the hash chain is intact" in verified.stdout
     assert "erasure.done" in verified.stdout
+
+
+# -- every form of an email, and only that person's ------------------------------------------
+
+
+def test_command_erases_a_stripe_customer_held_with_capitals_and_never_synced(
+        running: RunningEstate, tmp_path: Path, sqlite_url: str) -> None:
+    stripe = running.estate.stripe
+    config = running.write_config(tmp_path / "config", ledger_url=sqlite_url)
+    assert cli(config, "sync", "--full").exit_code == 0
+    # Created after the sync: only Stripe knows it, and its email filter is case-sensitive.
+    customer = stripe.add_customer(email="Dana.Case@Example.com", name="Dana Case")
+    applied = cli(config, "erase", "Dana.Case@Example.com", "--apply", "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert f"DELETE    customer {customer}" in applied.stdout
+    assert (stripe.customer(customer) or {}).get("deleted") is True
+    assert "Verified live" in applied.stdout
+
+
+def test_a_stripe_customer_in_a_form_nobody_typed_is_found_through_its_charge(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    stripe = running.estate.stripe
+    customer = stripe.add_customer(email="Paid.Once@Example.COM", name="Paid Once")
+    carrying = stripe.add_charge(customer=customer,
+                                 billing_details={"email": "paid.once@example.com"})
+    silent = stripe.add_charge(customer=customer, billing_details={"email": None})
+    # Neither synced nor typed as Stripe holds it: only the charge's email says who it is.
+    plan, result = erase(synced_lite, systems, settings, "paid.once@example.com")
+    planned = {(s.record_type, s.external_id, s.action) for s in plan.steps}
+    assert {("customer", customer, DELETE), ("charge", carrying, KEEP),
+            ("charge", silent, KEEP)} <= planned
+    assert result.complete and (stripe.customer(customer) or {}).get("deleted") is True
+
+
+def test_decomposed_and_differently_cased_forms_are_erased_by_a_composed_request(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    stripe, chimp = estate.stripe, estate.mailchimp
+    audience = chimp.sources()[0].split(":", 1)[1]
+    held = "Chloe\u0301.Durand@Example.org"           # NFD, capitals: as Stripe holds it
+    customer = stripe.add_customer(email=held, name="Chloé Durand")
+    charge = stripe.add_charge(customer=None, billing_details={"email": held})
+    member = chimp.add_member(audience, "chloe\u0301.durand@example.org", first_name="Chloé")
+    sync(synced_lite, settings)
+    # Not synced and held only decomposed: found by the request's decomposed form.
+    unsynced = chimp.add_member(chimp.sources()[1].split(":", 1)[1],
+                                "Chloe\u0301.Durand@example.org")
+    request = "chlo\u00e9.durand@example.org"           # NFC, as the person writes it
+    plan, result = erase(synced_lite, systems, settings, request)
+    assert result.complete, ([o.error for o in result.failed], result.leftover)
+    planned = {(s.source, s.record_type, s.external_id) for s in plan.steps}
+    assert ("stripe", "customer", customer) in planned
+    assert ("stripe", "charge", charge) in planned
+    assert (stripe.customer(customer) or {}).get("deleted") is True
+    for source in chimp.sources():
+        assert not any(ident in (member, unsynced) for _, ident, _ in
+                       chimp.ground_truth(source))
+    with synced_lite.sessions() as session:
+        subjects = session.scalars(select(Subject.email)
+                                   .where(Subject.email.like("%durand@example.org"))).all()
+        forms = session.execute(text("SELECT form FROM email_forms")).scalars().all()
+    # One person, whatever form each system holds (the kept charge keeps the subject); the
+    # raw forms kept, only those that differ from the key (most are lower-case ASCII).
+    assert subjects == ["chlo\u00e9.durand@example.org"]
+    assert held in forms and len(forms) < len(estate.people) // 2
+
+
+def test_a_kelvin_sign_mailbox_is_another_person_and_survives_erasing_k(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    estate = running.estate
+    stripe, shop = estate.stripe, estate.shops["allmyink"]
+    kelvin, plain = "\u212aelvin.sign@example.org", "kelvin.sign@example.org"
+    theirs = {email: (stripe.add_customer(email=email, name="K"),
+                      str(shop.add_customer(email=email, first_name="K")))
+              for email in (kelvin, plain)}
+    kelvin_charge = stripe.add_charge(customer=theirs[kelvin][0],
+                                      billing_details={"email": kelvin})
+    sync(synced, settings)
+    plan, result = erase(synced, systems, settings, plain)
+    assert result.complete, [o.error for o in result.failed]
+    erased = {s.external_id for s in plan.steps}
+    assert theirs[plain][0] in erased and theirs[plain][1] in erased
+    assert not erased & {theirs[kelvin][0], theirs[kelvin][1], kelvin_charge}
+    assert stripe.customer(theirs[kelvin][0])["email"] == kelvin
+    assert int(theirs[kelvin][1]) in shop.customers
+    assert (stripe.customer(theirs[plain][0]) or {}).get("deleted") is True
+    with synced.sessions() as session:
+        subjects = set(session.scalars(select(Subject.email)
+                                       .where(Subject.email.like("%elvin.sign@example.org"))))
+    assert subjects == {kelvin}
+
+
+def test_erasing_the_kelvin_sign_mailbox_leaves_the_mailchimp_member_of_k(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    stripe, chimp = estate.stripe, estate.mailchimp
+    kelvin, plain = "\u212aelvin.sign@example.org", "kelvin.sign@example.org"
+    theirs = stripe.add_customer(email=kelvin, name="K")
+    other = stripe.add_customer(email=plain, name="k")
+    # Mailchimp names a member by the MD5 of the lower-cased address, and U+212A
+    # lower-cases to k: asking for the Kelvin sign's hash answers k's member.
+    audience = chimp.sources()[0].split(":", 1)[1]
+    member = chimp.add_member(audience, plain)
+    sync(synced_lite, settings)
+    plan, result = erase(synced_lite, systems, settings, kelvin)
+    assert result.complete, [o.error for o in result.failed]
+    assert [(s.source, s.external_id) for s in plan.steps] == [("stripe", theirs)]
+    assert (stripe.customer(theirs) or {}).get("deleted") is True
+    assert stripe.customer(other)["email"] == plain
+    assert chimp.member(audience, member)["email_address"] == plain
+
+
+def test_subjects_split_by_the_old_key_are_merged_by_the_migration(ledger: Ledger) -> None:
+    decomposed, composed = "chloe\u0301@example.org", "chlo\u00e9@example.org"
+    with ledger.engine.begin() as connection:
+        connection.execute(text("DROP TABLE email_forms"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    with ledger.session() as session:
+        source = ledger.source(session, "stripe", "stripe")
+        for n, email in enumerate((decomposed, composed, "ada@example.org")):
+            subject = Subject(email=email, first_seen=NOW + n * DAY, last_seen=NOW + n * DAY)
+            session.add(subject)
+            session.flush()
+            session.add(Holding(source_id=source.id, record_type="customer",
+                                external_id=f"cus_{n}", subject_id=subject.id,
+                                categories=",email,", first_seen=NOW, last_seen=NOW))
+    again = Ledger.open(ledger.engine.url.render_as_string(hide_password=False))
+    try:
+        with again.sessions() as session:
+            subjects = session.execute(select(Subject.email, Subject.first_seen,
+                                              Subject.last_seen).order_by(Subject.email)).all()
+            owners = dict(session.execute(
+                select(Holding.external_id, Subject.email)
+                .join(Subject, Subject.id == Holding.subject_id)).all())
+            forms = session.execute(text("SELECT form FROM email_forms")).scalars().all()
+    finally:
+        again.close()
+    assert [s.email for s in subjects] == ["ada@example.org", composed]
+    assert (subjects[1].first_seen, subjects[1].last_seen) == (NOW, NOW + DAY)
+    assert owners == {"cus_0": composed, "cus_1": composed, "cus_2": "ada@example.org"}
+    # The old key is a form the systems may hold (Mailchimp hashes exactly that).
+    assert forms == [decomposed]
+
+
+# -- erasure writes answered by something other than the API ---------------------------------
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class Gate:
+    """A loopback proxy in front of a twin, as a login wall or a misbehaving proxy would
+    stand in front of the real API: every request is forwarded as it came (the Host header
+    too: WooCommerce's OAuth signature covers it) unless `answer(method, path)` replies."""
+
+    def __init__(self, target: str, answer: Callable[[str, str], Answer | None]) -> None:
+        where = urlsplit(target)
+        host, port = where.hostname or "127.0.0.1", where.port or 80
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                own = answer(self.command, self.path)
+                if own is None:
+                    upstream = http.client.HTTPConnection(host, port, timeout=30)
+                    upstream.request(self.command, self.path, body or None,
+                                     dict(self.headers.items()))
+                    reply = upstream.getresponse()
+                    own = (reply.status, {k: v for k, v in reply.getheaders()
+                                          if k.lower() not in ("transfer-encoding",
+                                                               "connection",
+                                                               "content-length")},
+                           reply.read())
+                    upstream.close()
+                status, headers, data = own
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+LOGIN_PAGE = (b"<!DOCTYPE html><html><head><title>Log In</title></head><body>"
+              b"<form name=\"loginform\" action=\"/wp-login.php\" method=\"post\"></form>"
+              b"</body></html>")
+
+
+def login_wall(method: str, path: str) -> Answer | None:
+    """Writes are sent to a login page; the page itself answers 200 with HTML."""
+    if path.startswith("/wp-login.php"):
+        return 200, {"Content-Type": "text/html; charset=UTF-8"}, LOGIN_PAGE
+    if method != "GET":
+        return 302, {"Location": "/wp-login.php?redirect_to=%2Fwp-admin%2F"}, b""
+    return None
+
+
+@pytest.fixture
+def gated(running: RunningEstate, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
+    """Settings whose sources (all, or those named) are reached through a Gate."""
+    gates: list[Gate] = []
+
+    def make(answer: Callable[[str, str], Answer | None],
+             sources: tuple[str, ...] | None = None) -> Settings:
+        config = running.write_config(tmp_path / f"gated-{len(gates)}")
+        text_ = config.read_text(encoding="utf-8")
+        for source in sources or tuple(running.servers):
+            gate = Gate(running.url(source), answer)
+            gates.append(gate)
+            text_ = text_.replace(running.url(source), gate.url)
+        config.write_text(text_, encoding="utf-8")
+        return load_settings(config)
+
+    yield make
+    for gate in gates:
+        gate.close()
+
+
+def test_erasure_writes_redirected_to_a_login_page_are_failed_steps_never_deleted(
+        running: RunningEstate, synced_lite: Ledger, gated: Callable[..., Settings]) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    settings = gated(login_wall)
+    before, truth = writes(estate), estate_truth(estate)
+    with open_systems(settings, sleep=lambda _: None) as systems:
+        plan, result = erase(synced_lite, systems, settings, p.email)
+    assert plan.changes and len(result.outcomes) == len(plan.changes)
+    assert all(o.status == "failed" and "redirect" in (o.error or "") for o in result.outcomes)
+    assert {o.step.kind for o in result.outcomes} == {"woocommerce", "stripe", "mailchimp"}
+    assert not result.complete and not result.forgotten
+    assert writes(estate) == before and estate_truth(estate) == truth
+    # Nothing upstream changed, so the ledger still holds every record.
+    assert ledger_truth(synced_lite) == estate_truth(estate)
+    assert "NOT COMPLETE" in "\n".join(erasure_lines(result))
+
+
+def test_erasure_writes_answered_by_an_html_page_with_200_are_failed_steps(
+        running: RunningEstate, synced_lite: Ledger, systems: Systems,
+        settings: Settings) -> None:
+    estate = running.estate
+    p = person(estate, everywhere)
+    for twin, method in ((estate.shops[p.account_shops[0]], "DELETE"),
+                         (estate.stripe, "DELETE"), (estate.mailchimp, "POST")):
+        twin.faults.inject("html", times=50, method=method)
+    plan, result = erase(synced_lite, systems, settings, p.email)
+    assert plan.changes
+    failed = {o.step.kind for o in result.outcomes if o.status == "failed"}
+    assert failed == {"woocommerce", "stripe", "mailchimp"}
+    assert not any(o.status == "deleted" for o in result.outcomes
+                   if o.step.kind in ("stripe", "mailchimp") or o.step.action == DELETE)
+    assert not result.complete
+    # What each failed step named is still upstream, and the ledger still holds it.
+    left = {held[:3] for held in estate_truth(estate)}
+    named = {o.step.key for o in result.failed}
+    assert named <= left and named <= {held[:3] for held in ledger_truth(synced_lite)}
+
+
+def test_verification_reads_each_changed_record_back_by_id(
+        running: RunningEstate, synced_lite: Ledger, gated: Callable[..., Settings]) -> None:
+    shop = running.estate.shops["allmyink"]
+    email = "read.back@example.org"
+    account = shop.add_customer(email=email, first_name="Read")
+    # An order of the account under another billing email: found through the account only,
+    # so once the account is gone no search finds it again.
+    order = shop.add_order(customer_id=account, status="pending",
+                           billing={"email": "paid.for.by@example.org"})
+
+    def lost_delete(method: str, path: str) -> Answer | None:
+        # A proxy that answers the order's deletion as the API would, and drops it.
+        if method == "DELETE" and urlsplit(path).path.endswith(f"/orders/{order}"):
+            return 200, {"Content-Type": "application/json"}, json.dumps(
+                {"id": order, "status": "pending"}).encode()
+        return None
+
+    settings = gated(lost_delete, ("woo:allmyink",))
+    with open_systems(settings, sleep=lambda _: None) as systems:
+        plan, result = erase(synced_lite, systems, settings, email)
+    assert {(s.record_type, s.external_id) for s in plan.changes} >= {
+        ("customer", str(account)), ("order", str(order))}
+    assert all(o.ok for o in result.outcomes)
+    assert order in shop.orders and account not in shop.customers
+    assert [(f.record_type, f.external_id) for f in result.leftover] == [("order", str(order))]
+    assert not result.complete
+    assert f"still held: woo:allmyink order {order}" in "\n".join(erasure_lines(result))
+
+
+# -- the outbox forgets the person too -------------------------------------------------------
+
+
+def test_a_digest_queued_before_the_erasure_is_withdrawn_and_never_delivered(
+        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+    from aiosmtpd.controller import Controller
+
+    from daemon import mail, report
+    from daemon.config import ReportSettings, SmtpSettings
+    from daemon.ledger import OutboxMessage
+    from tests.integration.test_mail import Inbox, _free_port
+
+    estate = running.estate
+    run_audit(synced, settings.retention, now=NOW)
+    digest = report.render_digest(synced, settings, NOW)
+    p = next(p for p in estate.people if p.email in digest.text)
+    addressing = ReportSettings(recipients=["owner@shop.example"], sender="ledger@shop.example")
+    mail.enqueue(synced, digest, addressing, now=NOW)
+    other = mail.RenderedEmail("a note", "nothing about anyone", "<p>nothing about anyone</p>")
+    mail.enqueue(synced, other, addressing, now=NOW)
+    # A copy already sent, naming the person: the ledger has no reason to keep it.
+    mail.enqueue(synced, digest, addressing, now=NOW - DAY)
+    with synced.session() as session:
+        oldest = session.scalar(select(OutboxMessage.id).order_by(OutboxMessage.id.desc()))
+        session.execute(OutboxMessage.__table__.update().where(OutboxMessage.id == oldest)
+                        .values(status="sent", sent_at=NOW - DAY))
+    _, result = erase(synced, systems, settings, p.email)
+    inbox, port = Inbox(), _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        mail.deliver_pending(synced, SmtpSettings(host="127.0.0.1", port=port, security="none",
+                                                  timeout=timedelta(seconds=5)), now=NOW)
+    finally:
+        controller.stop()
+    assert [str(r.message["Subject"]) for r in inbox.received] == ["a note"]
+    with synced.sessions() as session:
+        left = session.scalars(select(OutboxMessage.subject)).all()
+        done = json.loads(session.scalars(select(AuditLogEntry.detail).where(
+            AuditLogEntry.action == "erasure.done")).all()[-1])
+        withdrawn = session.scalars(select(AuditLogEntry.detail).where(
+            AuditLogEntry.action == "email.withdrawn")).all()
+    assert left == ["a note"]
+    assert (result.mail_withdrawn, result.mail_deleted) == (1, 1)
+    assert done["outbox"] == {"withdrawn": 1, "sent_deleted": 1}
+    assert len(withdrawn) == 1 and p.email not in withdrawn[0]
+    lines = "\n".join(erasure_lines(result))
+    assert "1 queued email(s) naming the person withdrawn" in lines

@@ -33,6 +33,7 @@ from daemon.config import ReportSettings, SmtpSettings
 from daemon.ledger import AuditLogEntry, Ledger, OutboxMessage, Source, SyncRun
 
 NOW = datetime(2025, 3, 4, 6, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
 USER, PASSWORD = "ledger", "correct-horse-battery"
 OWNER = "owner@allmyink.example"
 ADDRESSING = ReportSettings(recipients=[OWNER, "deputy@allmyink.example"],
@@ -331,6 +332,28 @@ def test_enqueue_without_recipients_names_report_recipients(ledger: Ledger) -> N
         mail.enqueue(ledger, _rendered(), Nobody(), now=NOW)
 
     assert _outbox(ledger) == []
+
+
+def test_sent_emails_are_deleted_after_the_retention_and_waiting_ones_never(
+        ledger: Ledger, serve: Any) -> None:
+    port = serve(Inbox())
+    for subject, age in (("old", 20), ("recent", 2)):
+        mail.enqueue(ledger, _rendered(subject), ADDRESSING, now=NOW - age * DAY)
+        assert mail.deliver_pending(ledger, _smtp(port), now=NOW - age * DAY).sent == 1
+    mail.enqueue(ledger, _rendered("waiting"), ADDRESSING, now=NOW - 30 * DAY)
+    with ledger.session() as session:
+        session.execute(update(OutboxMessage).where(OutboxMessage.subject == "waiting")
+                        .values(next_attempt_at=NOW + DAY))
+    mail.deliver_pending(ledger, _smtp(port), now=NOW)
+    # 20 days after it was sent the copy is gone; 2 days after, kept; unsent, kept.
+    assert [(m.subject, m.status) for m in _outbox(ledger)] == [("recent", "sent"),
+                                                                 ("waiting", "pending")]
+    assert mail.SENT_KEPT < 20 * DAY
+    # The trail keeps the fact that it was sent.
+    with ledger.sessions() as session:
+        sent = session.scalars(select(AuditLogEntry.detail)
+                               .where(AuditLogEntry.action == "email.sent")).all()
+    assert len(sent) == 2
 
 
 def test_backoff_doubles_from_a_minute_to_at_most_six_hours() -> None:

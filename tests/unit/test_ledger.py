@@ -43,6 +43,8 @@ def test_opening_a_current_ledger_leaves_alembic_unloaded(ledger_url: str) -> No
 def test_a_ledger_behind_the_newest_migration_is_brought_up_to_it(ledger: Ledger) -> None:
     with ledger.engine.begin() as connection:
         connection.execute(text("DROP TABLE ledger_keys"))
+        # What revisions after 0003 add goes too, so that they can run again.
+        connection.execute(text("DROP TABLE email_forms"))
         connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     again = Ledger.open(ledger.engine.url.render_as_string(hide_password=False))
     try:

@@ -34,6 +34,33 @@ def test_normalise_email_lowercases_and_trims_or_refuses(raw: object, expected: 
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
+    ("chloe\u0301@example.org", "chlo\u00e9@example.org"),     # decomposed → composed
+    ("CHLOE\u0301@Example.org", "chlo\u00e9@example.org"),
+    ("\u212aelvin@example.org", "\u212aelvin@example.org"),   # Kelvin sign: never k
+    ("\u212a\u0301@example.org", "\u212a\u0301@example.org"),  # nor composed into Ḱ
+    ("K\u0301@example.org", "\u1e31@example.org"),
+    ("\u0130stanbul@example.tr", "\u0130stanbul@example.tr"),   # İ lower-cases to i + ◌̇
+    ("\u03a3\u039f\u03a6\u0399\u0391@example.gr", "\u03c3\u03bf\u03c6\u03b9\u03b1@example.gr"),
+    ("stra\u00dfe@example.de", "stra\u00dfe@example.de"),      # ß stays (casefold: ss)
+])
+def test_normalise_email_composes_and_lowercases_but_never_makes_ascii(
+        raw: str, expected: str) -> None:
+    assert normalise_email(raw) == expected
+
+
+def test_normalise_email_is_idempotent_and_adds_no_ascii_on_random_text() -> None:
+    rng = random.Random(5)
+    alphabet = ("aAeEkKsSiI\u212a\u212b\u2126\u0130\u0131\u037e\u1fef\u0301\u0308"
+                "\u00e9\u00c9\u1e9e\u00df\u03a3\u1100\u1161\u11a8\uac00")
+    for _ in range(3000):
+        local = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+        key = normalise_email(f"{local}@example.org")
+        assert key is not None and normalise_email(key) == key, repr(local)
+        ascii_before = sum(c.isascii() for c in local)
+        assert sum(c.isascii() for c in key.split("@")[0]) <= ascii_before, repr(local)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
     ("2017-03-22T16:28:02", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
     ("2017-03-22T16:28:02Z", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
     ("2017-03-22T18:28:02+02:00", datetime(2017, 3, 22, 16, 28, 2, tzinfo=UTC)),
