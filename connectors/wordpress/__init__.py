@@ -14,7 +14,7 @@ millions); a refused application password looks like none (401).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from connectors.base import (
     Record,
     Skip,
     count_text,
+    email_as_held,
     has_value,
     normalise_email,
     parse_time,
@@ -104,6 +105,7 @@ def classify_comment(data: Mapping[str, Any], *, own_agent: str = "") -> Record 
     evidence: list[str] = []
     raw_email = data.get("author_email")
     email = normalise_email(raw_email) if _held(raw_email) else None
+    held_as = email_as_held(raw_email, email)
     if email:
         categories.add(Category.EMAIL)
     if _held(data.get("author_name")):
@@ -131,7 +133,7 @@ def classify_comment(data: Mapping[str, Any], *, own_agent: str = "") -> Record 
         created_at=parse_time(data.get("date_gmt")),
         parent_id=str(author) if isinstance(author, int) and author > 0 else None,
         anonymised=data.get("author_name") == DELETED_TEXT,
-        evidence=tuple(evidence),
+        evidence=tuple(evidence), email_as_held=held_as,
     )
 
 
@@ -151,7 +153,8 @@ def classify_user(data: Mapping[str, Any]) -> Record | Skip:
     role = roles[0] if isinstance(roles, list) and roles and isinstance(roles[0], str) else None
     return Record(record_type=USER, external_id=str(ident), email=email,
                   categories=frozenset(categories), status=role[:40] if role else None,
-                  created_at=parse_time(data.get("registered_date")))
+                  created_at=parse_time(data.get("registered_date")),
+                  email_as_held=email_as_held(data.get("email"), email))
 
 
 class ListingStalled(FatalAPIError):
@@ -253,20 +256,27 @@ class WordPressConnector:
                 yield KeyBatch([Key(USER, str(item["id"])) for item in items])
         yield KeyBatch([], complete=True, listed_types=frozenset(self.record_types))
 
-    def lookup(self, email: str) -> list[dict[str, Any]]:
-        """The comments and account of one address as the site holds them. The site compares
-        without case or accents, so only exact matches (as the ledger normalises) are kept:
-        `chloe@` must not return `chloé@`'s comments."""
+    def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The comments and account of one person as the site holds them, asked by every
+        form (`email` the normalised key, `forms` the raw ones). The site compares without
+        case or accents, so one question per form it tells apart, and only records whose
+        own email normalises to the person's are kept: `chloe@` never gets `chloé@`'s."""
         wanted = normalise_email(email)
-        found: list[dict[str, Any]] = []
-        for items in self._comments_of(email):
-            found += [{"record_type": COMMENT, **item} for item in items
-                      if normalise_email(item.get("author_email")) == wanted]
-        if self.settings.include_users:
-            for items in self._pages("users", {"context": "edit", "search": email}):
-                found += [{"record_type": USER, **item} for item in items
-                          if normalise_email(item.get("email")) == wanted]
-        return found
+        if wanted is None:
+            return []
+        asked = {form.casefold(): form for form in (email, *forms) if form}
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for form in asked.values():
+            for items in self._comments_of(form):
+                found.update({(COMMENT, item["id"]): {"record_type": COMMENT, **item}
+                              for item in items
+                              if normalise_email(item.get("author_email")) == wanted})
+            if self.settings.include_users:
+                for items in self._pages("users", {"context": "edit", "search": form}):
+                    found.update({(USER, item["id"]): {"record_type": USER, **item}
+                                  for item in items
+                                  if normalise_email(item.get("email")) == wanted})
+        return list(found.values())
 
 
     def _comments_of(self, email: str) -> Iterator[list[dict[str, Any]]]:
