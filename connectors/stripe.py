@@ -74,6 +74,8 @@ class Settings:
     overlap: timedelta = timedelta(minutes=10)
     requests_per_second: float = 20.0
     retry_attempts: int = 5
+    # Decoded bytes one answer may hold; None: the HTTP layer's default.
+    max_response_size: int | None = None
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
 
@@ -315,6 +317,7 @@ class StripeConnector:
             describe_error=describe_error,
             signer=self._pace,
             sleep=settings.sleep,
+            max_response_size=settings.max_response_size,
         )
 
     def probe(self) -> str:

@@ -100,7 +100,8 @@ def test_a_hashed_email_in_the_path_never_reaches_a_message_or_a_log() -> None:
     responses.get(f"{BASE}{path}", status=503, json={"error": {"message": "busy"}})
     with capture_logs() as logged, pytest.raises(RetriableAPIError) as caught:
         client().get_json(path)
-    assert [entry["event"] for entry in logged] == ["upstream.retry"] * 2
+    assert [entry["event"] for entry in logged
+            if entry["log_level"] != "debug"] == ["upstream.retry"] * 2
     assert member not in str(caught.value) and member not in repr(logged)
     assert "/members/…" in str(caught.value)
 
