@@ -431,10 +431,12 @@ class HttpClient:
             target = urljoin(response.url, response.headers["Location"])
             response.close()
             if _origin(target) != origin:
-                parts = urlsplit(target)
-                where = (f"another host: {parts.netloc}"
-                         if parts.netloc.lower() != urlsplit(url).netloc.lower()
-                         else f"another address: {parts.scheme}://{parts.netloc}")
+                parts, here = urlsplit(target), urlsplit(url)
+                # http → https of the same host is not followed either: the scheme decides
+                # how keys are sent (WooCommerce: OAuth over http, Basic over https).
+                where = (f"another address: {parts.scheme}://{parts.netloc}"
+                         if parts.hostname == here.hostname and parts.scheme != here.scheme
+                         else f"another host: {parts.netloc}")
                 raise self._fatal(
                     f"{strip_query(url)} redirected to {where}; set the url to the final "
                     f"address (redirects are followed only within {origin})",
