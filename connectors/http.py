@@ -138,8 +138,16 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 _EMAIL_IN_TEXT = re.compile(r"([^\s@'\"()<>=,;:\[\]]+)@([^\s@'\"()<>=,;:\[\]]+\.[A-Za-z]{2,})")
 # Five or more digits, maybe grouped: phone numbers, card numbers, postcodes, IP addresses.
 _DIGIT_RUN_IN_TEXT = re.compile(r"\+?\d(?:[ ().-]?\d){4,}")
-# A quoted value holding a space is a name, an address or a sentence someone typed.
-_QUOTED_PHRASE = re.compile(r"([\"'“‘])([^\"'“”‘’]*\s[^\"'“”‘’]*)([\"'”’])")
+# Quoted values, paired left to right; one holding a space or a digit is a name, an address
+# or a sentence someone typed, and is masked.
+_QUOTED = re.compile(r"([\"'“‘])([^\"'“”‘’]*)([\"'”’])")
+
+
+def _masked_quote(match: re.Match[str]) -> str:
+    inside = match.group(2)
+    if re.search(r"[\s\d]", inside):
+        return f"{match.group(1)}…{match.group(3)}"
+    return match.group(0)
 UPSTREAM_TEXT_LIMIT = 200
 
 
@@ -147,7 +155,7 @@ def mask_personal(text: str, limit: int = UPSTREAM_TEXT_LIMIT) -> str:
     """Upstream error text fit to be stored and mailed: email addresses masked
     (`d***@example.com`), digit runs and quoted phrases replaced, cut to `limit`."""
     text = _EMAIL_IN_TEXT.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
-    text = _QUOTED_PHRASE.sub(lambda m: f"{m.group(1)}…{m.group(3)}", text)
+    text = _QUOTED.sub(_masked_quote, text)
     text = _DIGIT_RUN_IN_TEXT.sub("#…", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

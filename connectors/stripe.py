@@ -36,7 +36,7 @@ from connectors.base import (
     scan_text,
     utcnow,
 )
-from connectors.http import FatalAPIError, HttpClient, RetryPolicy, redact
+from connectors.http import FatalAPIError, HttpClient, RetryPolicy, mask_personal, redact
 
 log = structlog.get_logger("connectors.stripe")
 
@@ -605,7 +605,8 @@ class StripeConnector:
 
     def _refused(self, path: str, response: requests.Response) -> FatalAPIError:
         said = describe_error(response)
-        said = redact(f" Stripe said: {said}", (self.settings.api_key,)) if said else ""
+        said = (" " + mask_personal(redact(f"Stripe said: {said}", (self.settings.api_key,)))
+                if said else "")
         if response.status_code == 401:
             message = (
                 "Stripe refused the API key (401 Unauthorized): it is wrong, expired or "
