@@ -259,3 +259,47 @@ def test_personal_data_quoted_in_an_upstream_error_is_masked(serve) -> None:
     assert "d***@example.com" in message
     assert "Lorem ipsum dolor sit amet. " * 10 not in message
     assert message.startswith(f"HTTP 400 at http://127.0.0.1:{shop.port}/orders — Invalid")
+
+
+# -- 5. through a full sync: a redirected listing never marks holdings gone -------------------
+
+
+def test_a_full_sync_redirected_to_another_host_marks_nothing_gone(
+        serve, tmp_path, ledger_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from daemon.config import load_settings
+    from daemon.ledger import Ledger
+    from daemon.sources import sync_configured
+    from sandbox.demo import RunningEstate
+    from sandbox.estate import EstateSpec, build_estate
+    from tests.integration.estate_helpers import holding_count
+
+    empty = start(serve, lambda c, _s: answer_json(c, [], X_WP_Total=0, X_WP_TotalPages=0))
+
+    def moved(connection: socket.socket, seen: Seen) -> None:
+        query = "&".join(f"{k}={v[0]}" for k, v in seen.query.items())
+        answer(connection, b"", "301 Moved Permanently",
+               Location=f"http://localhost:{empty.port}{seen.path}?{query}")
+
+    redirector = start(serve, moved)
+    estate = build_estate(EstateSpec(seed=3, people=15, now=datetime(2026, 11, 1, tzinfo=UTC)))
+    with RunningEstate(estate) as live:
+        config = live.write_config(tmp_path / "config", ledger_url=ledger_url)
+        shop = next(iter(estate.shops))
+        ledger = Ledger.open(ledger_url)
+        try:
+            settings = load_settings(config)
+            assert all(r.ok for r in sync_configured(ledger, settings, only=shop, full=True))
+            held = holding_count(ledger)
+            assert held > 20
+            text = config.read_text(encoding="utf-8").replace(live.url(f"woo:{shop}"),
+                                                              redirector.url, 1)
+            config.write_text(text, encoding="utf-8")
+            [result] = sync_configured(ledger, load_settings(config), only=shop, full=True)
+            assert result.status == "failed" and result.gone == 0
+            assert f"redirected to another host: localhost:{empty.port}" in (result.error or "")
+            assert holding_count(ledger) == held
+            assert empty.seen == []
+        finally:
+            ledger.close()
