@@ -303,3 +303,25 @@ def test_a_full_sync_redirected_to_another_host_marks_nothing_gone(
             assert empty.seen == []
         finally:
             ledger.close()
+
+
+def test_a_sync_against_a_trickling_shop_fails_the_run_with_the_deadline(serve, ledger) -> None:
+    from connectors import woocommerce
+    from daemon.sync import sync_source
+
+    body = b" " * 20 + b"[]"
+    shop = start(serve, trickle(head(Content_Type="application/json",
+                                     Content_Length=len(body), X_WP_Total=0) + body,
+                                every=0.5))
+    connector = woocommerce.connect(woocommerce.Settings(
+        name="slow", url=shop.url, consumer_key="ck_" + "a" * 40,
+        consumer_secret="cs_" + "b" * 40, timeout=2.0, retry_attempts=2,
+        sleep=lambda _s: None))
+    try:
+        result = sync_source(ledger, connector, full=True)
+    finally:
+        connector.close()
+    assert result.status == "failed"
+    assert "no complete answer from http://127.0.0.1" in (result.error or "")
+    assert "within 2 s (gave up after 2 attempts)" in (result.error or "")
+    assert len(shop.seen) == 2
