@@ -453,8 +453,8 @@ class HttpClient:
                 raise self._fatal(
                     f"{method.upper()} {strip_query(url)} was answered by a redirect "
                     f"({response.status_code}) to {strip_query(target)}: a write is never "
-                    "sent again elsewhere; nothing was changed by this request there; set "
-                    "the url to the final address", status=response.status_code)
+                    "sent on to another address, so it was not made there; set the url to "
+                    "the final address", status=response.status_code)
             parts = urlsplit(target)
             url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
             params = dict(parse_qsl(parts.query, keep_blank_values=True))
