@@ -61,7 +61,9 @@ class SecretSources:
 def _read_secret_file(path: Path, what: str) -> str:
     """The first line of the file, trimmed (the rest may be a comment or a stray line)."""
     try:
-        value = path.read_text(encoding="utf-8").partition("\n")[0].strip()
+        # Bytes, not text mode: a carriage return inside the line must be refused, not
+        # taken as its end (a CRLF file still works: strip() drops the final one).
+        value = path.read_bytes().decode("utf-8").partition("\n")[0].strip()
     except UnicodeDecodeError:
         raise ValueError(f"{what}: {path} is not UTF-8 text") from None
     except FileNotFoundError:

@@ -179,7 +179,7 @@ def test_a_bad_log_level_is_a_clear_usage_error(config: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("bad", ["\t", "\x0b", "\x1b", "\x7f"])
+@pytest.mark.parametrize("bad", ["\t", "\r", "\x0b", "\x1b", "\x7f"])
 def test_a_secret_with_a_control_character_is_refused_without_echoing_it(
         config: Path, tmp_path: Path, bad: str) -> None:
     (tmp_path / "secrets" / "stripe-key").write_text(

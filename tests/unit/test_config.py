@@ -156,11 +156,11 @@ def test_a_secret_file_whose_first_line_is_empty_says_where_to_write(tmp_path: P
     assert "is empty" in str(caught.value) and CANARY not in str(caught.value)
 
 
-@pytest.mark.parametrize("bad", ["\t", "\x00", "\x1b", "\x7f", "\x85", "\x0b"])
+@pytest.mark.parametrize("bad", ["\t", "\r", "\x00", "\x1b", "\x7f", "\x85", "\x0b"])
 def test_a_secret_with_a_control_character_is_refused_without_echoing_it(
         tmp_path: Path, bad: str) -> None:
     value = f"{CANARY}{bad}tail-of-the-secret"
-    (tmp_path / "cred").write_text(value + "\n")
+    (tmp_path / "cred").write_bytes(value.encode() + b"\n")
     with pytest.raises(ConfigError) as caught:
         parse_settings({"woocommerce": [shop(consumer_secret="credential:cred")],
                         "stripe": {"api_key": "env:STRIPE"}},
