@@ -110,6 +110,8 @@ class Settings:
     concurrency: int = 4
     overlap: timedelta = timedelta(minutes=10)
     retry_attempts: int = 5
+    # Decoded bytes one answer may hold; None: the HTTP layer's default.
+    max_response_size: int | None = None
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -324,6 +326,7 @@ class MailchimpAccount:
             secrets=(settings.api_key,),
             describe_error=describe_problem,
             sleep=settings.sleep,
+            max_response_size=settings.max_response_size,
         )
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         # Set by connectors(): True when the audience listing saw every audience, so that

@@ -44,6 +44,7 @@ from connectors.http import (
     HttpClient,
     RetryPolicy,
     looks_like_html,
+    mask_personal,
     redact,
     require_api_answer,
 )
@@ -113,6 +114,8 @@ class Settings:
     overlap: timedelta = timedelta(minutes=10)
     requests_per_second: float = 20.0
     retry_attempts: int = 5
+    # Decoded bytes one answer may hold; None: the HTTP layer's default.
+    max_response_size: int | None = None
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
 
@@ -359,6 +362,7 @@ class StripeConnector:
             describe_error=describe_error,
             signer=self._pace,
             sleep=settings.sleep,
+            max_response_size=settings.max_response_size,
         )
 
     def probe(self) -> str:
@@ -706,7 +710,8 @@ class StripeConnector:
 
     def _refused(self, path: str, response: requests.Response) -> FatalAPIError:
         said = describe_error(response)
-        said = redact(f" Stripe said: {said}", (self.settings.api_key,)) if said else ""
+        said = (" " + mask_personal(redact(f"Stripe said: {said}", (self.settings.api_key,)))
+                if said else "")
         if response.status_code == 401:
             message = (
                 "Stripe refused the API key (401 Unauthorized): it is wrong, expired or "

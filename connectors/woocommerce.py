@@ -99,6 +99,8 @@ class Settings:
     concurrency: int = 4
     overlap: timedelta = timedelta(minutes=10)
     retry_attempts: int = 5
+    # Decoded bytes one answer may hold; None: the HTTP layer's default.
+    max_response_size: int | None = None
     # "auto": Basic over HTTPS, OAuth 1.0a over HTTP; "oauth" also behind TLS-terminating
     # proxies where WordPress thinks it is plain HTTP; "basic" is refused over plain HTTP.
     auth: str = "auto"
@@ -806,6 +808,7 @@ class WooCommerceConnector:
             describe_error=self._describe_error,
             signer=self._sign if self.oauth else None,
             sleep=settings.sleep,
+            max_response_size=settings.max_response_size,
         )
 
     def __repr__(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -86,11 +88,19 @@ def _time(value: Any) -> str:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               envvar="PRIVACY_LEDGER_CONFIG", default=DEFAULT_CONFIG, show_default=True,
               help="The TOML config file (or $PRIVACY_LEDGER_CONFIG).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Log at debug level (or set $PRIVACY_LEDGER_LOG_LEVEL: debug, info, "
+                   "warning, error).")
 @click.version_option(package_name="privacy-ledger")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path) -> None:
+def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
     """privacy-ledger: who is held where, which categories of personal data, since when."""
     ctx.obj = App(config_path)
+    try:
+        level = logs.parse_level(os.environ.get(logs.LEVEL_ENV) or "info")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    logs.set_level(logging.DEBUG if verbose else level)
     logs.configure(sys.stderr)
 
 

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors import http
 from connectors import mailchimp as mailchimp_connector
 from connectors import stripe as stripe_connector
 from connectors import woocommerce as woocommerce_connector
@@ -58,8 +59,13 @@ class SecretSources:
 
 
 def _read_secret_file(path: Path, what: str) -> str:
+    """The first line of the file, trimmed (the rest may be a comment or a stray line)."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        # Bytes, not text mode: a carriage return inside the line must be refused, not
+        # taken as its end (a CRLF file still works: strip() drops the final one).
+        value = path.read_bytes().decode("utf-8").partition("\n")[0].strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: {path} is not UTF-8 text") from None
     except FileNotFoundError:
         raise ValueError(f"{what}: {path} does not exist") from None
     except PermissionError:
@@ -67,12 +73,27 @@ def _read_secret_file(path: Path, what: str) -> str:
     except OSError as exc:
         raise ValueError(f"{what}: {path} cannot be read ({exc.strerror})") from None
     if not value:
-        raise ValueError(f"{what}: {path} is empty")
+        raise ValueError(f"{what}: the first line of {path} is empty: write the secret there")
+    return value
+
+
+def _printable(value: str, what: str) -> str:
+    """The secret, refused when it holds a control character: sent in a header it would make
+    the HTTP library raise an error quoting the header, i.e. the secret itself."""
+    for position, char in enumerate(value, start=1):
+        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            raise ValueError(
+                f"{what}: the value holds a control character (U+{ord(char):04X}, character "
+                f"{position} of {len(value)}): write the secret alone, on one line")
     return value
 
 
 def resolve_secret(reference: str, sources: SecretSources) -> str:
     """The secret a reference points at. Errors name the reference, never a value."""
+    return _printable(_resolve(reference, sources), f"secret {reference}")
+
+
+def _resolve(reference: str, sources: SecretSources) -> str:
     kind, _, name = reference.partition(":")
     if kind == "env" and name:
         value = sources.environ.get(name, "")
@@ -111,8 +132,30 @@ def _period(value: Any) -> Any:
     return parse_duration(str(value))
 
 
+_SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+               "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def _size(value: Any) -> Any:
+    """`64MiB`, `512KiB`, `1GB` → bytes; a number needs its unit."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} has no unit: write e.g. \"64MiB\"")
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{value!r} is not a size: write a whole number and a unit, e.g. "
+                         "512KiB, 64MiB, 1GiB")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if size < 64 * 1024:
+        raise ValueError(f"{value!r} is too small for one page of an API: use 64KiB or more")
+    return size
+
+
 Secret = Annotated[SecretStr, BeforeValidator(_secret)]
 Period = Annotated[timedelta, BeforeValidator(_period)]
+Size = Annotated[int, BeforeValidator(_size)]
+_MAX_RESPONSE_DESCRIPTION = ("Largest answer read from this source, counted decoded "
+                             "(a small gzip can inflate to gigabytes); past it the request "
+                             "fails and says so.")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -179,6 +222,8 @@ class WooCommerceSettings(_Section):
                             description="Incremental syncs re-read this much before the last "
                                         "cursor, so that nothing modified during a run is missed.",
                             examples=["10min"])
+    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
+                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
 
     @field_validator("name")
     @classmethod
@@ -206,6 +251,7 @@ class WooCommerceSettings(_Section):
             consumer_secret=self.consumer_secret.get_secret_value(),
             per_page=self.per_page, concurrency=self.concurrency,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
+            max_response_size=self.max_response_size,
         ), **overrides)
 
 
@@ -226,6 +272,8 @@ class StripeSettings(_Section):
     overlap: Period = Field(default=timedelta(minutes=10),
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
+    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
+                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
 
     @field_validator("base_url")
     @classmethod
@@ -239,6 +287,7 @@ class StripeSettings(_Section):
             api_key=self.api_key.get_secret_value(), base_url=self.base_url.rstrip("/"),
             requests_per_second=self.requests_per_second,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
+            max_response_size=self.max_response_size,
         ), **overrides)
 
 
@@ -262,6 +311,8 @@ class MailchimpSettings(_Section):
     overlap: Period = Field(default=timedelta(minutes=10),
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
+    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
+                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
 
     @model_validator(mode="after")
     def _routable(self) -> MailchimpSettings:
@@ -278,7 +329,7 @@ class MailchimpSettings(_Section):
             base_url=self.base_url.rstrip("/") if self.base_url else None,
             audiences=tuple(self.audiences), page_size=self.page_size,
             concurrency=self.concurrency, timeout=self.timeout.total_seconds(),
-            overlap=self.overlap,
+            overlap=self.overlap, max_response_size=self.max_response_size,
         ), **overrides)
 
 

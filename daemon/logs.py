@@ -1,8 +1,10 @@
 """structlog set-up: JSON lines when the stream is not a terminal (journald keeps them), a
-readable console when it is, and every known secret redacted from every line. When the
-stream is journald's (systemd names it in $JOURNAL_STREAM), each line starts with its syslog
-priority, `<4>` for a warning, which journald reads as the entry's priority and strips, so
-that `journalctl -p warning` shows warnings and errors."""
+readable console when it is, the level from `--verbose` or $PRIVACY_LEDGER_LOG_LEVEL, and
+every known secret redacted from every line in every form it can take (escaped,
+URL-encoded, inside a Basic header's base64, cut off). When the stream is journald's (systemd
+names it in $JOURNAL_STREAM), each line starts with its syslog priority, `<4>` for a warning,
+which journald reads as the entry's priority and strips, so that `journalctl -p warning`
+shows warnings and errors."""
 
 from __future__ import annotations
 
@@ -14,20 +16,43 @@ from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
+from connectors.http import Redactor
+
+_redactor = Redactor()
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+LEVEL_ENV = "PRIVACY_LEDGER_LOG_LEVEL"
+# Set once from the command line; every later configure() (the daemon's too) keeps it.
+_level = logging.INFO
 
 
 def add_secrets(values: Iterable[str]) -> None:
     """Register secret values that must never appear in a log line."""
-    _secrets.update(v for v in values if v and len(v) >= 4)
+    _redactor.add(values)
+
+
+def parse_level(text: str, origin: str = LEVEL_ENV) -> int:
+    """A logging level from its name; ValueError naming `origin` and the choices."""
+    level = LEVELS.get(text.strip().lower())
+    if level is None:
+        raise ValueError(f"{origin}: {text!r} is not a log level: use one of "
+                         f"{', '.join(LEVELS)}")
+    return level
+
+
+def set_level(level: int) -> None:
+    global _level  # noqa: PLW0603 - one process, one verbosity
+    _level = level
+
+
+def redact_text(text: str) -> str:
+    """The text with every registered secret redacted."""
+    return _redactor(text)
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
-            if secret in value:
-                value = value.replace(secret, "***")
-        return value
+        return _redactor(value)
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -69,9 +94,11 @@ class JournalPrefix:
         return f"<{priority}>{self.renderer(logger, name, event)}"
 
 
-def configure(stream: TextIO | None = None, *, level: int = logging.INFO,
+def configure(stream: TextIO | None = None, *, level: int | None = None,
               json: bool | None = None) -> None:
+    """Log to `stream` at `level` (absent: the level set_level() chose, info by default)."""
     stream = stream or sys.stdout
+    level = _level if level is None else level
     as_json = (not stream.isatty()) if json is None else json
     renderer: Any = (structlog.processors.JSONRenderer() if as_json
                      else structlog.dev.ConsoleRenderer(colors=stream.isatty()))

@@ -190,3 +190,71 @@ def test_eighteen_months_print_as_18mo_everywhere() -> None:
     assert format_duration(timedelta(days=540)) == "18mo"
     assert audit.format_period(timedelta(days=540)) == "18mo"
     assert config_module._toml_value(timedelta(days=540)) == '"18mo"'
+
+
+def test_a_secret_file_gives_its_first_line_only(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(f"  {CANARY}  \r\nrotated by Jo on 2026-11-01\n")
+    (tmp_path / "cred").write_text(f"{CANARY}-cred\n\n# note\n")
+    settings = parse_settings(
+        {"woocommerce": [shop(consumer_key=f"file:{tmp_path / 'key'}",
+                              consumer_secret="credential:cred")]},
+        secrets=sources(tmp_path))
+    assert settings.woocommerce[0].consumer_key.get_secret_value() == CANARY
+    assert settings.woocommerce[0].consumer_secret.get_secret_value() == f"{CANARY}-cred"
+
+
+def test_a_secret_file_whose_first_line_is_empty_says_where_to_write(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(f"\n{CANARY}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"woocommerce": [shop(consumer_key=f"file:{tmp_path / 'key'}")]},
+                       secrets=sources(tmp_path, SECRET="x" * 10))
+    assert f"woocommerce[allmyink].consumer_key: secret file:{tmp_path / 'key'}: the first " \
+        "line" in str(caught.value)
+    assert "is empty" in str(caught.value) and CANARY not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["\t", "\r", "\x00", "\x1b", "\x7f", "\x85", "\x0b"])
+def test_a_secret_with_a_control_character_is_refused_without_echoing_it(
+        tmp_path: Path, bad: str) -> None:
+    value = f"{CANARY}{bad}tail-of-the-secret"
+    (tmp_path / "cred").write_bytes(value.encode() + b"\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"woocommerce": [shop(consumer_secret="credential:cred")],
+                        "stripe": {"api_key": "env:STRIPE"}},
+                       secrets=sources(tmp_path, KEY="k" * 10, STRIPE=value))
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("config: woocommerce[allmyink].consumer_secret: secret "
+                                  "credential:cred: the value holds a control character")
+    assert problems[1].startswith("config: stripe.api_key: secret env:STRIPE: the value holds "
+                                  "a control character")
+    assert f"character {len(CANARY) + 1} of {len(value)}" in problems[1]
+    for text in problems:
+        assert CANARY not in text and "tail-of-the-secret" not in text
+
+
+def test_max_response_size_takes_a_unit_and_reaches_the_connector(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {"woocommerce": [shop(max_response_size="8MiB")],
+         "stripe": {"api_key": "env:KEY", "max_response_size": "500 KB"},
+         "mailchimp": {"api_key": "env:KEY", "base_url": "https://us6.api.mailchimp.com/3.0"}},
+        secrets=sources(tmp_path, KEY="k" * 10, SECRET="s" * 10))
+    assert settings.woocommerce[0].to_connector().max_response_size == 8 << 20
+    assert settings.stripe is not None and settings.mailchimp is not None
+    assert settings.stripe.to_connector().max_response_size == 500_000
+    assert settings.mailchimp.to_connector().max_response_size == 64 << 20
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (64, "64 has no unit: write e.g. \"64MiB\""),
+    ("lots", "'lots' is not a size: write a whole number and a unit, e.g. 512KiB, 64MiB, "
+             "1GiB"),
+    ("1KiB", "'1KiB' is too small for one page of an API: use 64KiB or more"),
+])
+def test_a_bad_max_response_size_names_the_key(tmp_path: Path, value: object,
+                                               words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"woocommerce": [shop(max_response_size=value)]},
+                       secrets=sources(tmp_path, KEY="k" * 10, SECRET="s" * 10))
+    assert caught.value.problems == [
+        f"config: woocommerce[allmyink].max_response_size: {words}"]
