@@ -262,6 +262,16 @@ def test_card_number_typed_into_a_name_is_a_card_number_but_not_free_text() -> N
     assert record.categories == {Category.EMAIL, Category.NAME, Category.CARD_NUMBER}
 
 
+def test_sms_phone_number_on_the_member_is_a_phone() -> None:
+    record = mc.classify_member(member(1, sms_phone_number="+44 7700 900123"))
+    assert isinstance(record, Record)
+    assert Category.PHONE in record.categories
+    assert "900123" not in repr(record)
+    assert "members.sms_phone_number" in mc.MEMBER_FIELDS.split(",")
+    empty = mc.classify_member(member(2, sms_phone_number=""))
+    assert isinstance(empty, Record) and Category.PHONE not in empty.categories
+
+
 def test_empty_address_and_zero_location_are_not_counted_as_held() -> None:
     record = mc.classify_member(member(4, "unsubscribed", merge_fields={"ADDRESS": ""},
                                        unsubscribe_reason=""))
