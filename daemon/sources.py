@@ -99,15 +99,15 @@ def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
               progress: ProgressCallback | None, should_stop: StopCheck | None,
               sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
     connector: Connector
+    if name == "mailchimp" and settings.mailchimp is not None:
+        return _sync_mailchimp(ledger, settings, full=full, progress=progress,
+                               should_stop=should_stop, sleep=sleep)
     try:
         if name.startswith("woo:"):
             shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
             connector = woocommerce.connect(shop.to_connector(sleep=sleep))
         elif name == "stripe" and settings.stripe is not None:
             connector = stripe.connect(settings.stripe.to_connector(sleep=sleep))
-        elif name == "mailchimp" and settings.mailchimp is not None:
-            return _sync_mailchimp(ledger, settings, full=full, progress=progress,
-                                   should_stop=should_stop, sleep=sleep)
         else:
             return []
     except ValueError as exc:
