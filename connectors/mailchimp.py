@@ -309,6 +309,8 @@ class _Page:
     offset: int
     items: list[Any]
     total: int | None
+    # Ids this listing had not seen before this page (filled in as the page is taken).
+    new: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -335,16 +337,17 @@ class _Tally:
             self.changed = True
         self.max_total = max(self.max_total, total)
 
-    def count(self, items: list[Any]) -> int:
-        """Take a page's members; returns how many of their ids this listing had not seen."""
-        before = len(self.ids)
+    def take(self, items: list[Any]) -> set[str]:
+        """Count a page's members; returns the ids this listing had not seen before."""
+        new: set[str] = set()
         for item in items:
             member_id = _member_id(item)
             if member_id is None:
                 self.unreadable += 1
-            else:
+            elif member_id not in self.ids:
                 self.ids.add(member_id)
-        return len(self.ids) - before
+                new.add(member_id)
+        return new
 
     @property
     def complete(self) -> bool:
@@ -521,19 +524,15 @@ class MailchimpAudienceConnector:
     def list_keys(self) -> Iterator[KeyBatch]:
         """Every member id (default listing + archived), complete only when every page came
         back and each listing's distinct ids add up to its own total_items."""
-        seen: set[str] = set()
         tallies: list[_Tally] = []
         held: list[Key] | None = None
         for listing in LISTINGS:
             tally = _Tally()
+            earlier = list(tallies)
             tallies.append(tally)
             for page in self._pages({**listing, "fields": KEY_FIELDS}, tally):
-                keys: list[Key] = []
-                for item in page.items:
-                    member_id = _member_id(item)
-                    if member_id is not None and member_id not in seen:
-                        seen.add(member_id)
-                        keys.append(Key(RECORD_TYPE, member_id))
+                keys = [Key(RECORD_TYPE, member_id) for member_id in page.new
+                        if not any(member_id in t.ids for t in earlier)]
                 if keys:
                     if held:
                         yield KeyBatch(held)
@@ -572,12 +571,13 @@ class MailchimpAudienceConnector:
 
     # -- pulls ---------------------------------------------------------------------------
     def _full_pull(self, started: datetime) -> Iterator[Batch]:
-        seen: set[str] = set()
         tallies: list[_Tally] = []
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
             tally = _Tally()
+            # The listings' own id sets de-duplicate: no third copy of a large audience's.
+            earlier = list(tallies)
             tallies.append(tally)
             for page in self._pages({**listing, "fields": MEMBER_FIELDS}, tally):
                 records: list[Record] = []
@@ -585,9 +585,11 @@ class MailchimpAudienceConnector:
                 for item in page.items:
                     member_id = _member_id(item)
                     if member_id is not None:
-                        if member_id in seen:
+                        # Listed on an earlier page or by an earlier listing: taken already.
+                        if member_id not in page.new or any(member_id in t.ids
+                                                            for t in earlier):
                             continue
-                        seen.add(member_id)
+                        page.new.discard(member_id)
                     latest = self._take(item, records, skipped, latest)
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
@@ -609,14 +611,14 @@ class MailchimpAudienceConnector:
         params = {"fields": MEMBER_FIELDS,
                   "since_last_changed": _iso(since - self.settings.overlap),
                   "sort_field": "last_changed", "sort_dir": "ASC"}
-        taken: set[str] = set()
+        tallies: list[_Tally] = []
         shifted = False
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
             tally = _Tally()
-            # Ids of this listing only: the next listing may hold the same members.
-            seen: set[str] = set()
+            earlier = list(tallies)
+            tallies.append(tally)
             for page in self._pages({**listing, **params}, tally):
                 records: list[Record] = []
                 skipped: list[Skip] = []
@@ -627,13 +629,13 @@ class MailchimpAudienceConnector:
                         if member_id in in_page:
                             continue
                         in_page.add(member_id)
-                        # Seen on an earlier page: it changed while we paged and moved to
-                        # the end, shifting the offsets after it (one member may be skipped).
-                        shifted = shifted or member_id in seen
-                        seen.add(member_id)
-                        if member_id in taken:
+                        if member_id not in page.new:
+                            # On an earlier page of this listing: it changed while we paged
+                            # and moved to the end, shifting the offsets after it (one
+                            # member may be skipped). Another listing's copy is no shift.
+                            shifted = True
+                        elif any(member_id in t.ids for t in earlier):
                             continue
-                        taken.add(member_id)
                     latest = self._take(item, records, skipped, latest)
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
@@ -741,7 +743,8 @@ class MailchimpAudienceConnector:
                     return
                 page = pending.popleft().result()
                 tally.note(page.total)
-                self._check_progress(params, page, tally.count(page.items))
+                page.new = tally.take(page.items)
+                self._check_progress(params, page, len(page.new))
                 target = max(target, page.total or 0)
                 yield page
                 if len(page.items) >= size and not pending and next_offset >= target:
