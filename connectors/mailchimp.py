@@ -66,7 +66,7 @@ MEMBER_FIELDS = ",".join([
     *(f"members.{name}" for name in (
         "id", "email_address", "status", "full_name", "merge_fields", "ip_signup", "ip_opt",
         "timestamp_signup", "timestamp_opt", "last_changed", "location",
-        "marketing_permissions", "last_note", "unsubscribe_reason",
+        "marketing_permissions", "last_note", "unsubscribe_reason", "sms_phone_number",
     )),
     "total_items",
 ])
@@ -160,6 +160,16 @@ class AudienceInfo:
     name: str
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A configured audience that cannot be read: its entry in the settings, the source it
+    is recorded as (`mailchimp:<id or name>`) and why, in words that say what to do."""
+
+    wanted: str
+    source: str
+    reason: str
+
+
 def describe_problem(response: requests.Response) -> str | None:
     """Mailchimp's own words from its problem JSON (`title: detail`)."""
     body = response.json()
@@ -169,6 +179,27 @@ def describe_problem(response: requests.Response) -> str | None:
     detail = str(body.get("detail") or "").strip().rstrip(".")
     text = ": ".join(part for part in (title, detail) if part)
     return text or None
+
+
+def refusal(source: str, response: requests.Response, doing: str) -> FatalAPIError:
+    """A 401 or 403 in words that name what is missing and what to do (never the key)."""
+    try:
+        said = describe_problem(response)
+    except ValueError:
+        said = None
+    said_text = f": {said}" if said else ""
+    if response.status_code == 401:
+        return FatalAPIError(
+            source, f"Mailchimp refused the API key while {doing} (401{said_text}): the key "
+                    "is wrong, was revoked, or is not for this data centre. Create a key under "
+                    "Profile → Extras → API keys and set [mailchimp] api_key to it",
+            status=401)
+    return FatalAPIError(
+        source, f"Mailchimp refused {doing} with this API key (403{said_text}): the key's "
+                "user lacks that permission, or the account is suspended. Use a key of a user "
+                "who may view and manage the audience's contacts (Admin or Manager), or ask "
+                "the account owner to grant it",
+        status=response.status_code)
 
 
 def classify_member(member: object) -> Record | Skip:
@@ -206,6 +237,9 @@ def classify_member(member: object) -> Record | Skip:
         else:
             # A merge field the account defined itself: personal data of unknown kind.
             scan_text(where, value, categories, evidence)
+    if has_value(member.get("sms_phone_number")):
+        # SMS marketing keeps the number on the member itself, outside the merge fields.
+        categories.add(Category.PHONE)
     if has_value(member.get("ip_signup")) or has_value(member.get("ip_opt")):
         categories.add(Category.IP_ADDRESS)
     if _has_location(member.get("location")):
@@ -285,17 +319,23 @@ class _Page:
     offset: int
     items: list[Any]
     total: int | None
+    # Ids this listing had not seen before this page (filled in as the page is taken).
+    new: set[str] = field(default_factory=set)
 
 
 @dataclass
 class _Tally:
-    """What one offset listing saw of the audience's size, to judge it complete."""
+    """What one offset listing saw: the audience's size as it said it, and the distinct
+    members it returned. Each listing is judged against its own total: listings may
+    overlap (the default one may hold archived contacts too), so totals never add up."""
 
     first_total: int | None = None
     max_total: int = 0
     unknown_total: bool = False
     # total_items differed between pages: the audience changed while it was read.
     changed: bool = False
+    ids: set[str] = field(default_factory=set)
+    unreadable: int = 0
 
     def note(self, total: int | None) -> None:
         if total is None:
@@ -306,6 +346,22 @@ class _Tally:
         elif total != self.first_total:
             self.changed = True
         self.max_total = max(self.max_total, total)
+
+    def take(self, items: list[Any]) -> set[str]:
+        """Count a page's members; returns the ids this listing had not seen before."""
+        new: set[str] = set()
+        for item in items:
+            member_id = _member_id(item)
+            if member_id is None:
+                self.unreadable += 1
+            elif member_id not in self.ids:
+                self.ids.add(member_id)
+                new.add(member_id)
+        return new
+
+    @property
+    def complete(self) -> bool:
+        return not self.unknown_total and len(self.ids) + self.unreadable >= self.max_total
 
 
 class MailchimpAccount:
@@ -335,15 +391,20 @@ class MailchimpAccount:
         self.found: list[AudienceInfo] = []
 
     def get(self, source: str, path: str, params: Mapping[str, Any] | None = None,
-            *, ok: tuple[int, ...] = ()) -> tuple[Any, requests.Response]:
-        """GET JSON holding one of the account's connection slots; errors name `source`."""
+            *, ok: tuple[int, ...] = (), doing: str | None = None
+            ) -> tuple[Any, requests.Response]:
+        """GET JSON holding one of the account's connection slots; errors name `source`,
+        and a refused key (401, 403) says what it was `doing` and what to do."""
         with self._slots:
             try:
-                return self.client.get_json(path, params, ok=ok)
+                body, response = self.client.get_json(path, params, ok=(*ok, 401, 403))
             except APIError as exc:
                 if exc.source == source:
                     raise
                 raise type(exc)(source, exc.message, status=exc.status) from exc
+        if response.status_code in (401, 403) and response.status_code not in ok:
+            raise refusal(source, response, doing or f"reading {path}")
+        return body, response
 
     def list_audiences(self) -> tuple[list[AudienceInfo], bool]:
         """Every audience (id, name) and whether the listing is known to be complete."""
@@ -353,7 +414,8 @@ class MailchimpAccount:
         offset = 0
         while True:
             body, _ = self.get(KIND, "lists",
-                               {"count": size, "offset": offset, "fields": LIST_FIELDS})
+                               {"count": size, "offset": offset, "fields": LIST_FIELDS},
+                               doing="listing the account's audiences")
             lists = body.get("lists") if isinstance(body, dict) else None
             if not isinstance(lists, list):
                 raise FatalAPIError(KIND, "the audience listing (GET /lists) answered without "
@@ -362,11 +424,15 @@ class MailchimpAccount:
             total = body.get("total_items")
             tally.note(total if isinstance(total, int) and not isinstance(total, bool)
                        else None)
+            before = len(found)
             for item in lists:
                 audience_id = _member_id(item)
                 if audience_id is not None and audience_id not in found:
                     found[audience_id] = AudienceInfo(audience_id, str(item.get("name") or ""))
-            if not lists or (len(lists) < size and offset + len(lists) >= tally.max_total):
+            # A page with nothing new ends the listing (judged incomplete below if short):
+            # paging on could never end when the total lies or the offset is ignored.
+            if not lists or len(found) == before or (
+                    len(lists) < size and offset + len(lists) >= tally.max_total):
                 break
             offset += len(lists)
         complete = not tally.unknown_total and len(found) >= tally.max_total
@@ -378,11 +444,23 @@ class MailchimpAccount:
     def connectors(self) -> list[MailchimpAudienceConnector]:
         """A connector per audience (those named in the settings, or all). Raises
         FatalAPIError when a configured audience does not exist."""
+        chosen, unreadable = self.open_audiences()
+        if unreadable:
+            raise FatalAPIError(KIND, "; ".join(u.reason for u in unreadable))
+        return chosen
+
+    def open_audiences(self) -> tuple[list[MailchimpAudienceConnector], list[Unreadable]]:
+        """A connector per audience that can be read (those named in the settings, or all),
+        and the configured ones that cannot, each with the reason. Raises APIError when the
+        account's audiences cannot be listed at all (a wrong or revoked key)."""
         found, complete = self.list_audiences()
         self.found = found
         self.listing_complete = complete
+        if not self.settings.audiences:
+            return [MailchimpAudienceConnector(self, audience) for audience in found], []
         chosen: list[AudienceInfo] = []
-        missing: list[str] = []
+        unreadable: list[Unreadable] = []
+        have = ", ".join(f"{a.name!r} ({a.id})" for a in found) or "none"
         for wanted in self.settings.audiences:
             matches = [a for a in found if a.id == wanted] or [
                 a for a in found if a.name.strip().casefold() == wanted.strip().casefold()]
@@ -390,23 +468,18 @@ class MailchimpAccount:
                 direct = self._audience_by_id(wanted)
                 matches = [direct] if direct is not None else []
             if not matches:
-                missing.append(wanted)
+                unreadable.append(Unreadable(wanted, f"{KIND}:{wanted.strip()}", (
+                    f"audience {wanted!r} named in the configuration does not exist in this "
+                    f"Mailchimp account (the key sees: {have}); correct [mailchimp] audiences, "
+                    "or use the key of the account that holds it")))
             elif len(matches) > 1:
-                raise FatalAPIError(
-                    KIND, f"the audience name {wanted!r} in the configuration matches "
-                          f"{len(matches)} audiences ({', '.join(a.id for a in matches)}): "
-                          "name it by its id instead")
+                unreadable.append(Unreadable(wanted, f"{KIND}:{wanted.strip()}", (
+                    f"the audience name {wanted!r} in the configuration matches "
+                    f"{len(matches)} audiences ({', '.join(a.id for a in matches)}): "
+                    "name it by its id instead")))
             elif matches[0] not in chosen:
                 chosen.append(matches[0])
-        if missing:
-            have = ", ".join(f"{a.name!r} ({a.id})" for a in found) or "none"
-            raise FatalAPIError(
-                KIND, f"audience {', '.join(repr(m) for m in missing)} named in the "
-                      f"configuration does not exist in this Mailchimp account (its audiences: "
-                      f"{have}); it may have been deleted, or the key belongs to another "
-                      "account")
-        return [MailchimpAudienceConnector(self, audience)
-                for audience in (chosen if self.settings.audiences else found)]
+        return [MailchimpAudienceConnector(self, audience) for audience in chosen], unreadable
 
     def _audience_by_id(self, audience_id: str) -> AudienceInfo | None:
         # The listing may have missed it (audiences changing while listed): ask directly.
@@ -420,7 +493,8 @@ class MailchimpAccount:
 
     def probe(self) -> str:
         """One small authenticated request: how many audiences the key sees."""
-        body, _ = self.client.get_json("lists", {"count": 1, "fields": "total_items"})
+        body, _ = self.get(KIND, "lists", {"count": 1, "fields": "total_items"},
+                           doing="listing the account's audiences")
         return count_text(body.get("total_items") if isinstance(body, dict) else None,
                           "audiences")
 
@@ -460,32 +534,35 @@ class MailchimpAudienceConnector:
 
     def list_keys(self) -> Iterator[KeyBatch]:
         """Every member id (default listing + archived), complete only when every page came
-        back and the distinct ids add up to total_items."""
-        seen: set[str] = set()
-        unreadable = 0
-        expected = 0
-        known = True
+        back and each listing's distinct ids add up to its own total_items."""
+        tallies: list[_Tally] = []
         held: list[Key] | None = None
         for listing in LISTINGS:
             tally = _Tally()
+            earlier = list(tallies)
+            tallies.append(tally)
             for page in self._pages({**listing, "fields": KEY_FIELDS}, tally):
-                keys: list[Key] = []
-                for item in page.items:
-                    member_id = _member_id(item)
-                    if member_id is None:
-                        unreadable += 1
-                    elif member_id not in seen:
-                        seen.add(member_id)
-                        keys.append(Key(RECORD_TYPE, member_id))
+                keys = [Key(RECORD_TYPE, member_id) for member_id in page.new
+                        if not any(member_id in t.ids for t in earlier)]
                 if keys:
                     if held:
                         yield KeyBatch(held)
                     held = keys
-            expected += tally.max_total
-            known = known and not tally.unknown_total
-        complete = self._judge(known, len(seen) + unreadable, expected)
+        complete = self._judge(tallies)
         yield KeyBatch(held or [], complete=complete,
                        listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
+
+    def probe(self) -> str:
+        """One small request that reads a member, as every sync and erasure will."""
+        body, _ = self._get(f"lists/{self.audience_id}/members",
+                            {"count": 1, "fields": KEY_FIELDS})
+        if not isinstance(body, dict) or not isinstance(body.get("members"), list):
+            raise FatalAPIError(
+                self.source, f"the member listing of audience {self.audience_name!r} answered "
+                             "without a list of members: is base_url the Marketing API "
+                             "address (…/3.0)?")
+        return (f"audience {self.audience_name!r}: members readable "
+                f"({count_text(body.get('total_items'), 'contacts')})")
 
     def lookup(self, email: str, forms: Sequence[str] = ()) -> list[dict[str, Any]]:
         """The member with this address, as Mailchimp holds it (archived ones too). A member
@@ -515,34 +592,32 @@ class MailchimpAudienceConnector:
 
     # -- pulls ---------------------------------------------------------------------------
     def _full_pull(self, started: datetime) -> Iterator[Batch]:
-        seen: set[str] = set()
-        unreadable = 0
-        expected = 0
-        known = True
+        tallies: list[_Tally] = []
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
             tally = _Tally()
+            # The listings' own id sets de-duplicate: no third copy of a large audience's.
+            earlier = list(tallies)
+            tallies.append(tally)
             for page in self._pages({**listing, "fields": MEMBER_FIELDS}, tally):
                 records: list[Record] = []
                 skipped: list[Skip] = []
                 for item in page.items:
                     member_id = _member_id(item)
-                    if member_id is None:
-                        unreadable += 1
-                    elif member_id in seen:
-                        continue
-                    else:
-                        seen.add(member_id)
+                    if member_id is not None:
+                        # Listed on an earlier page or by an earlier listing: taken already.
+                        if member_id not in page.new or any(member_id in t.ids
+                                                            for t in earlier):
+                            continue
+                        page.new.discard(member_id)
                     latest = self._take(item, records, skipped, latest)
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
                     if held is not None:
                         yield Batch(held[0], skipped=held[1])
                     held = (records, skipped)
-            expected += tally.max_total
-            known = known and not tally.unknown_total
-        complete = self._judge(known, len(seen) + unreadable, expected)
+        complete = self._judge(tallies)
         # Changes made while the pull ran may sit on pages already read: never start the
         # next window later than this pull's start. An incomplete pull leaves no cursor, so
         # the next run lists everything again.
@@ -557,12 +632,14 @@ class MailchimpAudienceConnector:
         params = {"fields": MEMBER_FIELDS,
                   "since_last_changed": _iso(since - self.settings.overlap),
                   "sort_field": "last_changed", "sort_dir": "ASC"}
-        seen: set[str] = set()
+        tallies: list[_Tally] = []
         shifted = False
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
             tally = _Tally()
+            earlier = list(tallies)
+            tallies.append(tally)
             for page in self._pages({**listing, **params}, tally):
                 records: list[Record] = []
                 skipped: list[Skip] = []
@@ -573,10 +650,13 @@ class MailchimpAudienceConnector:
                         if member_id in in_page:
                             continue
                         in_page.add(member_id)
-                        # Seen on an earlier page: it changed while we paged and moved to
-                        # the end, shifting the offsets after it (one member may be skipped).
-                        shifted = shifted or member_id in seen
-                        seen.add(member_id)
+                        if member_id not in page.new:
+                            # On an earlier page of this listing: it changed while we paged
+                            # and moved to the end, shifting the offsets after it (one
+                            # member may be skipped). Another listing's copy is no shift.
+                            shifted = True
+                        elif any(member_id in t.ids for t in earlier):
+                            continue
                     latest = self._take(item, records, skipped, latest)
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
@@ -603,18 +683,24 @@ class MailchimpAudienceConnector:
             return result.modified_at
         return latest
 
-    def _judge(self, known: bool, counted: int, expected: int) -> bool:
-        complete = known and counted >= expected
+    def _judge(self, tallies: list[_Tally]) -> bool:
+        """Complete when every listing returned as many distinct members as it said it
+        holds: each against its own total, whatever the listings share."""
+        complete = all(tally.complete for tally in tallies)
         if not complete:
-            log.warning("mailchimp.listing_incomplete", source=self.source, seen=counted,
-                        expected=expected)
+            log.warning("mailchimp.listing_incomplete", source=self.source,
+                        seen=[len(t.ids) + t.unreadable for t in tallies],
+                        expected=[t.max_total for t in tallies])
         return complete
 
     # -- paging --------------------------------------------------------------------------
     def _get(self, path: str, params: Mapping[str, Any] | None = None,
              *, ok: tuple[int, ...] = ()) -> tuple[Any, requests.Response]:
         try:
-            return self.account.get(self.source, path, params, ok=ok)
+            return self.account.get(
+                self.source, path, params, ok=ok,
+                doing=f"reading the contacts of audience {self.audience_name!r} "
+                      f"({self.audience_id})")
         except FatalAPIError as exc:
             if exc.status != 404:
                 raise
@@ -635,6 +721,27 @@ class MailchimpAudienceConnector:
         total = body.get("total_items")
         known = isinstance(total, int) and not isinstance(total, bool)
         return _Page(offset, body["members"], total if known else None)
+
+    def _check_progress(self, params: Mapping[str, Any], page: _Page, new_ids: int) -> None:
+        """Raises FatalAPIError when a page brings nothing new although the listing is not
+        over: paging on would never end (a total_items that lies, an offset ignored)."""
+        if page.items and new_ids:
+            return
+        if not page.items and (page.total is None or page.offset >= page.total):
+            return
+        listing = f"status={params['status']}" if params.get("status") else "default"
+        if page.items:
+            what = (f"the page at offset {page.offset} held only members already listed "
+                    "(no new ids)")
+        else:
+            what = (f"an empty page came back at offset {page.offset} although the listing "
+                    f"says it holds {page.total} members")
+        raise FatalAPIError(
+            self.source,
+            f"the member listing ({listing}) of audience {self.audience_name!r} "
+            f"({self.audience_id}) stopped making progress: {what}. The run was stopped and "
+            "nothing was marked gone; if this happens again, report it to Mailchimp support "
+            "with the audience id")
 
     def _pages(self, params: Mapping[str, Any], tally: _Tally) -> Iterator[_Page]:
         """Pages of one listing in offset order, up to `concurrency` fetched at once and
@@ -657,6 +764,8 @@ class MailchimpAudienceConnector:
                     return
                 page = pending.popleft().result()
                 tally.note(page.total)
+                page.new = tally.take(page.items)
+                self._check_progress(params, page, len(page.new))
                 target = max(target, page.total or 0)
                 yield page
                 if len(page.items) >= size and not pending and next_offset >= target:

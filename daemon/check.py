@@ -36,6 +36,30 @@ def _probe(connector: Any) -> str:
         connector.close()
 
 
+def _mailchimp_checks(section: Any) -> Iterator[CheckResult]:
+    """The key (the account's audiences listed), then every audience a sync will read:
+    one member read from each, and a FAIL for each configured one that does not exist."""
+    account: Any = None
+    opened: list[Any] = []
+    unreadable: list[Any] = []
+
+    def probe_account() -> str:
+        nonlocal account, opened, unreadable
+        account = mailchimp.connect(section.to_connector(**_ONCE))
+        opened, unreadable = account.open_audiences()
+        return f"key accepted: {len(account.found):,} audiences"
+
+    try:
+        yield _attempt("mailchimp", probe_account)
+        for missing in unreadable:
+            yield CheckResult(missing.source, False, missing.reason)
+        for connector in opened:
+            yield _attempt(connector.source, connector.probe)
+    finally:
+        if account is not None:
+            account.close()
+
+
 def _probe_smtp(settings: Any) -> str:
     from daemon import mail
 
@@ -81,8 +105,7 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
         yield _attempt("stripe", lambda: _probe(
             stripe.connect(settings.stripe.to_connector(**_ONCE))))
     if settings.mailchimp is not None:
-        yield _attempt("mailchimp", lambda: _probe(
-            mailchimp.connect(settings.mailchimp.to_connector(**_ONCE))))
+        yield from _mailchimp_checks(settings.mailchimp)
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
     elif settings.report is not None:

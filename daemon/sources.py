@@ -37,6 +37,9 @@ from daemon.sync import (
     StopCheck,
     SyncResult,
     end_runs,
+    live_sources,
+    record_failure,
+    retire_placeholders,
     retire_sources,
     sync_source,
 )
@@ -357,16 +360,21 @@ def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
               progress: ProgressCallback | None, should_stop: StopCheck | None,
               sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
     connector: Connector
-    if name.startswith("woo:"):
-        shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
-        connector = woocommerce.connect(shop.to_connector(sleep=sleep))
-    elif name == "stripe" and settings.stripe is not None:
-        connector = stripe.connect(settings.stripe.to_connector(sleep=sleep))
-    elif name == "mailchimp" and settings.mailchimp is not None:
+    if name == "mailchimp" and settings.mailchimp is not None:
         return _sync_mailchimp(ledger, settings, full=full, progress=progress,
                                should_stop=should_stop, sleep=sleep)
-    else:
-        return []
+    try:
+        if name.startswith("woo:"):
+            shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
+            connector = woocommerce.connect(shop.to_connector(sleep=sleep))
+        elif name == "stripe" and settings.stripe is not None:
+            connector = stripe.connect(settings.stripe.to_connector(sleep=sleep))
+        else:
+            return []
+    except ValueError as exc:
+        # Settings the connector refuses: the source is still configured, and its run failed.
+        kind = "woocommerce" if name.startswith("woo:") else name
+        return [record_failure(ledger, name, kind, f"cannot connect: {exc}", full=full)]
     with opened(connector):
         return [sync_source(ledger, connector, full=full, progress=progress,
                             should_stop=should_stop, batch_size=settings.ledger.batch_size)]
@@ -376,17 +384,29 @@ def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
                     progress: ProgressCallback | None,
                     should_stop: StopCheck | None = None,
                     sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
+    """Every audience that can be read, synced; every configured one that cannot, a failed
+    run with the reason (a refused key fails every audience the ledger knows)."""
     assert settings.mailchimp is not None  # noqa: S101 - guarded by the caller
-    account = mailchimp.connect(settings.mailchimp.to_connector(sleep=sleep))
+    configured = settings.mailchimp.audiences
     try:
-        audiences = account.connectors()
+        account = mailchimp.connect(settings.mailchimp.to_connector(sleep=sleep))
+    except ValueError as exc:
+        return _mailchimp_failed(ledger, configured, f"cannot connect: {exc}", full=full)
+    try:
+        audiences, unreadable = account.open_audiences()
     except StopWaiting:
         account.close()
         return []
     except APIError as exc:
         account.close()
-        return [SyncResult("mailchimp", 0, "incremental", "failed", 0, 0, 0, 0, exc.message)]
-    results = []
+        return _mailchimp_failed(ledger, configured, exc.message, full=full)
+    # Stand-ins for what could not be read before: the real sources are read now.
+    retire_placeholders(ledger, ["mailchimp", *(
+        f"mailchimp:{wanted.strip()}" for wanted in configured
+        if wanted not in {u.wanted for u in unreadable}
+        and f"mailchimp:{wanted.strip()}" not in {c.source for c in audiences})])
+    results = [record_failure(ledger, u.source, "mailchimp", u.reason, full=full)
+               for u in unreadable]
     for connector in audiences:
         with opened(connector):
             if should_stop is not None and should_stop():
@@ -394,6 +414,18 @@ def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
             results.append(sync_source(ledger, connector, full=full, progress=progress,
                                        should_stop=should_stop,
                                        batch_size=settings.ledger.batch_size))
-    if account.listing_complete and not settings.mailchimp.audiences:
+    if not audiences:
+        account.close()
+    if account.listing_complete and not configured:
         retire_sources(ledger, "mailchimp:", [c.source for c in audiences])
     return results
+
+
+def _mailchimp_failed(ledger: Ledger, configured: list[str], error: str, *,
+                      full: bool) -> list[SyncResult]:
+    """Failed runs when the account cannot be read at all: one per configured audience, or
+    per audience the ledger knows (the account itself when it knows none)."""
+    names = ([f"mailchimp:{wanted.strip()}" for wanted in configured]
+             or live_sources(ledger, "mailchimp:") or ["mailchimp"])
+    return [record_failure(ledger, name, "mailchimp", error, full=full)
+            for name in dict.fromkeys(names)]

@@ -697,6 +697,25 @@ def reconcile_source(ledger: Ledger, connector: Connector) -> SyncResult:
     return SyncResult(connector.source, run_id, "reconcile", "success", listed, 0, 0, gone, note)
 
 
+@dataclass(frozen=True)
+class _Unread:
+    # What _start_run needs of a connector, for a source no connector could read.
+    source: str
+    kind: str
+
+
+def record_failure(ledger: Ledger, source: str, kind: str, error: str, *,
+                   full: bool = False) -> SyncResult:
+    """A failed run for a source that could not be read at all (its connector could not be
+    built, its key was refused, it does not exist upstream): recorded like any run, so that
+    the email shows it the same morning."""
+    mode = "full" if full else "incremental"
+    _, run_id, _ = _start_run(ledger, _Unread(source, kind), mode, utcnow())  # type: ignore[arg-type]
+    _finish_run(ledger, run_id, "failed", error)
+    log.error("sync.failed", source=source, run_id=run_id, mode=mode, error=error)
+    return SyncResult(source, run_id, mode, "failed", 0, 0, 0, 0, error)
+
+
 def retire_sources(ledger: Ledger, prefix: str, current: Iterable[str]) -> list[str]:
     """Sources under `prefix` that a complete upstream listing no longer names (an audience
     deleted): mark the source and all its holdings gone. Returns the names retired."""
@@ -715,4 +734,30 @@ def retire_sources(ledger: Ledger, prefix: str, current: Iterable[str]) -> list[
             retired.append(source.name)
     for name in retired:
         log.warning("sync.source_vanished", source=name)
+    return retired
+
+
+def live_sources(ledger: Ledger, prefix: str) -> list[str]:
+    """Names of the sources under `prefix` not marked gone, in name order."""
+    with ledger.sessions() as session:
+        return list(session.scalars(select(Source.name).where(
+            Source.name.startswith(prefix), Source.gone_at.is_(None)).order_by(Source.name)))
+
+
+def retire_placeholders(ledger: Ledger, names: Iterable[str]) -> list[str]:
+    """Sources that only ever stood for something unreadable (`mailchimp` for an account
+    whose audiences could not be listed, `mailchimp:<name>` for an audience named in the
+    config) once the real sources are read: marked gone, so they stop showing as failed.
+    Only sources that hold nothing are touched. Returns the names retired."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return []
+    now = utcnow()
+    with ledger.session() as session:
+        held = select(Holding.id).where(Holding.source_id == Source.id).exists()
+        retired = list(session.scalars(select(Source.name).where(
+            Source.name.in_(wanted), Source.gone_at.is_(None), ~held)))
+        if retired:
+            session.execute(update(Source).where(Source.name.in_(retired))
+                            .values(gone_at=now))
     return retired

@@ -3,9 +3,16 @@ the way Mailchimp documents them (`/3.0/lists…`, count/offset pages of at most
 `fields`/`exclude_fields` dot paths, status and last-changed filters, problem JSON errors,
 HTTP Basic with the API key as password, at most ten simultaneous connections).
 
-Its default member listing leaves archived contacts out: a connector has to ask for
-`status=archived` to see them. `seeded()` builds the estate's audiences with planted
-retention breaches; `bulk()` builds a large audience quickly for benchmarks.
+Mailchimp does not promise whether its default member listing includes archived contacts,
+so that is a knob (`default_includes_archived`, off: a connector has to ask for
+`status=archived` to see them). Another knob (`listing_fault`) makes the member listings lie
+about their size, for the connector's guard against paging for ever. Paths are
+percent-decoded segment by segment, as the real server does. `seeded()` builds the estate's
+audiences with planted retention breaches; `bulk()` builds a large audience quickly for
+benchmarks.
+
+The twin imports no product code: a twin that shared the connector's helpers would share
+their mistakes with every test that trusts it.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
+from urllib.parse import unquote
 
-from connectors.base import normalise_email
 from sandbox.estate import (
     ERASED_FROM_SHOPS,
     UNSUBSCRIBED_LONG_AGO,
@@ -54,6 +61,23 @@ UNSUBSCRIBE_REASONS = ("I no longer want to receive these emails",
                        "N/A (Unsubscribed by an admin)")
 NOTES = ("Asked about wholesale prices at the spring fair.",
          "Prefers the monthly digest only.", "Met at the trade show, interested in refills.")
+
+
+# Listing faults: past the real end of a member listing, "empty" pages or a "repeat" of the
+# last page, while total_items claims `listing_total` members.
+LISTING_FAULTS = ("empty", "repeat")
+
+
+def normalise_email(value: object) -> str | None:
+    """The address as the ground truth names people: trimmed and lower-cased, None when it
+    is no address at all (no "@" with text either side, or blanks inside)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in text):
+        return None
+    return text
 
 
 def subscriber_hash(email: str) -> str:
@@ -104,6 +128,8 @@ class Member:
     unsubscribe_reason: str = ""
     web_id: int = 0
     tags: tuple[str, ...] = ()
+    # The number SMS marketing sends to: a member field of its own, not a merge field.
+    sms_phone_number: str = ""
 
 
 MEMBER_FIELDS = frozenset(f.name for f in fields(Member)) - {"id"}
@@ -124,9 +150,15 @@ class MailchimpTwin(Twin):
     name = "mailchimp"
     connection_limit = 10
 
-    def __init__(self, api_key: str = DEFAULT_API_KEY, now: datetime | None = None) -> None:
+    def __init__(self, api_key: str = DEFAULT_API_KEY, now: datetime | None = None, *,
+                 default_includes_archived: bool = False) -> None:
         super().__init__()
         self.api_key = api_key
+        # Whether the member listing without `status` also shows archived contacts.
+        self.default_includes_archived = default_includes_archived
+        # None, or one of LISTING_FAULTS: member listings then claim `listing_total`.
+        self.listing_fault: str | None = None
+        self.listing_total = 10_000_000
         self._epoch = (now or datetime.now(UTC)).astimezone(UTC)
         self._started = time.monotonic()
         self._offset = timedelta(0)
@@ -315,7 +347,8 @@ class MailchimpTwin(Twin):
                    location: tuple[float, float, str] | list[Any] | None = None,
                    marketing_permissions: list[dict[str, Any]] | None = None,
                    note: str | None = None, unsubscribe_reason: str = "",
-                   member_id: str | None = None, tags: tuple[str, ...] | list[str] = ()) -> str:
+                   member_id: str | None = None, tags: tuple[str, ...] | list[str] = (),
+                   sms_phone_number: str = "") -> str:
         """Add a contact; returns its id (the subscriber hash of the email). A contact
         without an email (an SMS-only one) needs `member_id`."""
         if status not in STATUSES:
@@ -343,6 +376,7 @@ class MailchimpTwin(Twin):
                 marketing_permissions=list(marketing_permissions or []) or None,
                 note=note, note_at=stamp(last_changed or now) if note else "",
                 unsubscribe_reason=unsubscribe_reason, web_id=self._web_ids, tags=tuple(tags),
+                sms_phone_number=sms_phone_number,
             )
             self._changed()
             return member_id
@@ -400,20 +434,36 @@ class MailchimpTwin(Twin):
             return {("member", m.id, normalise_email(m.email))
                     for a in chosen for m in a.members.values()}
 
+    def set_listing_fault(self, kind: str | None, total: int = 10_000_000) -> None:
+        """Make every member listing claim `total` members and answer past its real end with
+        empty pages ("empty") or its last page again ("repeat"); None: answer truthfully."""
+        if kind is not None and kind not in LISTING_FAULTS:
+            raise ValueError(f"listing fault must be one of {', '.join(LISTING_FAULTS)}")
+        with self.lock:
+            self.listing_fault = kind
+            self.listing_total = total
+
+    def set_default_includes_archived(self, value: bool) -> None:
+        with self.lock:
+            self.default_includes_archived = bool(value)
+            self._changed()
+
     def sources(self) -> list[str]:
         with self.lock:
             return [f"mailchimp:{audience_id}" for audience_id in self.audiences]
 
     def control(self, action: str, payload: dict[str, Any]) -> Any:
         """add_audience, delete_audience, add_member, update_member, unsubscribe, archive,
-        delete_permanent, member, advance (seconds), audiences, ground_truth (optional
-        source). Payload keys are the methods' arguments."""
+        delete_permanent, member, advance (seconds), listing_fault (kind, total),
+        default_includes_archived (value), audiences, ground_truth (optional source).
+        Payload keys are the methods' arguments."""
         actions = {
             "add_audience": self.add_audience, "delete_audience": self.delete_audience,
             "add_member": self.add_member, "update_member": self.update_member,
             "unsubscribe": self.unsubscribe, "archive": self.archive,
             "delete_permanent": self.delete_permanent, "member": self.member,
-            "advance": self.advance,
+            "advance": self.advance, "listing_fault": self.set_listing_fault,
+            "default_includes_archived": self.set_default_includes_archived,
             "audiences": lambda: [{"id": a.id, "name": a.name}
                                   for a in self.audiences.values()],
             "ground_truth": lambda source=None: sorted(
@@ -461,7 +511,8 @@ class MailchimpTwin(Twin):
                      "datacenter.")
         if path != "/3.0" and not path.startswith("/3.0/"):
             return self.error_reply(404, NOT_FOUND)
-        parts = [part for part in path[len("/3.0"):].split("/") if part]
+        # Split first, then decode each segment: an encoded "/" stays inside its segment.
+        parts = [unquote(part) for part in path[len("/3.0"):].split("/") if part]
         params = {key: values[-1] for key, values in query.items()}
         with self.lock:
             reply = self._route(method, parts, params)
@@ -581,11 +632,16 @@ class MailchimpTwin(Twin):
             return self._invalid("sort_dir", "Must be ASC or DESC.")
         view = self._view(audience, status, bounds[0], bounds[1], sort_field, sort_dir)
         page = view[offset:offset + count]
+        total = len(view)
+        if self.listing_fault is not None:
+            total = self.listing_total
+            if not page and self.listing_fault == "repeat" and view:
+                page = view[-count:]
         links = not params.get("fields")
         return Reply(200, {
             "members": [self._render(audience, m, links=links) for m in page],
             "list_id": audience.id,
-            "total_items": len(view),
+            "total_items": total,
             "_links": [{"rel": "self", "href": f"{API}/lists/{audience.id}/members",
                         "method": "GET"}],
         })
@@ -598,12 +654,13 @@ class MailchimpTwin(Twin):
     def _view(self, audience: Audience, status: str | None, since: str | None,
               before: str | None, sort_field: str | None, sort_dir: str) -> list[Member]:
         # Pages of one listing reuse its filtered, sorted members until the next change.
-        key = (audience.id, status, since, before, sort_field, sort_dir)
+        archived = self.default_includes_archived
+        key = (audience.id, status, since, before, sort_field, sort_dir, archived)
         cached = self._views.get(key)
         if cached is not None and cached[0] == self._version:
             return cached[1]
         chosen = [m for m in audience.members.values()
-                  if (m.status == status if status else m.status != "archived")
+                  if (m.status == status if status else archived or m.status != "archived")
                   and (since is None or m.last_changed > since)
                   and (before is None or m.last_changed < before)]
         if sort_field:
@@ -695,6 +752,8 @@ class MailchimpTwin(Twin):
                          "dstoff": 0, "country_code": country, "timezone": "",
                          "region": ""},
             "marketing_permissions": [dict(p) for p in m.marketing_permissions or ()],
+            "sms_phone_number": m.sms_phone_number, "sms_subscription_status": "",
+            "sms_subscription_last_updated": "",
             "source": "API - Generic", "tags_count": len(m.tags),
             "tags": [{"id": index + 1, "name": tag} for index, tag in enumerate(m.tags)],
             "list_id": audience.id,

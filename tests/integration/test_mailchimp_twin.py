@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from connectors import mailchimp as mc
 from connectors.base import Batch, Category, Record
 from connectors.http import FatalAPIError
+from daemon.check import CheckResult, run_checks
+from daemon.config import SecretSources, Settings, parse_settings
+from daemon.ledger import Holding, Ledger, Source, SyncRun
+from daemon.report import digest_for
+from daemon.sources import sync_configured
+from daemon.sync import SyncResult
 from sandbox.estate import (
     ERASED_FROM_SHOPS,
     UNSUBSCRIBED_LONG_AGO,
@@ -28,15 +38,23 @@ from sandbox.mailchimp import DEFAULT_API_KEY, MailchimpTwin, subscriber_hash
 from sandbox.server import TwinServer
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+CLI = Path(sys.executable).with_name("privacy-ledger")
 
 
 def no_sleep(seconds: float) -> None:
     return None
 
 
+# Mailchimp does not promise whether its default member listing includes archived contacts:
+# the suite runs against a twin answering each way.
+@pytest.fixture(params=[False, True], ids=["default-without-archived", "default-with-archived"])
+def archived_in_default(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def twin() -> MailchimpTwin:
-    return MailchimpTwin(now=NOW)
+def twin(archived_in_default: bool) -> MailchimpTwin:
+    return MailchimpTwin(now=NOW, default_includes_archived=archived_in_default)
 
 
 @pytest.fixture
@@ -85,8 +103,10 @@ def seeded(spec: EstateSpec | None = None) -> tuple[MailchimpTwin, list[Planted]
     return MailchimpTwin.seeded(spec, make_people(spec), planted), planted
 
 
-def test_full_pull_holds_exactly_the_twins_members_in_each_audience() -> None:
+def test_full_pull_holds_exactly_the_twins_members_in_each_audience(
+        archived_in_default: bool) -> None:
     estate, planted = seeded()
+    estate.default_includes_archived = archived_in_default
     with TwinServer(estate) as running:
         account = mc.connect(settings(running, page_size=7, concurrency=4))
         connectors = account.connectors()
@@ -173,8 +193,9 @@ def test_full_pull_lists_every_member_when_the_audience_sits_on_a_page_boundary(
     assert sorted(keys) == sorted(m for _, m, _ in twin.ground_truth(connector.source))
 
 
-def test_full_pull_pages_by_a_thousand_when_the_audience_has_1001_members() -> None:
-    big = MailchimpTwin(now=NOW)
+def test_full_pull_pages_by_a_thousand_when_the_audience_has_1001_members(
+        archived_in_default: bool) -> None:
+    big = MailchimpTwin(now=NOW, default_includes_archived=archived_in_default)
     fill(big, 1001)
     with TwinServer(big) as running:
         account = mc.connect(settings(running, page_size=1000, concurrency=2))
@@ -217,14 +238,14 @@ def test_incremental_pull_reads_changes_since_the_cursor_and_the_overlap_before_
     assert {r.external_id for r in records} <= set(changed)
 
 
-def test_archived_members_are_seen_although_the_default_listing_leaves_them_out(
+def test_archived_members_are_seen_whether_or_not_the_default_listing_has_them(
         twin: MailchimpTwin, server: TwinServer) -> None:
     audience_id = fill(twin, 3)
     twin.archive(audience_id, "member.1@example.com")
     auth = ("anyone", DEFAULT_API_KEY)
     default = requests.get(f"{server.url}/3.0/lists/{audience_id}/members", auth=auth,
                            timeout=5).json()
-    assert default["total_items"] == 2
+    assert default["total_items"] == (3 if twin.default_includes_archived else 2)
     records, last = pull(connector_for(server, audience_id))
     assert {r.status for r in records} == {"subscribed", "archived"}
     assert len(records) == 3 and last.complete
@@ -382,8 +403,9 @@ def test_wrong_key_is_refused_and_never_repeated_in_the_message(
 
 
 # -- connection limit ----------------------------------------------------------------------
-def test_parallel_pull_never_opens_more_than_ten_connections() -> None:
+def test_parallel_pull_never_opens_more_than_ten_connections(archived_in_default: bool) -> None:
     big = MailchimpTwin.bulk(4000, seed=11)
+    big.default_includes_archived = archived_in_default
     big.faults.latency = 0.01
     with TwinServer(big) as running:
         account = mc.connect(settings(running, page_size=100, concurrency=8))
@@ -552,3 +574,272 @@ def test_erase_deletes_a_member_permanently_not_merely_archiving_it(
     assert mc.erase(connector, "delete", "member", member) == ("already gone", None)
     assert twin.requests_to("/actions/delete-permanent", "POST") == 2
     assert twin.requests_to("/members/", "DELETE") == 0
+
+
+# -- the twin's strictness -------------------------------------------------------------------
+def test_twin_percent_decodes_list_ids_and_subscriber_hashes_in_paths(
+        twin: MailchimpTwin, server: TwinServer) -> None:
+    audience_id = fill(twin, 1)
+    member_hash = subscriber_hash("member.0@example.com")
+    encoded = "".join(f"%{ord(c):02X}" for c in audience_id)
+    member = api(server, "GET", f"lists/{encoded}/members/"
+                 + "".join(f"%{ord(c):02x}" for c in member_hash))
+    assert member.status_code == 200 and member.json()["id"] == member_hash
+    assert api(server, "GET", f"lists/{encoded}/members").json()["total_items"] == 1
+    # Decoded per segment: an encoded slash stays inside its segment and names nothing.
+    assert api(server, "GET", f"lists/{audience_id}%2Fmembers").status_code == 404
+
+
+def test_sms_phone_number_is_on_the_member_and_held_as_a_phone(
+        twin: MailchimpTwin, server: TwinServer) -> None:
+    audience_id = twin.add_audience("SMS")
+    member_id = twin.add_member(audience_id, "texts@example.com",
+                                sms_phone_number="+44 7700 900777")
+    shown = api(server, "GET", f"lists/{audience_id}/members/{member_id}").json()
+    assert shown["sms_phone_number"] == "+44 7700 900777"
+    assert shown["merge_fields"]["PHONE"] == ""
+    records, _ = pull(connector_for(server, audience_id))
+    assert Category.PHONE in records[0].categories
+    assert "900777" not in repr(records)
+
+
+def test_twin_imports_no_product_code() -> None:
+    import ast
+    from pathlib import Path
+
+    import sandbox.mailchimp as twin_module
+
+    tree = ast.parse(Path(twin_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported if name.split(".")[0] in ("connectors", "daemon")}
+
+
+def test_twin_ground_truth_normalises_emails_with_its_own_rules(
+        twin: MailchimpTwin, server: TwinServer) -> None:
+    audience_id = twin.add_audience("Mixed")
+    shouting = twin.add_member(audience_id, "  Mixed.Case@Example.COM ")
+    broken = twin.add_member(audience_id, "not an address", member_id="ab" * 16)
+    assert twin.ground_truth() == {("member", shouting, "mixed.case@example.com"),
+                                   ("member", broken, None)}
+
+
+# -- nothing pages for ever --------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["empty", "repeat"])
+@pytest.mark.parametrize("total", [20_000, 10_000_000])
+def test_listing_that_stops_making_progress_fails_instead_of_paging_for_ever(
+        twin: MailchimpTwin, server: TwinServer, kind: str, total: int) -> None:
+    audience_id = fill(twin, 7)
+    connector = connector_for(server, audience_id)
+    twin.set_listing_fault(kind, total=total)
+    read: list[Batch] = []
+    with pytest.raises(FatalAPIError, match="stopped making progress") as caught:
+        read.extend(connector.pull(None))
+    assert caught.value.source == f"mailchimp:{audience_id}"
+    assert not any(b.complete or b.cursor for b in read)
+    with pytest.raises(FatalAPIError, match="stopped making progress"):
+        list(connector.list_keys())
+    # Two real pages, then at most one round of pages fetched ahead, per listing.
+    assert twin.requests_to(f"/lists/{audience_id}/members", "GET") <= 2 * (2 + 2 + 2)
+
+
+# -- into the ledger: full syncs, failed runs, check -------------------------------------------
+def config(server: TwinServer, tmp_path: Path, key: str = DEFAULT_API_KEY,
+           **mailchimp: Any) -> Settings:
+    raw = {"ledger": {"state_dir": str(tmp_path)},
+           "mailchimp": {"api_key": "env:MC_TEST_KEY", "base_url": f"{server.url}/3.0",
+                         "page_size": 5, "concurrency": 2, **mailchimp}}
+    return parse_settings(raw, secrets=SecretSources(environ={"MC_TEST_KEY": key},
+                                                     credentials_dir=None))
+
+
+def sync(ledger: Ledger, settings: Settings, *, full: bool = False) -> list[SyncResult]:
+    return sync_configured(ledger, settings, full=full, sleep=no_sleep)
+
+
+def live_members(ledger: Ledger, source: str) -> set[str]:
+    query = (select(Holding.external_id).join(Source, Source.id == Holding.source_id)
+             .where(Source.name == source, Holding.gone_at.is_(None)))
+    with ledger.sessions() as session:
+        return set(session.scalars(query))
+
+
+def runs_of(ledger: Ledger, source: str) -> list[SyncRun]:
+    with ledger.sessions() as session:
+        return list(session.scalars(select(SyncRun).join(Source, Source.id == SyncRun.source_id)
+                                    .where(Source.name == source).order_by(SyncRun.id)))
+
+
+def health(ledger: Ledger, settings: Settings) -> dict[str, tuple[str, str]]:
+    return {h.source: (h.state, h.last_error) for h in digest_for(ledger, settings).sync}
+
+
+def test_member_deleted_upstream_is_gone_after_a_full_sync(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path) -> None:
+    audience_id = fill(twin, 9)
+    twin.archive(audience_id, "member.3@example.com")
+    twin.unsubscribe(audience_id, "member.4@example.com")
+    settings = config(server, tmp_path)
+    source = f"mailchimp:{audience_id}"
+    first = sync(ledger, settings, full=True)
+    assert [(r.source, r.status, r.error) for r in first] == [(source, "success", None)]
+    assert live_members(ledger, source) == {m for _, m, _ in twin.ground_truth(source)}
+    # A complete listing leaves a cursor: the hourly syncs read changes only.
+    assert runs_of(ledger, source)[-1].cursor_after is not None
+
+    twin.delete_permanent(audience_id, "member.3@example.com")
+    twin.delete_permanent(audience_id, "member.6@example.com")
+    again = sync(ledger, settings, full=True)
+    assert [(r.status, r.error, r.gone) for r in again] == [("success", None, 2)]
+    assert live_members(ledger, source) == {m for _, m, _ in twin.ground_truth(source)}
+    hourly = sync(ledger, settings)
+    assert hourly[0].ok and hourly[0].seen < 9
+    assert runs_of(ledger, source)[-1].cursor_before is not None
+
+
+def test_refused_key_fails_a_run_of_every_audience_the_ledger_knows(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path) -> None:
+    news = fill(twin, 2, "Newsletter")
+    trade = fill(twin, 2, "Trade customers")
+    good = config(server, tmp_path)
+    assert all(r.ok for r in sync(ledger, good, full=True))
+    revoked = config(server, tmp_path, key="ffffffffffffffffffffffffffffffff-us6")
+    results = sync(ledger, revoked)
+    sources = [f"mailchimp:{news}", f"mailchimp:{trade}"]
+    assert sorted(r.source for r in results) == sources
+    for result in results:
+        assert result.status == "failed" and result.run_id > 0
+        assert "refused the API key" in (result.error or "")
+        assert "Profile → Extras → API keys" in (result.error or "")
+        assert "ffffffff" not in (result.error or "")
+        assert runs_of(ledger, result.source)[-1].status == "failed"
+    shown = health(ledger, revoked)
+    assert {name: state for name, (state, _) in shown.items()} == {s: "failed" for s in sources}
+    assert "API Key Invalid" in shown[sources[0]][1]
+
+
+def test_refused_key_on_the_first_sync_fails_a_run_of_the_account_until_it_is_read(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path) -> None:
+    news = fill(twin, 2, "Newsletter")
+    revoked = config(server, tmp_path, key="ffffffffffffffffffffffffffffffff-us6")
+    results = sync(ledger, revoked, full=True)
+    assert [(r.source, r.status) for r in results] == [("mailchimp", "failed")]
+    assert health(ledger, revoked)["mailchimp"][0] == "failed"
+    good = config(server, tmp_path)
+    assert [(r.source, r.ok) for r in sync(ledger, good, full=True)] == [
+        (f"mailchimp:{news}", True)]
+    # The stand-in for the unreadable account is retired once its audiences are read.
+    assert {name: state for name, (state, _) in health(ledger, good).items()} == {
+        f"mailchimp:{news}": "ok"}
+
+
+def test_configured_audience_that_does_not_exist_fails_its_run_and_the_others_sync(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path) -> None:
+    news = fill(twin, 3, "Newsletter")
+    settings = config(server, tmp_path, audiences=["Newsletter", "Wholesale"])
+    results = {r.source: r for r in sync(ledger, settings, full=True)}
+    assert set(results) == {f"mailchimp:{news}", "mailchimp:Wholesale"}
+    assert results[f"mailchimp:{news}"].ok
+    missing = results["mailchimp:Wholesale"]
+    assert missing.status == "failed" and missing.run_id > 0
+    assert "'Wholesale' named in the configuration does not exist" in (missing.error or "")
+    assert f"'Newsletter' ({news})" in (missing.error or "")
+    assert health(ledger, settings)["mailchimp:Wholesale"][0] == "failed"
+    # Fixed in the config: the stand-in is retired, the audience synced under its id.
+    twin.add_audience("Wholesale", "whole5a1e")
+    fixed = config(server, tmp_path, audiences=["Newsletter", "Wholesale"])
+    assert all(r.ok for r in sync(ledger, fixed, full=True))
+    assert set(health(ledger, fixed)) == {f"mailchimp:{news}", "mailchimp:whole5a1e"}
+
+
+def test_mailchimp_connector_that_cannot_be_built_fails_a_run(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path) -> None:
+    fill(twin, 1)
+    settings = config(server, tmp_path, timeout="0s")
+    results = sync(ledger, settings, full=True)
+    assert [(r.source, r.status) for r in results] == [("mailchimp", "failed")]
+    assert "timeout must be more than 0" in (results[0].error or "")
+    assert runs_of(ledger, "mailchimp")[-1].status == "failed"
+
+
+@pytest.mark.parametrize("kind", ["empty", "repeat"])
+def test_full_sync_of_a_listing_that_stops_making_progress_fails_and_marks_nothing_gone(
+        twin: MailchimpTwin, server: TwinServer, ledger: Ledger, tmp_path: Path,
+        kind: str) -> None:
+    audience_id = fill(twin, 8)
+    settings = config(server, tmp_path)
+    source = f"mailchimp:{audience_id}"
+    assert all(r.ok for r in sync(ledger, settings, full=True))
+    held = live_members(ledger, source)
+    twin.delete_permanent(audience_id, "member.0@example.com")
+    twin.set_listing_fault(kind, total=20_000)
+    results = sync(ledger, settings, full=True)
+    assert [(r.source, r.status) for r in results] == [(source, "failed")]
+    assert "stopped making progress" in (results[0].error or "")
+    assert live_members(ledger, source) == held
+    assert runs_of(ledger, source)[-1].status == "failed"
+    assert health(ledger, settings)[source][0] == "failed"
+
+
+def check_rows(settings: Settings) -> dict[str, CheckResult]:
+    return {r.name: r for r in run_checks(settings) if r.name.startswith("mailchimp")}
+
+
+def test_check_reads_a_member_of_every_audience_a_sync_will_read(
+        twin: MailchimpTwin, server: TwinServer, tmp_path: Path) -> None:
+    news = fill(twin, 3, "Newsletter")
+    trade = fill(twin, 2, "Trade customers")
+    rows = check_rows(config(server, tmp_path))
+    assert set(rows) == {"mailchimp", f"mailchimp:{news}", f"mailchimp:{trade}"}
+    assert all(r.ok for r in rows.values()), rows
+    assert "2 audiences" in rows["mailchimp"].detail
+    assert "'Newsletter': members readable (3 contacts)" in rows[f"mailchimp:{news}"].detail
+    assert twin.requests_to(f"/lists/{news}/members", "GET") == 1
+
+
+def test_check_fails_a_configured_audience_that_does_not_exist_naming_those_the_key_sees(
+        twin: MailchimpTwin, server: TwinServer, tmp_path: Path) -> None:
+    news = fill(twin, 1, "Newsletter")
+    rows = check_rows(config(server, tmp_path, audiences=["Newsletter", "Wholesale"]))
+    assert rows["mailchimp"].ok and rows[f"mailchimp:{news}"].ok
+    missing = rows["mailchimp:Wholesale"]
+    assert not missing.ok
+    assert "'Wholesale' named in the configuration does not exist" in missing.detail
+    assert f"the key sees: 'Newsletter' ({news})" in missing.detail
+    assert "correct [mailchimp] audiences" in missing.detail
+
+
+def test_check_names_what_is_missing_when_the_key_or_an_audience_is_refused(
+        twin: MailchimpTwin, server: TwinServer, tmp_path: Path) -> None:
+    news = fill(twin, 1, "Newsletter")
+    trade = fill(twin, 1, "Trade customers")
+    wrong = check_rows(config(server, tmp_path, key="ffffffffffffffffffffffffffffffff-us6"))
+    assert set(wrong) == {"mailchimp"} and not wrong["mailchimp"].ok
+    assert "refused the API key" in wrong["mailchimp"].detail
+    assert "Profile → Extras → API keys" in wrong["mailchimp"].detail
+    twin.faults.inject("status", status=403, path=f"/lists/{trade}/members")
+    rows = check_rows(config(server, tmp_path))
+    assert rows["mailchimp"].ok and rows[f"mailchimp:{news}"].ok
+    refused = rows[f"mailchimp:{trade}"]
+    assert not refused.ok
+    assert f"reading the contacts of audience 'Trade customers' ({trade})" in refused.detail
+    assert "403" in refused.detail and "Admin or Manager" in refused.detail
+
+
+def test_check_command_exits_1_for_an_audience_that_does_not_exist(
+        twin: MailchimpTwin, server: TwinServer, tmp_path: Path) -> None:
+    fill(twin, 1, "Newsletter")
+    key = tmp_path / "mailchimp-key"
+    key.write_text(DEFAULT_API_KEY + "\n", encoding="utf-8")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[ledger]\nstate_dir = "{tmp_path}"\n\n[mailchimp]\n'
+                    f'api_key = "file:{key}"\nbase_url = "{server.url}/3.0"\n'
+                    'audiences = ["Wholesale"]\n', encoding="utf-8")
+    done = subprocess.run([str(CLI), "--config", str(path), "check"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("mailchimp:"))
+    assert row.split()[:2] == ["mailchimp:Wholesale", "FAIL"]
+    assert "'Newsletter'" in row
+    assert DEFAULT_API_KEY not in done.stdout + done.stderr

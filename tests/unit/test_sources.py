@@ -6,10 +6,11 @@ import threading
 import time
 
 import pytest
+from sqlalchemy import select
 
 from daemon import sources
 from daemon.config import SecretSources, Settings, parse_settings
-from daemon.ledger import Ledger
+from daemon.ledger import Ledger, Source, SyncRun
 from daemon.sync import SyncResult
 
 
@@ -72,3 +73,23 @@ def test_settle_heap_collects_garbage_then_freezes_what_is_left() -> None:
         assert gc.get_freeze_count() > 1000
     finally:
         gc.unfreeze()
+
+
+def test_source_whose_connector_cannot_be_built_gets_a_failed_run(sqlite_url: str) -> None:
+    # Passes the config's checks, but the connector refuses an address without a host.
+    settings = parse_settings(
+        {"woocommerce": [{"name": "hostless", "url": "https://:443", "consumer_key": "env:KEY",
+                          "consumer_secret": "env:KEY"}]},
+        secrets=SecretSources(environ={"KEY": "ck_unit"}, credentials_dir=None))
+    ledger = Ledger.open(sqlite_url)
+    try:
+        results = sources.sync_configured(ledger, settings, full=True)
+        with ledger.sessions() as session:
+            runs = session.execute(select(Source.name, SyncRun.status, SyncRun.error)
+                                   .join(Source, Source.id == SyncRun.source_id)).all()
+    finally:
+        ledger.close()
+    assert [(r.source, r.status, r.run_id > 0) for r in results] == [
+        ("woo:hostless", "failed", True)]
+    assert [(name, status) for name, status, _ in runs] == [("woo:hostless", "failed")]
+    assert "cannot connect" in runs[0][2] and "is not an http(s) address" in runs[0][2]

@@ -262,6 +262,16 @@ def test_card_number_typed_into_a_name_is_a_card_number_but_not_free_text() -> N
     assert record.categories == {Category.EMAIL, Category.NAME, Category.CARD_NUMBER}
 
 
+def test_sms_phone_number_on_the_member_is_a_phone() -> None:
+    record = mc.classify_member(member(1, sms_phone_number="+44 7700 900123"))
+    assert isinstance(record, Record)
+    assert Category.PHONE in record.categories
+    assert "900123" not in repr(record)
+    assert "members.sms_phone_number" in mc.MEMBER_FIELDS.split(",")
+    empty = mc.classify_member(member(2, sms_phone_number=""))
+    assert isinstance(empty, Record) and Category.PHONE not in empty.categories
+
+
 def test_empty_address_and_zero_location_are_not_counted_as_held() -> None:
     record = mc.classify_member(member(4, "unsubscribed", merge_fields={"ADDRESS": ""},
                                        unsubscribe_reason=""))
@@ -345,27 +355,55 @@ def test_full_pull_asks_for_archived_members_explicitly(fake: FakeMailchimp) -> 
     assert batches[-1].complete
 
 
-def test_full_pull_keeps_each_member_once_when_default_listing_includes_archived(
+def test_full_pull_keeps_each_member_once_and_is_complete_when_default_listing_includes_archived(
         fake: FakeMailchimp) -> None:
     fake.default_has_archived = True
     rows = [member(1), member(2, "archived"), member(3, "archived")]
     fake.audiences["a1"] = ("Newsletter", rows)
     records, _, batches = drain(audience().pull(None))
     assert sorted(r.external_id for r in records) == sorted(m["id"] for m in rows)
-    # Totals add up to 5 (3 default + 2 archived) but only 3 members exist: not complete.
-    assert not batches[-1].complete
-
-
-def test_full_pull_is_incomplete_when_fewer_distinct_members_than_total_items(
-        fake: FakeMailchimp) -> None:
-    fake.audiences["a1"] = ("Newsletter", [member(i) for i in range(5)])
-    fake.extra_total = 1
-    records, _, batches = drain(audience().pull(None))
-    assert len(records) == 5
+    # Each listing read whole against its own total (3 default, 2 archived): complete,
+    # although the totals add up to 5 for 3 distinct members.
     last = batches[-1]
-    assert not last.complete
-    assert last.listed_types == frozenset()
-    assert last.cursor is None
+    assert last.complete and last.listed_types == {"member"} and last.cursor is not None
+
+
+def test_list_keys_is_complete_when_default_listing_includes_archived(
+        fake: FakeMailchimp) -> None:
+    fake.default_has_archived = True
+    rows = [member(1), member(2, "archived"), member(3, "archived"), member(4)]
+    fake.audiences["a1"] = ("Newsletter", rows)
+    batches = list(audience().list_keys())
+    assert sorted(k.external_id for b in batches for k in b.keys) == sorted(m["id"] for m in rows)
+    assert batches[-1].complete and batches[-1].listed_types == {"member"}
+
+
+def test_incremental_pull_moves_cursor_when_default_listing_includes_archived(
+        fake: FakeMailchimp) -> None:
+    fake.default_has_archived = True
+    rows = [member(1, changed=T0 + timedelta(minutes=1)),
+            member(2, "archived", changed=T0 + timedelta(minutes=5))]
+    fake.audiences["a1"] = ("Newsletter", rows)
+    records, _, batches = drain(audience().pull(mc.make_cursor(T0)))
+    # The archived member comes in both listings: once in the records, and no "shift".
+    assert sorted(r.external_id for r in records) == sorted(m["id"] for m in rows)
+    assert mc.read_cursor(batches[-1].cursor) == T0 + timedelta(minutes=5)
+
+
+def test_full_pull_fails_when_total_items_promises_more_than_the_pages_hold(
+        fake: FakeMailchimp) -> None:
+    fake.audiences["a1"] = ("Newsletter", [member(i) for i in range(6)])
+    fake.extra_total = 1
+    pulled: list[Batch] = []
+    with pytest.raises(FatalAPIError, match=r"\(default\) of audience 'Newsletter' \(a1\) "
+                                            r"stopped making progress: an empty page came "
+                                            r"back at offset 6 although the listing says it "
+                                            r"holds 7 members") as caught:
+        pulled.extend(audience().pull(None))
+    assert caught.value.source == "mailchimp:a1"
+    # What was read is handed over; nothing claims to be complete.
+    assert not any(b.complete or b.cursor for b in pulled)
+    assert [int(c["offset"]) for c in fake.member_pages()] == [0, 3, 6]
 
 
 def test_full_pull_is_incomplete_when_a_member_is_deleted_while_paging(
@@ -494,12 +532,29 @@ def test_list_keys_lists_every_member_id_when_listing_adds_up(fake: FakeMailchim
     assert {c["fields"] for c in fake.member_pages()} == {"members.id,total_items"}
 
 
-def test_list_keys_is_incomplete_when_total_items_is_more_than_seen(fake: FakeMailchimp) -> None:
+def test_list_keys_fails_when_total_items_is_more_than_the_pages_hold(
+        fake: FakeMailchimp) -> None:
     fake.audiences["a1"] = ("Newsletter", [member(i) for i in range(4)])
     fake.extra_total = 2
-    batches = list(audience().list_keys())
-    assert len({k.external_id for b in batches for k in b.keys}) == 4
-    assert not batches[-1].complete and batches[-1].listed_types == frozenset()
+    listed: list[Any] = []
+    with pytest.raises(FatalAPIError, match="stopped making progress: an empty page"):
+        listed.extend(audience().list_keys())
+    assert not any(b.complete for b in listed)
+
+
+def test_full_pull_fails_when_pages_repeat_members_already_listed(fake: FakeMailchimp) -> None:
+    rows = [member(i) for i in range(3)]
+    fake.audiences["a1"] = ("Newsletter", rows)
+    fake.extra_total = 10_000_000
+
+    def ignore_offset(offset: int) -> None:
+        # An upstream that answers every offset with the first page.
+        fake.audiences["a1"] = ("Newsletter", rows * (offset // 3 + 1))
+
+    fake.before_page = ignore_offset
+    with pytest.raises(FatalAPIError, match="offset 3 held only members already listed"):
+        list(audience().pull(None))
+    assert len(fake.member_pages()) == 2
 
 
 # -- lookups ---------------------------------------------------------------------------------
