@@ -10,8 +10,13 @@ syncs run every few seconds. For --minutes (10 by default) this script at once:
   unsubscribes, archiving, resubscribing, permanent deletions) and so moves the ground truth;
 - injects faults at random into random twins: 429 with Retry-After, 500/502/503, dropped
   connections, answers slower than the client's timeout, truncated JSON, an HTML page with
-  200, a 401 for a few seconds, every answer slow for a while; and makes the SMTP server
+  200, a 401 for a few seconds, every answer slow for a while, a body trickled a few bytes a
+  second (past the request's total deadline), a body over the response limit, a gzip bomb,
+  a redirect to another host name that answers an empty listing; and makes the SMTP server
   refuse (451, at MAIL or at DATA) for a while;
+- plants records no ledger column can hold (a Stripe customer whose email is over 320
+  characters, a shop order whose status is over 40): each must be skipped with its reason,
+  never stop its source, never be held;
 - kills the daemon with SIGKILL at random moments (--kills, at least 20 in 10 minutes by
   default) and starts it again a second later, as systemd's Restart=always, RestartSec=1s;
 - lets "nights" pass: every minute the config's `audit_at` and `full_sync` move to the next
@@ -89,7 +94,11 @@ SENDER = "privacy-ledger@shop.example"
 # The client's answer timeout; a "timeout" fault holds the answer longer than this.
 CLIENT_TIMEOUT = 3
 FAULT_KINDS = ("429", "500", "502", "503", "drop", "timeout", "truncate", "html", "401",
-               "slow", "smtp")
+               "trickle", "oversize", "bomb", "redirect", "slow", "smtp")
+# Larger than the response limit the soak's config sets: read to the limit, then refused.
+RESPONSE_LIMIT_MB = 8
+OVERSIZE_BYTES = 12 * 2**20
+BOMB_BYTES = 256 * 2**20
 EXACT_RULES = ("order-past-retention", "unpaid-order-past-retention",
                "mailchimp-contact-retained", "stripe-customer-inactive", "card-number-exposed",
                "sync-stale")
@@ -352,6 +361,8 @@ class Mutations:
     # Records whose upstream data (or whose dependants) the soak changed.
     touched: set[Key] = field(default_factory=set)
     touched_emails: set[str] = field(default_factory=set)
+    # Records planted with a value no ledger column can hold: skipped, never held.
+    unstorable: set[Key] = field(default_factory=set)
 
 
 CARD_NOTE = "Please charge my card 4111 1111 1111 1111 exp 08/29, thanks"
@@ -393,7 +404,8 @@ class Mutator:
             (1, self.stripe_update_customer), (0.6, self.stripe_delete_customer),
             (1, self.stripe_refund), (3, self.mc_add_member), (1, self.mc_update_member),
             (1, self.mc_unsubscribe), (1, self.mc_archive), (1.5, self.mc_resubscribe),
-            (0.6, self.mc_delete),
+            (0.6, self.mc_delete), (0.2, self.stripe_add_unstorable),
+            (0.2, self.woo_add_unstorable_order),
         ]
         action = self.rng.choices([a for _, a in actions], [w for w, _ in actions])[0]
         done = action()
@@ -443,6 +455,16 @@ class Mutator:
 
     def woo_card_note(self) -> str:
         return self.woo_add_order(note=CARD_NOTE)
+
+    def woo_add_unstorable_order(self) -> str:
+        source, shop = self._shop()
+        # A plugin's custom status: the REST API returns whatever slug it registered.
+        ident = shop.add_order(
+            customer_id=0, status="awaiting-supplier-confirmation-of-stock-level",
+            billing={"email": self._email(), "first_name": "Soak"},
+            payment_method="stripe", payment_method_title="Card")
+        self.log.unstorable.add((source, "order", str(ident)))
+        return "woo add order with a 45-character status"
 
     def _order(self, source: str, shop: Any) -> int | None:
         with shop.lock:
@@ -543,6 +565,14 @@ class Mutator:
         ident = self.estate.stripe.add_customer(email=email, name="Soak Payer")
         self._touch("stripe", "customer", ident, email)
         return "stripe add customer"
+
+    def stripe_add_unstorable(self) -> str:
+        # Stripe takes emails up to 512 characters; the ledger's column holds 320.
+        email = f"soak.{self.rng.randrange(10**6)}@{'x' * 60}.{'y' * 60}.{'z' * 60}.{'w' * 60}" \
+                f".{'v' * 60}.example.org"
+        ident = self.estate.stripe.add_customer(email=email, name="Soak Long")
+        self.log.unstorable.add(("stripe", "customer", ident))
+        return "stripe add customer with a 340-character email"
 
     def stripe_add_charge(self) -> str:
         stripe = self.estate.stripe
@@ -681,6 +711,13 @@ class Chaos:
                                lasting=self.rng.uniform(3, 10))
         elif kind == "timeout":
             twin.faults.inject("hang", times=1, seconds=CLIENT_TIMEOUT + 2)
+        elif kind == "trickle":
+            # 64 bytes a second: a page takes minutes, the request's deadline a few seconds.
+            twin.faults.inject("trickle", times=1, size=64, seconds=1.0)
+        elif kind == "oversize":
+            twin.faults.inject("oversize", times=1, size=OVERSIZE_BYTES)
+        elif kind == "bomb":
+            twin.faults.inject("bomb", times=1, size=BOMB_BYTES)
         elif kind == "slow":
             # Every answer late for a while: long listings, wide windows for races.
             twin.faults.latency = self.rng.uniform(0.05, 0.25)
@@ -887,10 +924,15 @@ def _sample(keys: set[Key] | set[str], count: int = 5) -> str:
 
 
 def compare_holdings(verdict: Verdict, ledger: Ledger, estate: Estate,
-                     sampler: Sampler, gone_before: set[Key]) -> None:
-    truth = estate_truth(estate)
+                     sampler: Sampler, gone_before: set[Key], mutations: Mutations) -> None:
+    unstorable = mutations.unstorable
+    truth = {row for row in estate_truth(estate) if row[:3] not in unstorable}
     held = ledger_truth(ledger)
     truth_keys, held_keys = live_keys(truth), live_keys(held)
+    held_unstorable = unstorable & held_keys
+    verdict.line(f"records no column can hold: {len(unstorable)} planted, "
+                 f"{len(held_unstorable)} held")
+    verdict.check(not held_unstorable, f"held although unstorable: {_sample(held_unstorable)}")
     missing, extra = truth_keys - held_keys, held_keys - truth_keys
     truth_email = {(s, t, i): e for s, t, i, e in truth}
     wrong_person = {(s, t, i) for s, t, i, e in held
@@ -1138,7 +1180,8 @@ def settle(world: World, options: Options, verdict: Verdict) -> None:
                                      now=utcnow() + timedelta(days=1))
         verdict.check(final.failed == 0, f"the final delivery pass failed: "
                                          f"{final.errors[:3]}")
-        compare_holdings(verdict, ledger, world.estate, world.sampler, gone_before)
+        compare_holdings(verdict, ledger, world.estate, world.sampler, gone_before,
+                         world.mutator.log)
         compare_findings(verdict, findings, world.estate, world.settings, world.mutator.log,
                          audit_at)
         compare_emails(verdict, ledger, world.sink, before_final)
