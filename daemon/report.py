@@ -763,17 +763,17 @@ def _cut(word: str, room: int) -> list[str]:
 
 
 def wrap_text(text: object, indent: str = "", first: str | None = None,
-              width: int = TEXT_WIDTH) -> str:
+              links: bool = False, width: int = TEXT_WIDTH) -> str:
     """Text in lines of at most `width` columns, the first starting with `first` (default
-    `indent`), the others with `indent`. A URL is never cut (a cut one cannot be
-    followed): it starts a line of its own when it does not fit, indented less when it
-    needs the room; a longer word is cut."""
+    `indent`), the others with `indent`; a word too long for a line is cut. With `links`,
+    a URL (one the email built) is never cut, as a cut one cannot be followed: it starts
+    a line of its own when it does not fit, indented less when it needs the room."""
     lead = indent if first is None else first
     lines: list[str] = []
     line, empty = lead, True
     for word in str(text).split():
         room = width - columns(indent)
-        if columns(word) > room and not re.match(r"https?://", word):
+        if columns(word) > room and not (links and re.match(r"https?://", word)):
             pieces = _cut(word, room)
         else:
             pieces = [word]
