@@ -746,3 +746,32 @@ def test_wrap_text_keeps_urls_whole_and_indents_what_follows() -> None:
     assert report.wrap_text("a " * 50, "  ").splitlines()[1].startswith("  a")
     assert all(columns(line) <= 78
                for line in report.wrap_text("界" * 100, "  ").splitlines())
+
+
+def test_the_html_stacks_every_row_so_a_phone_needs_no_wide_grid(estate: Estate) -> None:
+    _four_shops(estate)
+    estate.run("woo:c-shop", "failed", NOW - timedelta(hours=1), error="timed out")
+    html = report.render(_digest(estate)).html
+    widest: list[int] = []
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cells: list[int] = []
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag == "tr":
+                self.cells.append(0)
+            elif tag in ("td", "th") and self.cells:
+                self.cells[-1] += 1
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "tr":
+                widest.append(self.cells.pop())
+
+    Rows().feed(html)
+    # Side-by-side cells squeeze on a 400 px screen and break their headers mid-word; the
+    # figures and category counts are tiles that wrap instead.
+    assert widest and max(widest) == 1
+    assert "<th" not in html
+    assert re.search(r"display:inline-block[^\"]*\">\s*<div style=\"font-size:24px", html)
