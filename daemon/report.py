@@ -6,7 +6,10 @@ templates (daemon/templates/digest.subject.txt, digest.txt, digest.html).
 `render` turns a digest into a subject, a plain-text part and an HTML part;
 `render_digest` does both for the configured settings (the demo and the CLI call it).
 Every string that came from upstream (emails, ids, errors) is made safe to show here:
-controls and bidi overrides replaced, length capped; the HTML template escapes it.
+controls and bidi overrides replaced, length capped; the HTML template escapes it. Links to
+where the owner acts (links_for) are built only from configured addresses (AdminPlaces) and
+ids of the upstream's shape, never from an address an upstream sent. The plain-text part
+keeps within TEXT_WIDTH columns (wrap_text).
 """
 
 from __future__ import annotations
