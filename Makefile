@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/privacy-ledger demo --out demo-out
 
-# A headless Chromium screenshot of the demo's email, for a person to look at (not CI).
+# Headless Chromium screenshots of the demo's email at 760 and 400 px (a phone),
+# demo-out/email-760.png and demo-out/email-400.png, for a person to look at (not CI).
 email-screenshot: demo
 	$(BIN)/python bench/screenshot_email.py --config demo-out/config.toml --audit --out demo-out/email.png
 

@@ -1,12 +1,14 @@
-"""A headless Chromium screenshot of the morning email, so that a person can look at its
-layout. Not a test and never part of the test run; commit no image.
+"""Headless Chromium screenshots of the morning email, at a desktop width (760 px) and a
+phone's (400 px), so that a person can look at its layout. Not a test and never part of the
+test run; commit no image.
 
     .venv/bin/python bench/screenshot_email.py demo-out/digest.html       # an HTML file
     .venv/bin/python bench/screenshot_email.py --config demo-out/config.toml --audit
                                               # the demo's ledger (after `make demo`)
 
-`make email-screenshot` runs the demo and then the second form. Needs Chromium
-(`apt-get install chromium`); prints the paths of the HTML and the PNG it wrote.
+`make email-screenshot` runs the demo and then the second form, writing
+demo-out/email-760.png and demo-out/email-400.png. `--width` (repeatable) picks other
+widths. Needs Chromium (`apt-get install chromium`); prints the paths it wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+# A desktop client's reading pane, and a phone held upright.
+DEFAULT_WIDTHS = (760, 400)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -60,18 +64,22 @@ def main() -> None:
     parser.add_argument("--audit", action="store_true",
                         help="run the audit on that ledger first (the demo's is throwaway)")
     parser.add_argument("--out", type=Path, default=Path("demo-out/email.png"),
-                        help="the PNG to write (default demo-out/email.png)")
-    parser.add_argument("--width", type=int, default=760, help="window width in pixels")
-    parser.add_argument("--height", type=int, default=3600, help="window height in pixels")
+                        help="the PNGs to write: email.png gives email-760.png, email-400.png")
+    parser.add_argument("--width", type=int, action="append", dest="widths",
+                        help="window width in pixels, repeatable (default: 760 and 400)")
+    parser.add_argument("--height", type=int, default=6400,
+                        help="window height in pixels (the whole email at 400 px)")
     args = parser.parse_args()
     if (args.html is None) == (args.config is None):
         parser.error("give either an HTML file or --config")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     html = args.html or render_from_config(args.config, args.out.with_suffix(".html"),
                                            audit=args.audit)
-    screenshot(html, args.out, width=args.width, height=args.height)
     print(f"html: {html}")
-    print(f"png:  {args.out}")
+    for width in args.widths or DEFAULT_WIDTHS:
+        png = args.out.with_name(f"{args.out.stem}-{width}{args.out.suffix or '.png'}")
+        screenshot(html, png, width=width, height=args.height)
+        print(f"png:  {png}")
 
 
 if __name__ == "__main__":

@@ -513,6 +513,7 @@ class MailchimpAudienceConnector:
         self.settings = account.settings
         self.audience_id = audience.id
         self.audience_name = audience.name
+        self.label = audience.name
         self.source = f"{KIND}:{audience.id}"
 
     def __repr__(self) -> str:

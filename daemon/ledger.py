@@ -94,6 +94,8 @@ class Source(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(40))
+    # The name the owner knows the source by, when its ledger name holds an id (an audience).
+    label: Mapped[str | None] = mapped_column(String(200))
     # Opaque to the ledger: the connector's own incremental position.
     cursor: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -288,7 +290,7 @@ def make_engine(url: str) -> Engine:
 
 
 # The newest migration's revision (a test checks it against daemon/migrations).
-SCHEMA_REVISION = "0004_erase"
+SCHEMA_REVISION = "0005_source_label"
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -6,7 +6,10 @@ templates (daemon/templates/digest.subject.txt, digest.txt, digest.html).
 `render` turns a digest into a subject, a plain-text part and an HTML part;
 `render_digest` does both for the configured settings (the demo and the CLI call it).
 Every string that came from upstream (emails, ids, errors) is made safe to show here:
-controls and bidi overrides replaced, length capped; the HTML template escapes it.
+controls and bidi overrides replaced, length capped; the HTML template escapes it. Links to
+where the owner acts (links_for) are built only from configured addresses (AdminPlaces) and
+ids of the upstream's shape, never from an address an upstream sent. The plain-text part
+keeps within TEXT_WIDTH columns (wrap_text).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -47,6 +51,10 @@ DIGEST_KIND = "digest"
 DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_STALE_AFTER = timedelta(days=2)
 DEFAULT_CAP = 10
+# On a day with nothing new, this many still-open findings are listed (oldest first).
+STILL_OPEN_CAP = 20
+# The plain-text part's width: every line fits a terminal and a mail client's quoting.
+TEXT_WIDTH = 78
 TEMPLATES = Path(__file__).with_name("templates")
 
 # Email headings for the audit's rules; severity, reason and action come from daemon/audit.py.
@@ -128,8 +136,17 @@ class MatrixRow:
 
 
 @dataclass(frozen=True)
+class Link:
+    """Where the owner acts on a finding: what the page is, and its address."""
+
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
 class FindingItem:
-    """One new finding: the record it is about and what to do, in the owner's words."""
+    """One finding: the record it is about, what to do in the owner's words, and the
+    pages where it is done."""
 
     source: str
     record_type: str
@@ -138,6 +155,9 @@ class FindingItem:
     action: str
     detail: str
     first_detected: datetime
+    links: tuple[Link, ...] = ()
+    title: str = ""
+    severity: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,9 @@ class Digest:
     blind: tuple[SyncHealth, ...] | None = None
     # When the previous digest was queued; None for the first email.
     previous: datetime | None = None
+    # On a day with nothing new: the oldest open findings, and how many more are open.
+    still_open: tuple[FindingItem, ...] = field(default=())
+    still_open_more: int = 0
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -269,14 +292,17 @@ def shown(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def source_label(name: str) -> str:
-    """woo:allmyink → allmyink, stripe → Stripe, mailchimp:abc → Mailchimp abc."""
+def source_label(name: str, label: str | None = None) -> str:
+    """woo:allmyink → allmyink, stripe → Stripe, mailchimp:abc → Mailchimp “Newsletter”
+    (the audience's name, when the ledger has it; else its id)."""
     kind, _, rest = name.partition(":")
     if kind == "woo":
         return shown(rest, 60)
     if kind == "stripe":
         return "Stripe"
     if kind == "mailchimp":
+        if label and shown(label, 40):
+            return f"Mailchimp “{shown(label, 40)}”"
         return f"Mailchimp {shown(rest, 40)}".strip()
     return shown(name, 60)
 
@@ -290,6 +316,82 @@ def system_order(name: str) -> tuple[int, str]:
 def _system(name: str) -> str:
     """The system as the subject line names it: the shop, Stripe or Mailchimp."""
     return "Mailchimp" if name.startswith("mailchimp") else source_label(name)
+
+
+# --------------------------------------------------------------------------- links
+
+STRIPE_DASHBOARD = "https://dashboard.stripe.com"
+MAILCHIMP_AUDIENCES = "https://admin.mailchimp.com/lists/"
+# A configured address links only if it is a plain http(s) URL that cannot break out of
+# an attribute or a line.
+_PLAIN_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^]+")
+_WOO_ID = re.compile(r"[1-9][0-9]{0,19}")
+_STRIPE_CUSTOMER = re.compile(r"cus_[A-Za-z0-9]{1,100}")
+
+
+@dataclass(frozen=True)
+class AdminPlaces:
+    """The configured addresses the email's links are built from (never an address an
+    upstream supplied): each shop's url, Stripe's dashboard (test or live, from the kind of
+    key), and whether Mailchimp is configured."""
+
+    shops: tuple[tuple[str, str], ...] = ()
+    stripe_dashboard: str | None = None
+    mailchimp: bool = False
+
+    def shop_url(self, shop: str) -> str | None:
+        return next((url for name, url in self.shops if name == shop), None)
+
+
+def stripe_dashboard(api_key: str) -> str:
+    """The dashboard for that key's mode: test keys (sk_test_, rk_test_) see test data."""
+    test = api_key.startswith(("sk_test_", "rk_test_", "pk_test_"))
+    return f"{STRIPE_DASHBOARD}/test" if test else STRIPE_DASHBOARD
+
+
+def admin_places(settings: Settings | None) -> AdminPlaces:
+    """Where the links of these settings' systems point; the Stripe key decides only
+    test or live, and goes nowhere."""
+    if settings is None:
+        return AdminPlaces()
+    shops = tuple((shop.name, shop.url.rstrip("/")) for shop in settings.woocommerce
+                  if _PLAIN_URL.fullmatch(shop.url.rstrip("/")))
+    dashboard = (stripe_dashboard(settings.stripe.api_key.get_secret_value())
+                 if settings.stripe is not None else None)
+    return AdminPlaces(shops=shops, stripe_dashboard=dashboard,
+                       mailchimp=settings.mailchimp is not None)
+
+
+def links_for(places: AdminPlaces, source: str, label: str | None, record_type: str,
+              external_id: str, parent_id: str | None = None) -> tuple[Link, ...]:
+    """The pages where the owner acts on one record: the shop's order screen (both the
+    HPOS screen and the classic post screen, whichever the shop uses) or user screen, the
+    Stripe customer, the Mailchimp audience. Ids are checked for their upstream's shape;
+    one that does not fit gets no link."""
+    kind, _, rest = source.partition(":")
+    if kind == "woo":
+        url = places.shop_url(rest)
+        if url is None or not _WOO_ID.fullmatch(external_id):
+            return ()
+        admin = f"{url}/wp-admin"
+        if record_type == "order":
+            return (Link("order screen", f"{admin}/admin.php?page=wc-orders&action=edit"
+                                         f"&id={external_id}"),
+                    Link("order screen (shops without HPOS)",
+                         f"{admin}/post.php?post={external_id}&action=edit"))
+        if record_type == "customer":
+            return (Link("customer account", f"{admin}/user-edit.php?user_id={external_id}"),)
+        return ()
+    if kind == "stripe" and places.stripe_dashboard:
+        customer = external_id if record_type == "customer" else parent_id
+        if customer is None or not _STRIPE_CUSTOMER.fullmatch(customer):
+            return ()
+        text = "Stripe customer" if record_type == "customer" else "Stripe customer of the charge"
+        return (Link(text, f"{places.stripe_dashboard}/customers/{quote(customer, safe='')}"),)
+    if kind == "mailchimp" and places.mailchimp:
+        audience = f"“{shown(label, 40)}”" if label and shown(label, 40) else shown(rest, 40)
+        return (Link(f"audience {audience} in Mailchimp", MAILCHIMP_AUDIENCES),)
+    return ()
 
 
 # --------------------------------------------------------------------------- queries
@@ -323,18 +425,18 @@ def _matrix(session: Session) -> tuple[tuple[str, ...], tuple[MatrixRow, ...]]:
     ]
     rows = session.execute(
         select(Source.name, func.count(Holding.id), func.count(distinct(Holding.subject_id)),
-               *per_category)
+               *per_category, Source.label)
         .select_from(Source)
         .outerjoin(Holding, and_(Holding.source_id == Source.id, Holding.gone_at.is_(None)))
         .where(Source.gone_at.is_(None))
-        .group_by(Source.id, Source.name)
+        .group_by(Source.id, Source.name, Source.label)
     ).all()
     rows = sorted(rows, key=lambda row: system_order(row[0]))
     used = [i for i, _ in enumerate(everything) if any(row[3 + i] for row in rows)]
     categories = tuple(everything[i] for i in used)
     matrix = tuple(
-        MatrixRow(source=shown(row[0], 80), label=source_label(row[0]), records=row[1],
-                  people=row[2], counts=tuple(row[3 + i] for i in used))
+        MatrixRow(source=shown(row[0], 80), label=source_label(row[0], row[-1]),
+                  records=row[1], people=row[2], counts=tuple(row[3 + i] for i in used))
         for row in rows
     )
     return categories, matrix
@@ -372,7 +474,8 @@ def _finding_query() -> Any:
     subject_id = func.coalesce(Finding.subject_id, Holding.subject_id)
     return (
         select(Finding.rule, Finding.first_detected, Finding.detail, Source.name, Source.kind,
-               Holding.record_type, Holding.external_id, Subject.email)
+               Holding.record_type, Holding.external_id, Subject.email, Source.label,
+               Holding.parent_id, Finding.severity)
         .select_from(Finding)
         .outerjoin(Holding, Holding.id == Finding.holding_id)
         .outerjoin(Source, Source.id == source_id)
@@ -380,9 +483,31 @@ def _finding_query() -> Any:
     )
 
 
+def _finding_item(row: Any, last_success: dict[str, datetime | None],
+                  places: AdminPlaces) -> FindingItem:
+    """One row of _finding_query as the email shows it."""
+    (rule, first, detail, source, kind, record_type, external_id, email, label, parent,
+     severity) = row
+    name = shown(source, 80)
+    ident, address, what = shown(external_id, 60), shown(email, 80), shown(record_type, 40)
+    # The audit's words name an audience by the part after the colon: give it the name.
+    words_source = (f"mailchimp:“{shown(label, 40)}”"
+                    if kind == "mailchimp" and label and shown(label, 40) else name)
+    text = rule_text(rule, severity or "medium")
+    return FindingItem(
+        source=source_label(source or "", label), record_type=what, external_id=ident,
+        email=address, detail=shown(detail, 200), first_detected=first,
+        action=shown(action_for(rule, words_source, kind or "", what, ident, address,
+                                last_success.get(name)), 300),
+        links=links_for(places, source or "", label, record_type or "", external_id or "",
+                        parent),
+        title=text.title, severity=text.severity)
+
+
 def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
                 since: datetime, cap: int,
-                last_success: dict[str, datetime | None]) -> tuple[RuleGroup, ...]:
+                last_success: dict[str, datetime | None],
+                places: AdminPlaces = AdminPlaces()) -> tuple[RuleGroup, ...]:
     groups = []
     for count in counts:
         if not count.new:
@@ -394,21 +519,26 @@ def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
             .order_by(Finding.first_detected, Finding.id)
             .limit(cap)
         ).all()
-        items = []
-        for rule, first, detail, source, kind, record_type, external_id, email in rows:
-            name = shown(source, 80)
-            ident, address, what = shown(external_id, 60), shown(email, 80), shown(record_type, 40)
-            items.append(FindingItem(
-                source=source_label(source or ""), record_type=what, external_id=ident,
-                email=address, detail=shown(detail, 200), first_detected=first,
-                action=shown(action_for(rule, name, kind or "", what, ident, address,
-                                        last_success.get(name)), 300)))
+        items = [_finding_item(row, last_success, places) for row in rows]
         groups.append(RuleGroup(rule=count.rule, title=count.title, severity=count.severity,
                                 reason=rule_text(count.rule, count.severity).reason,
                                 total=count.new, items=tuple(items),
                                 more=max(0, count.new - len(items)),
                                 list_command=list_command(count.rule)))
     return tuple(groups)
+
+
+def _still_open(session: Session, now: datetime, since: datetime, cap: int,
+                last_success: dict[str, datetime | None],
+                places: AdminPlaces) -> tuple[tuple[FindingItem, ...], int]:
+    """The oldest `cap` findings still open from before `since`, and how many more there are."""
+    still = and_(Finding.resolved_at.is_(None), ~_acknowledged(now),
+                 Finding.first_detected < since)
+    rows = session.execute(_finding_query().where(still)
+                           .order_by(Finding.first_detected, Finding.id).limit(cap)).all()
+    total = session.scalar(select(func.count(Finding.id)).where(still)) or 0
+    items = tuple(_finding_item(row, last_success, places) for row in rows)
+    return items, max(0, total - len(items))
 
 
 def _open_systems(session: Session, now: datetime) -> tuple[str, ...]:
@@ -443,9 +573,9 @@ _STATE_ORDER = {"failed": 0, "never": 1, "stale": 2, "ok": 3}
 def _sync_health(session: Session, now: datetime, stale_after: timedelta,
                  configured: Sequence[str]) -> tuple[SyncHealth, ...]:
     health = []
-    sources = session.execute(select(Source.id, Source.name).where(Source.gone_at.is_(None))
-                              .order_by(Source.name)).all()
-    for source_id, name in sources:
+    sources = session.execute(select(Source.id, Source.name, Source.label)
+                              .where(Source.gone_at.is_(None)).order_by(Source.name)).all()
+    for source_id, name, label in sources:
         success = session.execute(
             select(SyncRun.finished_at, SyncRun.records_seen)
             .where(SyncRun.source_id == source_id, SyncRun.status == "success",
@@ -470,11 +600,11 @@ def _sync_health(session: Session, now: datetime, stale_after: timedelta,
         else:
             state = "ok"
         health.append(SyncHealth(
-            source=shown(name, 80), label=source_label(name), state=state,
+            source=shown(name, 80), label=source_label(name, label), state=state,
             last_success=last_ok,
             last_failure=last_failed, last_error=shown(failure[1] if failure else "", 300),
             records_seen=success[1] if success else None, syncing_since=syncing))
-    known = [name for _, name in sources]
+    known = [name for _, name, _ in sources]
     for name in configured:
         if not any(k == name or k.startswith(f"{name}:") for k in known):
             health.append(SyncHealth(source=shown(name, 80), label=source_label(name),
@@ -571,10 +701,13 @@ def _job_problems(session: Session, since: datetime) -> tuple[JobProblem, ...]:
 def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime | None = None,
                  cap_per_rule: int = DEFAULT_CAP, timezone: str = "UTC",
                  stale_after: timedelta = DEFAULT_STALE_AFTER,
-                 configured_sources: Sequence[str] = ()) -> Digest:
+                 configured_sources: Sequence[str] = (),
+                 places: AdminPlaces | None = None) -> Digest:
     """Everything the morning email says, from the ledger. `since` defaults to when the
     previous digest was queued (or 24 hours ago); `configured_sources` names sources from the
-    config so that one never synced still shows."""
+    config so that one never synced still shows; `places` are the configured addresses the
+    findings link to (none: no links)."""
+    places = places or AdminPlaces()
     now = now or utcnow()
     if cap_per_rule < 1:
         raise ValueError(f"cap_per_rule must be at least 1, not {cap_per_rule}")
@@ -589,8 +722,10 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         health = _sync_health(session, now, stale_after, configured_sources)
         blind = _blind_spots(session, now, stale_after, configured_sources) \
             if configured_sources else None
-        groups = _new_groups(session, counts, now, since, cap_per_rule,
-                             {h.source: h.last_success for h in health})
+        last_success = {h.source: h.last_success for h in health}
+        groups = _new_groups(session, counts, now, since, cap_per_rule, last_success, places)
+        still_open, still_more = ((), 0) if any(c.new for c in counts) else \
+            _still_open(session, now, since, STILL_OPEN_CAP, last_success, places)
         delivery = _delivery_problems(session, since)
         jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
@@ -602,10 +737,68 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
     return Digest(generated_at=now, since=since, timezone=timezone, headline=headline,
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
-                  job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous)
+                  job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
+                  still_open=still_open, still_open_more=still_more)
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def columns(text: str) -> int:
+    """The columns a string takes on a terminal: wide (East Asian) characters two,
+    combining marks none."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def ljust(text: object, width: int) -> str:
+    """Padded on the right to `width` columns (by columns, not characters)."""
+    value = str(text)
+    return value + " " * max(0, width - columns(value))
+
+
+def rjust(text: object, width: int) -> str:
+    """Padded on the left to `width` columns: numbers line up on their last digit."""
+    value = str(text)
+    return " " * max(0, width - columns(value)) + value
+
+
+def _cut(word: str, room: int) -> list[str]:
+    """A word too long for a line, in pieces of at most `room` columns."""
+    pieces, piece = [], ""
+    for char in word:
+        if piece and columns(piece + char) > room:
+            pieces.append(piece)
+            piece = ""
+        piece += char
+    return [*pieces, piece] if piece else pieces
+
+
+def wrap_text(text: object, indent: str = "", first: str | None = None,
+              links: bool = False, width: int = TEXT_WIDTH) -> str:
+    """Text in lines of at most `width` columns, the first starting with `first` (default
+    `indent`), the others with `indent`; a word too long for a line is cut. With `links`,
+    a URL (one the email built) is never cut, as a cut one cannot be followed: it starts
+    a line of its own when it does not fit, indented less when it needs the room."""
+    lead = indent if first is None else first
+    lines: list[str] = []
+    line, empty = lead, True
+    for word in str(text).split():
+        room = width - columns(indent)
+        if columns(word) > room and not (links and re.match(r"https?://", word)):
+            pieces = _cut(word, room)
+        else:
+            pieces = [word]
+        for piece in pieces:
+            if not empty and columns(line) + 1 + columns(piece) > width:
+                lines.append(line)
+                line, empty = indent, True
+            if empty and columns(line) + columns(piece) > width:
+                line = line[:max(0, width - columns(piece))]
+            line = line + piece if empty else f"{line} {piece}"
+            empty = False
+    lines.append(line.rstrip() if empty else line)
+    return "\n".join(lines)
 
 # Blues from light to dark for the heat table; card numbers are always red.
 _HEAT = ("#f4f8fc", "#dbe9f6", "#bcd7ee", "#8fbfe0", "#5a9fd0", "#2e7bbf", "#125a9c")
@@ -653,9 +846,10 @@ def _environment(zone: tzinfo) -> Environment:
         return f"{count:,} {word if count == 1 else many or word + 's'}"
 
     env.filters.update(local=local, ago=ago, label=lambda c: str(c).replace("_", " "),
+                       wrap=wrap_text, ljust=ljust, rjust=rjust,
                        capitalize_first=lambda s: s[:1].upper() + s[1:],
                        blind_text=lambda spot: blind_spot_text(spot, zone, "this email's figures"))
-    env.globals.update(heat=heat_style, plural=plural)
+    env.globals.update(heat=heat_style, plural=plural, width=TEXT_WIDTH)
     return env
 
 
@@ -691,5 +885,5 @@ def digest_for(ledger: Ledger, settings: Settings | None = None,
         ledger, now=now, timezone=settings.timezone,
         stale_after=settings.retention.sync_stale,
         cap_per_rule=report.max_per_rule if report else DEFAULT_CAP,
-        configured_sources=settings.source_names,
+        configured_sources=settings.source_names, places=admin_places(settings),
     )

@@ -434,6 +434,10 @@ def _start_run(ledger: Ledger, connector: Connector, mode: str,
         source = ledger.source(session, connector.source, connector.kind)
         if source.gone_at is not None:
             source.gone_at = None
+        # The upstream's own name for the source (an audience renamed is renamed here too).
+        label = getattr(connector, "label", None)
+        if label and label != source.label:
+            source.label = label[:200]
         # A run left "running" by a killed process: say so instead of leaving it open. (The
         # daemon and the sync command hold the source's RunLock: no live sync owns it.)
         session.execute(

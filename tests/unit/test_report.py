@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
@@ -110,6 +111,17 @@ class Estate:
 @pytest.fixture
 def estate(ledger: Ledger) -> Estate:
     return Estate(ledger)
+
+
+def columns(line: str) -> int:
+    """Terminal columns, counted here independently of the report's own helper."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in line)
+
+
+def flat(text: str) -> str:
+    """The text part with its line breaks undone: it wraps at 78 columns wherever words fall."""
+    return " ".join(text.split())
 
 
 def _digest(estate: Estate, **kwargs: object) -> report.Digest:
@@ -309,7 +321,7 @@ def test_job_failures_recorded_by_the_daemon_are_reported(estate: Estate) -> Non
     assert [p.job for p in digest.job_problems] == ["sync:stripe", "nightly"]
     assert "OperationalError: database is locked" in digest.job_problems[0].what
     assert "missed its scheduled time" in digest.job_problems[1].what
-    for part in (rendered.text, rendered.html):
+    for part in (flat(rendered.text), rendered.html):
         assert "sync:stripe" in part and "database is locked" in part
 
 
@@ -378,7 +390,7 @@ def test_html_and_text_show_headline_matrix_actions_and_sync(estate: Estate) -> 
 
     rendered = report.render(_digest(estate, cap_per_rule=1))
 
-    for part in (rendered.text, rendered.html):
+    for part in (flat(rendered.text), rendered.html):
         assert "anonymise order 21 in allmyink" in part.lower()
         assert "and 1 more" in part
         assert "privacy-ledger audit --rule order-past-retention" in part
@@ -388,10 +400,11 @@ def test_html_and_text_show_headline_matrix_actions_and_sync(estate: Estate) -> 
     assert html.count("<table") == html.count("</table>")
     # The failed shop is the first system named in the sync-problems box, above everything.
     assert html.index("cannot reach https://c-shop.example") < html.index("New findings")
-    assert re.search(r"<td[^>]*background:#[0-9a-f]{6}[^>]*>22</td>", html), \
+    assert re.search(r"<div[^>]*background:#[0-9a-f]{6}[^>]*>[a-z ]+ <strong>22</strong>",
+                     html), \
         "the matrix cell for allmyink's 22 people is shaded"
     assert "<script" not in html and "<img" not in html
-    assert "THE LEDGER IS BLIND TO c-shop: its sync failed" in rendered.text
+    assert "THE LEDGER IS BLIND TO c-shop: its sync failed" in flat(rendered.text)
 
 
 def test_times_are_shown_in_the_configured_time_zone(estate: Estate) -> None:
@@ -506,7 +519,7 @@ def test_render_digest_takes_zone_cap_and_sources_from_settings(estate: Estate) 
 
     assert isinstance(rendered, RenderedEmail)
     assert "CET" in rendered.text
-    assert "and 1 more" in rendered.text
+    assert "and 1 more" in flat(rendered.text)
     assert rendered.subject.startswith("privacy-ledger: NOT SYNCED: allmyink")
 
 
@@ -568,16 +581,197 @@ def test_the_first_email_does_not_speak_of_a_previous_one(ledger: Ledger) -> Non
 
     moment = datetime(2026, 5, 6, 7, 0, tzinfo=UTC)
     first = report.render(report.build_digest(ledger, now=moment))
-    for part in (first.text, first.html):
+    for part in (flat(first.text), first.html):
         assert "previous email" not in part and "last email" not in part
         assert "first email" in part
     mail.enqueue(ledger, first, ReportSettings(recipients=["owner@example.com"],
                                                sender="pl@example.com"))
     second = report.render(report.build_digest(ledger, now=mail_time(ledger) + timedelta(1)))
-    assert "since the previous email" in second.text
+    assert "since the previous email" in flat(second.text)
     assert "since last email" in second.html and "first email" not in second.html
 
 
 def mail_time(ledger: Ledger) -> datetime:
     with ledger.sessions() as session:
         return session.scalars(select(OutboxMessage.created_at)).one()
+
+
+# --------------------------------------------------------------------------- still open, links
+
+
+def test_a_day_with_nothing_new_lists_the_oldest_open_findings_capped_with_the_rest_counted(
+        estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    # 23 open from before the window, one acknowledged, one resolved; none new.
+    for number in range(23):
+        estate.finding("order-past-retention",
+                       estate.holding("woo:allmyink", "order", str(500 + number),
+                                      f"p{number}@example.com"),
+                       first=NOW - timedelta(days=40 - number))
+    estate.finding("order-past-retention",
+                   estate.holding("woo:allmyink", "order", "900", "held@example.com"),
+                   first=NOW - 90 * DAY, acknowledged=NOW - DAY)
+    estate.finding("inactive-account",
+                   estate.holding("woo:allmyink", "customer", "901", "gone@example.com"),
+                   first=NOW - 90 * DAY, resolved=NOW - 2 * DAY)
+
+    digest = _digest(estate, since=NOW - DAY)
+    rendered = report.render(digest)
+
+    assert digest.headline.new == 0 and digest.headline.open == 23
+    assert [item.external_id for item in digest.still_open] == [str(500 + n) for n in range(20)]
+    assert digest.still_open_more == 3
+    assert {item.title for item in digest.still_open} == {"Orders past retention"}
+    text, html = flat(rendered.text), rendered.html
+    for part in (text, html):
+        assert "anonymise order 500 in allmyink" in part.lower()
+        assert "anonymise order 519 in allmyink" in part.lower()
+        assert "order 520 " not in part and "order 900 " not in part
+        assert "and 3 more still open" in part
+    assert text.index("order 500 in") < text.index("order 519 in")
+    assert "open since 23 Jan 2025" in text and "open since 23 Jan 2025" in html
+
+
+def test_a_day_with_new_findings_does_not_repeat_the_old_ones(estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.finding("order-past-retention",
+                   estate.holding("woo:allmyink", "order", "1", "old@example.com"),
+                   first=NOW - 30 * DAY)
+    estate.finding("order-past-retention",
+                   estate.holding("woo:allmyink", "order", "2", "new@example.com"))
+
+    digest = _digest(estate, since=NOW - DAY)
+
+    assert digest.headline.new == 1 and digest.still_open == ()
+    assert "STILL OPEN" not in report.render(digest).text
+
+
+def _places(**shops: str) -> report.AdminPlaces:
+    return report.AdminPlaces(shops=tuple(shops.items()),
+                              stripe_dashboard="https://dashboard.stripe.com", mailchimp=True)
+
+
+def test_links_are_built_from_configured_addresses_and_well_formed_ids_only(
+        estate: Estate) -> None:
+    estate.source("woo:allmyink")
+    estate.source("woo:evil")
+    estate.source("stripe")
+    estate.source("mailchimp:a1")
+    with estate.ledger.session() as session:
+        session.scalars(select(Source).where(Source.name == "mailchimp:a1")).one().label = \
+            "<b>News</b>\u202e\"'"
+    estate.finding("order-past-retention",
+                   estate.holding("woo:allmyink", "order", "42", "a@example.com"))
+    estate.finding("order-past-retention",  # an id that is no WooCommerce id: no link
+                   estate.holding("woo:allmyink", "order", "42&action=trash", "b@example.com"))
+    estate.finding("inactive-account",  # a shop whose configured url is not a plain URL
+                   estate.holding("woo:evil", "customer", "7", "c@example.com"))
+    estate.finding("stripe-customer-inactive",
+                   estate.holding("stripe", "customer", "cus_Q1", "d@example.com"))
+    estate.finding("stripe-customer-inactive",
+                   estate.holding("stripe", "customer", "cus_<x>", "e@example.com"))
+    estate.finding("mailchimp-contact-retained",
+                   estate.holding("mailchimp:a1", "member", "m1", "f@example.com"))
+    config = pytest.importorskip("daemon.config")
+    secrets = config.SecretSources(environ={"CK": "ck", "CS": "cs", "STRIPE": "rk_live_secret",
+                                            "MC": "k-us6"}, credentials_dir=None)
+    keys = {"consumer_key": "env:CK", "consumer_secret": "env:CS"}
+    settings_places = report.admin_places(config.parse_settings({
+        "woocommerce": [
+            {"name": "allmyink", "url": "https://allmyink.example/shop/", **keys},
+            {"name": "evil", "url": "https://evil.example/\"><script>x()</script>", **keys}],
+        "stripe": {"api_key": "env:STRIPE"}, "mailchimp": {"api_key": "env:MC"}},
+        secrets=secrets))
+
+    digest = _digest(estate, places=settings_places)
+    rendered = report.render(digest)
+
+    links = {item.external_id: [link.url for link in item.links]
+             for group in digest.new_by_rule for item in group.items}
+    assert links["42"] == [
+        "https://allmyink.example/shop/wp-admin/admin.php?page=wc-orders&action=edit&id=42",
+        "https://allmyink.example/shop/wp-admin/post.php?post=42&action=edit"]
+    assert links["42&action=trash"] == []
+    assert links["7"] == []
+    assert links["cus_Q1"] == ["https://dashboard.stripe.com/customers/cus_Q1"]
+    assert links["cus_<x>"] == []
+    assert links["m1"] == ["https://admin.mailchimp.com/lists/"]
+    html = rendered.html
+    assert 'href="https://allmyink.example/shop/wp-admin/admin.php?page=wc-orders&amp;action=' \
+           'edit&amp;id=42"' in html
+    for raw in ("<script", "<b>", "<x>"):
+        assert raw not in html
+    assert "\u202e" not in html and "\u202e" not in rendered.text
+    assert "evil.example" not in html and "rk_live_secret" not in html + rendered.text
+    # The audience's name as the ledger has it: escaped in HTML, as it is in plain text.
+    assert "Mailchimp “&lt;b&gt;News&lt;/b&gt;" in html
+    assert "Mailchimp “<b>News</b>" in rendered.text
+    _assert_balanced(html)
+    # A URL longer than a line is the one thing that may pass 78 columns: it stays whole.
+    url = "https://allmyink.example/shop/wp-admin/admin.php?page=wc-orders&action=edit&id=42"
+    assert [line for line in rendered.text.splitlines()
+            if columns(line) > 78] == [url]
+
+
+def test_stripe_links_go_to_the_test_dashboard_for_a_test_key_only() -> None:
+    assert report.stripe_dashboard("sk_test_abc") == "https://dashboard.stripe.com/test"
+    assert report.stripe_dashboard("rk_test_abc") == "https://dashboard.stripe.com/test"
+    assert report.stripe_dashboard("rk_live_abc") == "https://dashboard.stripe.com"
+    assert report.stripe_dashboard("sk_live_abc") == "https://dashboard.stripe.com"
+
+
+def test_the_text_part_of_a_hostile_estate_stays_within_78_columns(estate: Estate) -> None:
+    estate.source("woo:" + "s" * 60)
+    estate.run("woo:" + "s" * 60, "failed", NOW - timedelta(hours=1),
+               error="cannot reach https://" + "h" * 90 + ".example: " + "why " * 80)
+    for index, address in enumerate(HOSTILE + ["界" * 60 + "@wide.example"]):
+        estate.finding("processor-copy-orphaned" if index % 2 else "order-past-retention",
+                       estate.holding("woo:" + "s" * 60, "order", "9" * (index + 1), address),
+                       detail="w" * 150 + " " + "界" * 50)
+
+    text = report.render(_digest(estate)).text
+
+    long = [line for line in text.splitlines() if columns(line) > 78]
+    assert not long, "\n".join(long)
+    assert "界" in text
+
+
+def test_wrap_text_keeps_urls_whole_and_indents_what_follows() -> None:
+    url = "https://shop.example/wp-admin/admin.php?page=wc-orders&action=edit&id=123456"
+    wrapped = report.wrap_text(f"order screen: {url}", "      ", "    ", links=True)
+    assert wrapped.splitlines() == ["    order screen:", "  " + url]
+    # Upstream text is no link: a long address in it is cut like any other word.
+    cut = report.wrap_text(f"error: {url}{url}", "  ").splitlines()
+    assert all(len(line) <= 78 for line in cut) and "".join(cut).count("wc-orders") == 2
+    assert report.wrap_text("a " * 50, "  ").splitlines()[1].startswith("  a")
+    assert all(columns(line) <= 78
+               for line in report.wrap_text("界" * 100, "  ").splitlines())
+
+
+def test_the_html_stacks_every_row_so_a_phone_needs_no_wide_grid(estate: Estate) -> None:
+    _four_shops(estate)
+    estate.run("woo:c-shop", "failed", NOW - timedelta(hours=1), error="timed out")
+    html = report.render(_digest(estate)).html
+    widest: list[int] = []
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cells: list[int] = []
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag == "tr":
+                self.cells.append(0)
+            elif tag in ("td", "th") and self.cells:
+                self.cells[-1] += 1
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "tr":
+                widest.append(self.cells.pop())
+
+    Rows().feed(html)
+    # Side-by-side cells squeeze on a 400 px screen and break their headers mid-word; the
+    # figures and category counts are tiles that wrap instead.
+    assert widest and max(widest) == 1
+    assert "<th" not in html
+    assert re.search(r"display:inline-block[^\"]*\">\s*<div style=\"font-size:24px", html)

@@ -22,8 +22,11 @@ from daemon import trail
 from daemon.cli import main
 from daemon.ledger import AuditLogEntry, Ledger, LedgerKey
 
-EMAIL_HEAD = re.compile(r"Audit trail: (\d+) entries, head ([0-9a-f]{64})\. Keep this email: "
-                        r"privacy-ledger verify-log --expect ([0-9a-f]{64}) --count (\d+)")
+# The text part keeps within 78 columns: the head and the command (a shell continuation)
+# go on lines of their own.
+EMAIL_HEAD = re.compile(r"Audit trail: (\d+) entries, head\s+([0-9a-f]{64})\.\s+Keep this email:"
+                        r".*?privacy-ledger verify-log --count (\d+) --expect \\\n\s+"
+                        r"([0-9a-f]{64})", re.DOTALL)
 
 
 @pytest.fixture
@@ -188,7 +191,7 @@ def test_the_emails_head_line_is_what_verify_log_expect_checks(
     assert text.exit_code == 0, text.output
     found = EMAIL_HEAD.search(text.stdout)
     assert found, text.stdout
-    entries, head, expect, count = found.groups()
+    entries, head, count, expect = found.groups()
     assert (int(entries), head) == (3, rows(ledger)[-1].hash) and (expect, count) == (head, "3")
     html = cli(config, "report", "--out", str(state.parent / "digest.html"))
     assert html.exit_code == 0, html.output
