@@ -12,7 +12,9 @@ syncs run every few seconds. For --minutes (10 by default) this script at once:
   connections, answers slower than the client's timeout, truncated JSON, an HTML page with
   200, a 401 for a few seconds, every answer slow for a while, a body trickled a few bytes a
   second (past the request's total deadline), a body over the response limit, a gzip bomb,
-  a redirect to another host name that answers an empty listing; and makes the SMTP server
+  a redirect to another host name that answers an empty listing, listings that page for ever
+  for a while (a shop's pages alternating, Stripe's has_more with the same ids, Mailchimp
+  repeating its last page past a total of ten million); and makes the SMTP server
   refuse (451, at MAIL or at DATA) for a while;
 - plants records no ledger column can hold (a Stripe customer whose email is over 320
   characters, a shop order whose status is over 40): each must be skipped with its reason,
@@ -94,7 +96,7 @@ SENDER = "privacy-ledger@shop.example"
 # The client's answer timeout; a "timeout" fault holds the answer longer than this.
 CLIENT_TIMEOUT = 3
 FAULT_KINDS = ("429", "500", "502", "503", "drop", "timeout", "truncate", "html", "401",
-               "trickle", "oversize", "bomb", "redirect", "slow", "smtp")
+               "trickle", "oversize", "bomb", "redirect", "endless", "slow", "smtp")
 # Larger than the response limit the soak's config sets: read to the limit, then refused.
 RESPONSE_LIMIT_MB = 8
 OVERSIZE_BYTES = 12 * 2**20
@@ -340,7 +342,9 @@ class ConfigFile:
             f'timeout = "5s"\n'))
         # Every source answers within the client timeout, or the request is retried.
         self.base = re.sub(r"(?m)^((?:url|base_url) = .*)$",
-                           rf'\1\ntimeout = "{CLIENT_TIMEOUT}s"', base.read_text("utf-8"))
+                           rf'\1\ntimeout = "{CLIENT_TIMEOUT}s"\n'
+                           rf'max_response_size = "{RESPONSE_LIMIT_MB}MiB"',
+                           base.read_text("utf-8"))
 
     def write(self, night: datetime) -> Path:
         text = (self.base + f'\n[schedule]\nsync_interval = "3s"\nsync_jitter = "0s"\n'
@@ -464,6 +468,8 @@ class Mutator:
             billing={"email": self._email(), "first_name": "Soak"},
             payment_method="stripe", payment_method_title="Card")
         self.log.unstorable.add((source, "order", str(ident)))
+        # Left alone from now on: a status changed by another mutation would be storable.
+        self.protected.add((source, "order", str(ident)))
         return "woo add order with a 45-character status"
 
     def _order(self, source: str, shop: Any) -> int | None:
@@ -572,6 +578,7 @@ class Mutator:
                 f".{'v' * 60}.example.org"
         ident = self.estate.stripe.add_customer(email=email, name="Soak Long")
         self.log.unstorable.add(("stripe", "customer", ident))
+        self.protected.add(("stripe", "customer", ident))
         return "stripe add customer with a 340-character email"
 
     def stripe_add_charge(self) -> str:
@@ -718,6 +725,11 @@ class Chaos:
             twin.faults.inject("oversize", times=1, size=OVERSIZE_BYTES)
         elif kind == "bomb":
             twin.faults.inject("bomb", times=1, size=BOMB_BYTES)
+        elif kind == "endless":
+            self._endless(twin, True)
+            calm = threading.Timer(self.rng.uniform(4, 12), self._endless, args=(twin, False))
+            calm.daemon = True
+            calm.start()
         elif kind == "slow":
             # Every answer late for a while: long listings, wide windows for races.
             twin.faults.latency = self.rng.uniform(0.05, 0.25)
@@ -730,9 +742,24 @@ class Chaos:
     def _calm(self, twin: Any) -> None:
         twin.faults.latency = 0.0
 
+    def _endless(self, twin: Any, on: bool) -> None:
+        """Each twin's own knob for listings that never end (None: truthful again)."""
+        if hasattr(twin, "stick_paging"):
+            for resource in ("customers", "charges", "events"):
+                twin.stick_paging(resource, self.rng.choice(("ignore_cursor", "more_forever"))
+                                  if on else None)
+        elif hasattr(twin, "set_listing_fault"):
+            twin.set_listing_fault("repeat" if on else None)
+        else:
+            with twin.lock:
+                twin.paging_fault = self.rng.choice(("repeat", "alternate", "growing")) \
+                    if on else None
+                twin.paging_fault_pages = 200
+
     def heal(self) -> None:
         for twin in self.twins.values():
             twin.faults.clear()
+            self._endless(twin, False)
         self.sink.heal()
 
     def hits(self) -> Counter[str]:
@@ -742,6 +769,8 @@ class Chaos:
             for label, count in twin.faults.injected.items():
                 kind = label.removeprefix("status:")
                 total["timeout" if kind == "hang" else kind] += count
+            # A listing that never ends hits no single request: its windows are counted.
+        total["endless"] = self.injected["endless"]
         return total
 
 
