@@ -361,6 +361,11 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
+    def upstream_words(self, text: str) -> str:
+        """An upstream's own text as it may leave the process: no form of a secret, no
+        personal data (for messages a connector words itself)."""
+        return mask_personal(self._say(text))
+
     def _say(self, text: str) -> str:
         text = self._redactor(text)
         return re.sub(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*", r"\1?…", text)

@@ -49,6 +49,7 @@ from connectors.http import (
     FatalAPIError,
     HttpClient,
     RetryPolicy,
+    mask_personal,
     require_api_answer,
 )
 
@@ -181,12 +182,15 @@ def describe_problem(response: requests.Response) -> str | None:
     return text or None
 
 
-def refusal(source: str, response: requests.Response, doing: str) -> FatalAPIError:
-    """A 401 or 403 in words that name what is missing and what to do (never the key)."""
+def refusal(source: str, response: requests.Response, doing: str,
+            say: Callable[[str], str] = mask_personal) -> FatalAPIError:
+    """A 401 or 403 in words that name what is missing and what to do (never the key:
+    Mailchimp's own words pass through `say`, the client's redaction and masking)."""
     try:
         said = describe_problem(response)
     except ValueError:
         said = None
+    said = say(said) if said else None
     said_text = f": {said}" if said else ""
     if response.status_code == 401:
         return FatalAPIError(
@@ -403,7 +407,8 @@ class MailchimpAccount:
                     raise
                 raise type(exc)(source, exc.message, status=exc.status) from exc
         if response.status_code in (401, 403) and response.status_code not in ok:
-            raise refusal(source, response, doing or f"reading {path}")
+            raise refusal(source, response, doing or f"reading {path}",
+                          say=self.client.upstream_words)
         return body, response
 
     def list_audiences(self) -> tuple[list[AudienceInfo], bool]:

@@ -808,6 +808,7 @@ def erase(connector: StripeConnector, action: str, record_type: str, external_id
     connector.last_request_id = response.headers.get("Request-Id")
     if response.status_code in (401, 403):
         said = describe_error(response)
+        said = connector.http.upstream_words(said) if said else None
         raise FatalAPIError(
             connector.source,
             redact_keys(

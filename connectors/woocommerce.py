@@ -867,8 +867,10 @@ class WooCommerceConnector:
         return not self.oauth and urlsplit(self.settings.url).scheme == "http"
 
     def _describe_error(self, response: requests.Response) -> str | None:
-        """The shop's words, and why a 401 to Basic auth over plain HTTP is no key problem."""
+        """The shop's words (redacted and masked), and why a 401 to Basic auth over plain
+        HTTP is no key problem."""
         text = describe_error(response)
+        text = self.client.upstream_words(text) if text else text
         if response.status_code == 401 and self._basic_over_http:
             text = (f"{text} " if text else "") + (
                 "(WooCommerce accepts Basic auth only over HTTPS: use the shop's https:// "
@@ -1217,7 +1219,8 @@ def _invalid_id(response: requests.Response) -> bool:
 
 def _write_refused(connector: WooCommerceConnector, what: str,
                    response: requests.Response) -> FatalAPIError:
-    said = describe_error(response) or f"HTTP {response.status_code}"
+    said = describe_error(response)
+    said = connector.client.upstream_words(said) if said else f"HTTP {response.status_code}"
     return FatalAPIError(
         connector.source,
         f"the shop refused to {what} ({response.status_code}: {said}). Erasure writes to the "

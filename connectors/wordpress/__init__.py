@@ -362,7 +362,8 @@ def erase(connector: WordPressConnector, action: str, record_type: str, external
     else:
         raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
     if response.status_code in refused:
-        said = describe_error(response) or f"HTTP {response.status_code}"
+        said = describe_error(response)
+        said = connector.client.upstream_words(said) if said else f"HTTP {response.status_code}"
         raise FatalAPIError(connector.source, f"the site refused to {action} {record_type} "
                             f"{external_id} ({said}): the configured user needs to be an "
                             "administrator (or an editor, for comments)",
