@@ -289,7 +289,11 @@ def run(app: App, once: bool) -> None:
     from daemon.check import delivery_gaps
     from daemon.service import StartupError, run_daemon
 
-    settings = app.settings_with_secrets
+    try:
+        settings = app.settings_with_secrets
+    except SecretsUnreadable as exc:
+        # Under systemd: one line per problem in the journal, no shell advice.
+        raise ConfigError(exc.problems) from None
     # The daemon's log (stdout, JSON lines for the journal) says first what it cannot do.
     logs.configure()
     for gap in delivery_gaps(settings):

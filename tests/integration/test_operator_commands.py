@@ -115,7 +115,7 @@ def test_everyday_commands_work_from_a_shell_without_the_services_credentials(
 
 
 @pytest.mark.parametrize("args", [
-    ("sync",), ("run", "--once"), ("check",), ("export", "ann@example.com", "--out", "{tmp}"),
+    ("sync",), ("check",), ("export", "ann@example.com", "--out", "{tmp}"),
     ("erase", "ann@example.com"), ("report", "--send"),
 ], ids=lambda args: "-".join(a for a in args if not a.startswith("{")))
 def test_commands_that_use_secrets_say_which_and_how_to_run_them(
