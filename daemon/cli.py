@@ -103,13 +103,17 @@ def how_to_run(config_path: Path, references: list[str]) -> list[str]:
     if not names or "CREDENTIALS_DIRECTORY" in os.environ:
         return []
     loads = [f"--property=LoadCredential={name}:{CREDENTIALS / name}" for name in names]
-    command = ["sudo", "systemd-run", "-P", "--wait", "--property=DynamicUser=yes",
-               "--property=StateDirectory=privacy-ledger", *loads,
-               *_this_command(config_path)]
+    this = _this_command(config_path)
+    as_service = ["sudo", "systemd-run", "-P", "--wait", "--property=DynamicUser=yes",
+                  "--property=StateDirectory=privacy-ledger", *loads, *this]
+    as_root = ["sudo", f"CREDENTIALS_DIRECTORY={CREDENTIALS}", *this]
     return [f"this command reads the secrets {', '.join(names)}, which systemd gives only to "
             "the service ($CREDENTIALS_DIRECTORY). Run it with them, as the service runs "
             "(the paths are those of your unit's LoadCredential= lines):",
-            f"  {shlex.join(command)}",
+            f"  {shlex.join(as_service)}",
+            f"or, with plain credential files named as the secrets in {CREDENTIALS}, as root "
+            "(what it writes, e.g. export's files, is then root's):",
+            f"  {shlex.join(as_root)}",
             "or write these secrets as env:NAME or file:/path references in the config."]
 
 

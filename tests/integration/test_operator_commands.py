@@ -133,7 +133,10 @@ def test_commands_that_use_secrets_say_which_and_how_to_run_them(
     for name in (*CREDENTIAL_NAMES, "smtp-password"):
         assert f"--property=LoadCredential={name}:/etc/privacy-ledger/credentials/{name}" \
             in hint
-    assert hint.endswith(" ".join(("--config", str(config.absolute()), *argv)))
+    this = " ".join(("--config", str(config.absolute()), *argv))
+    assert hint.endswith(this)
+    assert f"  sudo CREDENTIALS_DIRECTORY=/etc/privacy-ledger/credentials {PROGRAM} {this}" \
+        in done.stderr.splitlines()
     assert "env:NAME or file:/path" in done.stderr
     assert not out.exists(), "nothing is written by a command that cannot run"
 
