@@ -1,18 +1,28 @@
 """`privacy-ledger check`: is everything the daemon needs reachable with the configured
-credentials? The ledger (opened, migrations run), one small authenticated request to every
-source, and the SMTP server (connect, STARTTLS, AUTH — nothing sent). Each check gives OK or
-FAIL and the reason; one failing never stops the others.
+credentials? The ledger (read only: its schema revision; a ledger that does not exist yet is
+left for the daemon to create, one behind is left for it to migrate, so that a check run as
+root writes nothing the service's user cannot use), one small authenticated request to every
+source, and the SMTP server (connect, STARTTLS, AUTH — nothing sent); a missing [report] or
+[smtp] fails. Each check gives OK or FAIL and the reason; one failing never stops the others.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from connectors import mailchimp, stripe, woocommerce
 from connectors.http import APIError
-from daemon.ledger import Ledger, LedgerError, describe_url
+from daemon.ledger import SCHEMA_REVISION, LedgerError, describe_url, schema_revision
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -87,12 +97,61 @@ def _attempt(name: str, probe: Callable[[], str]) -> CheckResult:
         return CheckResult(name, False, f"{type(exc).__name__}: {exc.strerror or exc}")
 
 
+def _read_only_sqlite(path: Path) -> Engine:
+    """An engine that reads the SQLite file and creates nothing beside it: SQLite's read-only
+    mode would make the -wal and -shm files (owned by whoever runs the check) when they are
+    absent, so without them the file is read as immutable (it is then fully checkpointed)."""
+    wal = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    mode = "mode=ro" if all(p.exists() for p in wal) else "immutable=1"
+    uri = f"file:{quote(str(path.absolute()))}?{mode}"
+    return create_engine("sqlite://", poolclass=NullPool,
+                         creator=lambda: sqlite3.connect(uri, uri=True, timeout=30))
+
+
 def _probe_ledger(url: str) -> str:
-    ledger = Ledger.open(url)
+    """The ledger's state, read only: never created, migrated or written here."""
+    parsed = make_url(url)
+    shown = describe_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        path = Path(parsed.database or "")
+        if not path.exists():
+            return f"not created yet: the first `run` creates it in {path.parent}"
+        engine = _read_only_sqlite(path)
+    else:
+        engine = create_engine(url, poolclass=NullPool)
     try:
-        return f"{describe_url(url)}: schema up to date"
+        revision = schema_revision(engine)
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        reason = str(orig or exc).strip().splitlines()[0]
+        raise LedgerError(f"cannot open the ledger at {shown}: {reason}") from None
     finally:
-        ledger.close()
+        engine.dispose()
+    if revision is None:
+        return f"{shown}: no schema yet: the first `run` creates it"
+    if revision == SCHEMA_REVISION:
+        return f"{shown}: schema up to date"
+    if revision < SCHEMA_REVISION:
+        return (f"{shown}: schema {revision}, this version's is {SCHEMA_REVISION}: the "
+                "daemon migrates it when it starts (`run`); nothing was changed")
+    raise LedgerError(f"{shown}: schema {revision} is newer than this privacy-ledger knows "
+                      f"({SCHEMA_REVISION}): upgrade privacy-ledger")
+
+
+def delivery_gaps(settings: Settings) -> list[CheckResult]:
+    """The nightly email's missing sections, each saying what the daemon does without it."""
+    gaps = []
+    if settings.report is None:
+        gaps.append(CheckResult(
+            "report", False, "[report] is missing: the daemon audits every night but emails "
+                             "nobody; add [report] with recipients and sender"))
+    if settings.smtp is None:
+        what = ("the nightly email would wait in the outbox, never delivered"
+                if settings.report is not None else "no email could be delivered")
+        gaps.append(CheckResult(
+            "smtp", False, f"[smtp] is missing: {what}; add [smtp] with host (and port, "
+                           "security, username, password as needed)"))
+    return gaps
 
 
 def run_checks(settings: Settings) -> Iterator[CheckResult]:
@@ -108,6 +167,4 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
         yield from _mailchimp_checks(settings.mailchimp)
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
-    elif settings.report is not None:
-        yield CheckResult("smtp", False, "[report] is set but [smtp] is not: the nightly "
-                                         "email would wait in the outbox")
+    yield from delivery_gaps(settings)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,30 +16,107 @@ from typing import Any
 import click
 
 from daemon import logs
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.config import (
+    ConfigError,
+    ReadSecrets,
+    Settings,
+    UnreadSecret,
+    load_settings,
+    unread_references,
+)
 from daemon.ledger import Ledger, LedgerError
 
 DEFAULT_CONFIG = Path("/etc/privacy-ledger/config.toml")
+# Where the README keeps the files the unit's LoadCredential= lines load.
+CREDENTIALS = Path("/etc/privacy-ledger/credentials")
+
+
+class SecretsUnreadable(ConfigError):
+    """Secrets a command uses that cannot be read here, and how to run it where they can."""
+
+    def __init__(self, problems: list[str], hint: list[str]) -> None:
+        super().__init__(problems)
+        self.hint = hint
 
 
 class App:
-    """What every command shares: the config path, loaded once on first use."""
+    """What every command shares: the config path, loaded once on first use. The whole file
+    is validated for every command; secrets are read only by the commands that use them."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self._settings: Settings | None = None
+        self._with_secrets: Settings | None = None
 
     @property
     def settings(self) -> Settings:
+        """The config, validated whole; its secret references checked, not read."""
         if self._settings is None:
-            self._settings = load_settings(self.config_path)
-            logs.add_secrets(self._settings.secret_values())
+            self._settings = load_settings(self.config_path, read_secrets="none")
         return self._settings
 
-    def ledger(self) -> Ledger:
+    @property
+    def settings_with_secrets(self) -> Settings:
+        """The config with every secret read: for sync, run, check, export, erase and
+        report --send."""
+        if self._with_secrets is None:
+            self._with_secrets = self._read_secrets("all", unread_references(self.settings))
+        return self._with_secrets
+
+    def _read_secrets(self, scope: ReadSecrets, references: list[str]) -> Settings:
+        try:
+            settings = load_settings(self.config_path, read_secrets=scope)
+        except ConfigError as exc:
+            raise SecretsUnreadable(exc.problems, how_to_run(self.config_path, references)) \
+                from None
+        logs.add_secrets(settings.secret_values())
+        return settings
+
+    def ledger(self, *, keyed: bool = True) -> Ledger:
+        """The ledger; `keyed` (commands that append to the audit trail or verify it): with the
+        trail's seal, reading [ledger] trail_key when the config sets it."""
         from daemon.trail import open_ledger
 
-        return open_ledger(self.settings.ledger)
+        if not keyed:
+            return Ledger.open(self.settings.ledger.database_url)
+        ledger_settings = self.settings.ledger
+        if self._with_secrets is not None:
+            ledger_settings = self._with_secrets.ledger
+        elif isinstance(ledger_settings.trail_key, UnreadSecret):
+            ledger_settings = self._read_secrets(
+                "ledger", [ledger_settings.trail_key.reference]).ledger
+        return open_ledger(ledger_settings)
+
+
+def _this_command(config_path: Path) -> list[str]:
+    """The command line being run, with the config's absolute path (systemd-run starts in /)."""
+    program = Path(sys.argv[0]).absolute()
+    args = sys.argv[1:]
+    while args and (args[0] == "--config" or args[0].startswith("--config=")):
+        args = args[2:] if args[0] == "--config" else args[1:]
+    name = str(program) if program.name == "privacy-ledger" else "privacy-ledger"
+    return [name, "--config", str(config_path.absolute()), *args]
+
+
+def how_to_run(config_path: Path, references: list[str]) -> list[str]:
+    """What to do when a command's credential:NAME secrets cannot be read: they exist only
+    inside the service, so run the command as systemd runs the service."""
+    names = [ref.partition(":")[2] for ref in references if ref.startswith("credential:")]
+    if not names or "CREDENTIALS_DIRECTORY" in os.environ:
+        return []
+    loads = [f"--property=LoadCredential={name}:{CREDENTIALS / name}" for name in names]
+    this = _this_command(config_path)
+    as_service = ["sudo", "systemd-run", "-P", "--wait", "--property=DynamicUser=yes",
+                  "--property=StateDirectory=privacy-ledger", *loads, *this]
+    as_root = ["sudo", f"CREDENTIALS_DIRECTORY={CREDENTIALS}", *this]
+    return [f"this command reads the secrets {', '.join(names)}, which systemd gives only to "
+            "the service ($CREDENTIALS_DIRECTORY). Run it with them, as the service runs "
+            "(the paths are those of your unit's LoadCredential= lines):",
+            f"  {shlex.join(as_service)}",
+            f"or, with plain credential files named as the secrets in {CREDENTIALS}, as root "
+            "(what it writes, e.g. export's files, is then root's):",
+            f"  {shlex.join(as_root)}",
+            "or write these secrets as env:NAME or file:/path references in the config."]
 
 
 class _Group(click.Group):
@@ -50,6 +128,8 @@ class _Group(click.Group):
         except ConfigError as exc:
             for problem in exc.problems:
                 click.echo(f"config error: {problem}", err=True)
+            for line in getattr(exc, "hint", []):
+                click.echo(line, err=True)
             ctx.exit(2)
         except LedgerError as exc:
             click.echo(f"ledger error: {exc}", err=True)
@@ -219,15 +299,16 @@ def sync(app: App, only: str | None, full: bool) -> None:
         sync_configured,
     )
 
-    require_writable(app.settings.ledger.database_url)
+    settings = app.settings_with_secrets
+    require_writable(settings.ledger.database_url)
     results: list[Any] = []
     selected: list[str] = []
     with _StopSignals() as stop:
         ledger = app.ledger()
         settle_heap()
         try:
-            selected = select_names(app.settings, only)
-            results = sync_configured(ledger, app.settings, only=only, full=full,
+            selected = select_names(settings, only)
+            results = sync_configured(ledger, settings, only=only, full=full,
                                       progress=_progress_printer(), should_stop=stop.asked,
                                       sleep=stop.sleep)
         except UnknownSourceError as exc:
@@ -292,7 +373,7 @@ def where(app: App, email: str, as_json: bool, current: bool) -> None:
     from daemon.access import require_email
 
     email = require_email(email)
-    ledger = app.ledger()
+    ledger = app.ledger(keyed=False)
     try:
         holdings = ledger.holdings_for(email, include_gone=not current)
         blind = _blind_spot_lines(app, ledger)
@@ -349,9 +430,21 @@ def run(app: App, once: bool) -> None:
 
     Speaks systemd's notify protocol (Type=notify); SIGTERM stops after the current batch,
     SIGHUP reloads the config. Logs are JSON lines when stdout is not a terminal."""
+    import structlog
+
+    from daemon.check import delivery_gaps
     from daemon.service import StartupError, run_daemon
 
-    settings = app.settings
+    try:
+        settings = app.settings_with_secrets
+    except SecretsUnreadable as exc:
+        # Under systemd: one line per problem in the journal, no shell advice.
+        raise ConfigError(exc.problems) from None
+    # The daemon's log (stdout, JSON lines for the journal) says first what it cannot do.
+    logs.configure()
+    for gap in delivery_gaps(settings):
+        structlog.get_logger("daemon.service").warning("config.incomplete", section=gap.name,
+                                                       problem=gap.detail)
     try:
         code = run_daemon(app.config_path, settings, once=once)
     except StartupError as exc:
@@ -375,11 +468,13 @@ def check(app: App) -> None:
 
     click.echo(f"{'CHECK':<28} {'RESULT':<6} DETAIL")
     try:
-        settings = app.settings
+        settings = app.settings_with_secrets
     except ConfigError as exc:
         for problem in exc.problems:
             show("config", False, problem)
-        sys.exit(1)
+        for line in getattr(exc, "hint", []):
+            click.echo(line, err=True)
+        sys.exit(2)
     show("config", True, str(app.config_path))
     for result in run_checks(settings):
         show(result.name, result.ok, result.detail)
@@ -406,14 +501,14 @@ def report_command(app: App, out: Path | None, force: bool, show_text: bool,
     from daemon.files import RefusedPath, write_private
     from daemon.report import digest_for, render
 
-    settings = app.settings
+    settings = app.settings_with_secrets if send else app.settings
     if send and settings.report is None:
         raise ConfigError([f"{app.config_path}: report --send needs a [report] section with "
                            "recipients and sender"])
     if send and settings.smtp is None:
         raise ConfigError([f"{app.config_path}: report --send needs an [smtp] section with "
                            "at least host (and port, security, username, password as needed)"])
-    ledger = app.ledger()
+    ledger = app.ledger(keyed=send)
     try:
         rendered = render(digest_for(ledger, settings))
         if out is not None:
@@ -537,7 +632,7 @@ def export(app: App, email: str, out: Path) -> None:
     did not answer: the copy is then not complete."""
     from daemon.access import RequestError, run_export, summary_lines
 
-    settings = app.settings
+    settings = app.settings_with_secrets
     ledger = app.ledger()
     try:
         blind = _blind_spot_lines(app, ledger)
@@ -576,7 +671,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
     from daemon.access import RequestError, open_systems
     from daemon.erasure import apply_plan, make_plan, plan_lines, result_lines
 
-    settings = app.settings
+    settings = app.settings_with_secrets
     ledger = app.ledger()
     try:
         with open_systems(settings) as systems:

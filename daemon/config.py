@@ -2,8 +2,9 @@
 
 Every problem in a file is reported at once, each naming the file and the key
 (`config.toml: woocommerce[allmyink].consumer_key: …`). Secrets are written as references
-(`env:NAME`, `file:/path`, `credential:NAME`) and resolved here only; inside the program a
-secret is a `SecretStr` whose repr is `**********`.
+(`env:NAME`, `file:/path`, `credential:NAME`) and resolved here only, when the command that
+uses them asks (`read_secrets`): the others check a reference's form and leave it unread.
+Inside the program a secret is a `SecretStr` whose repr is `**********`.
 """
 
 from __future__ import annotations
@@ -115,12 +116,56 @@ def _resolve(reference: str, sources: SecretSources) -> str:
         "never the value itself in the config file")
 
 
+class SecretNotRead(RuntimeError):
+    """A secret used before its command read it (load_settings(read_secrets="all"))."""
+
+
+class UnreadSecret(SecretStr):
+    """A secret reference whose form is checked but whose value is not read yet: commands
+    that use no secret run without the service's credentials. Its value cannot be taken."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(reference)
+        self.reference = reference
+
+    def get_secret_value(self) -> str:
+        raise SecretNotRead(f"secret {self.reference} was not read: the command that uses it "
+                            "loads the settings with read_secrets=\"all\"")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnreadSecret) and other.reference == self.reference
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+
+# Which secrets a parse reads: every one, only the ledger's (the trail key), or none.
+ReadSecrets = Literal["all", "ledger", "none"]
+
+
+def _reference_form(reference: str) -> str:
+    """The reference when it is one resolve_secret can read; its errors, without reading."""
+    kind, _, name = reference.partition(":")
+    if kind not in ("env", "file", "credential") or not name:
+        raise ValueError(
+            "write secrets as a reference — env:NAME, file:/path or credential:NAME — "
+            "never the value itself in the config file")
+    if kind == "credential" and ("/" in name or name in (".", "..")):
+        raise ValueError(f"secret {reference}: a credential name cannot contain '/'")
+    return reference
+
+
 def _secret(value: Any, info: ValidationInfo) -> Any:
     if isinstance(value, SecretStr):
         return value
     if not isinstance(value, str):
         raise ValueError("a secret reference is text such as env:NAME")
-    sources = (info.context or {}).get("secrets") or SecretSources.from_process()
+    context = info.context or {}
+    scope = context.get("read", "all")
+    in_ledger = (info.config or {}).get("title") == "LedgerSettings"
+    if scope == "none" or (scope == "ledger" and not in_ledger):
+        return UnreadSecret(_reference_form(value.strip()))
+    sources = context.get("secrets") or SecretSources.from_process()
     return SecretStr(resolve_secret(value.strip(), sources))
 
 
@@ -281,6 +326,12 @@ class StripeSettings(_Section):
         stripe_connector.check_base_url(value)
         return value
 
+    @property
+    def key_is_read(self) -> bool:
+        """False when this command did not read the key (links needing its mode are left
+        out rather than guessed)."""
+        return not isinstance(self.api_key, UnreadSecret)
+
     def to_connector(self, **overrides: Any) -> stripe_connector.Settings:
         """The connector's settings; `overrides` set its other fields (sleep, retries)."""
         return replace(stripe_connector.Settings(
@@ -316,6 +367,8 @@ class MailchimpSettings(_Section):
 
     @model_validator(mode="after")
     def _routable(self) -> MailchimpSettings:
+        if self.base_url is None and isinstance(self.api_key, UnreadSecret):
+            return self  # the data centre is checked when the key is read
         if self.base_url is None:
             mailchimp_connector.data_centre_url(self.api_key.get_secret_value())
         else:
@@ -633,7 +686,7 @@ class Settings(_Section):
         def walk(model: BaseModel) -> None:
             for name in type(model).model_fields:
                 value = getattr(model, name)
-                if isinstance(value, SecretStr):
+                if isinstance(value, SecretStr) and not isinstance(value, UnreadSecret):
                     found.append(value.get_secret_value())
                 elif isinstance(value, BaseModel):
                     walk(value)
@@ -688,18 +741,23 @@ def _message(error: Mapping[str, Any]) -> str:
 
 
 def parse_settings(raw: Mapping[str, Any], *, origin: str = "config",
-                   secrets: SecretSources | None = None) -> Settings:
-    """Validate a parsed TOML document. Raises ConfigError listing every problem."""
+                   secrets: SecretSources | None = None,
+                   read_secrets: ReadSecrets = "all") -> Settings:
+    """Validate a parsed TOML document. Raises ConfigError listing every problem.
+    `read_secrets`: which secret references are read; the others are only checked as
+    references (UnreadSecret)."""
     try:
         return Settings.model_validate(
-            raw, context={"secrets": secrets or SecretSources.from_process()})
+            raw, context={"secrets": secrets or SecretSources.from_process(),
+                          "read": read_secrets})
     except ValidationError as exc:
         problems = [f"{origin}: {_location(raw, tuple(err['loc']))}: {_message(err)}"
                     for err in exc.errors(include_input=False, include_url=False)]
         raise ConfigError(problems) from None
 
 
-def load_settings(path: Path, *, secrets: SecretSources | None = None) -> Settings:
+def load_settings(path: Path, *, secrets: SecretSources | None = None,
+                  read_secrets: ReadSecrets = "all") -> Settings:
     """Read, parse and validate a config file. Raises ConfigError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -716,7 +774,25 @@ def load_settings(path: Path, *, secrets: SecretSources | None = None) -> Settin
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return parse_settings(raw, origin=str(path), secrets=secrets)
+    return parse_settings(raw, origin=str(path), secrets=secrets, read_secrets=read_secrets)
+
+
+def unread_references(settings: Settings) -> list[str]:
+    """The secret references a settings object holds unread, in the file's order."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, UnreadSecret):
+            found.append(value.reference)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return found
 
 
 def _toml_value(value: Any) -> str:
@@ -744,8 +820,10 @@ def _section_lines(model: type[BaseModel]) -> list[str]:
             lines.append(f"# default: {_toml_value(info.default)}")
         if not info.is_required() and not info.examples:
             lines.append(f"# {name} =")
-        elif not info.is_required() and info.default is None and info.default_factory is None:
-            # Optional with no default: shown commented, so the example runs as the default.
+        elif not info.is_required() and (info.default is None
+                                         or info.default_factory is not None):
+            # No default, or one made at run time (state_dir from $STATE_DIRECTORY, every
+            # audience): shown commented, so the example runs as the default.
             lines.append(f"# {name} = {_toml_value(info.examples[0])}")
         else:
             lines.append(f"{name} = {_toml_value(info.examples[0])}")

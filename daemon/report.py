@@ -356,8 +356,9 @@ def admin_places(settings: Settings | None) -> AdminPlaces:
         return AdminPlaces()
     shops = tuple((shop.name, shop.url.rstrip("/")) for shop in settings.woocommerce
                   if _PLAIN_URL.fullmatch(shop.url.rstrip("/")))
+    # A command that read no secret cannot tell test from live: no Stripe link, not a guess.
     dashboard = (stripe_dashboard(settings.stripe.api_key.get_secret_value())
-                 if settings.stripe is not None else None)
+                 if settings.stripe is not None and settings.stripe.key_is_read else None)
     return AdminPlaces(shops=shops, stripe_dashboard=dashboard,
                        mailchimp=settings.mailchimp is not None)
 

@@ -161,7 +161,8 @@ def test_check_fails_on_a_sync_interval_in_m(tmp_path: Path) -> None:
     path.write_text(f'[ledger]\nurl = "sqlite:///{tmp_path / "l.db"}"\n'
                     '[schedule]\nsync_interval = "15m"\n', encoding="utf-8")
     result = CliRunner().invoke(main, ["--config", str(path), "check"])
-    assert result.exit_code == 1
+    # A config error: exit 2, as for every command (the README's check step).
+    assert result.exit_code == 2
     [line] = [line for line in result.output.splitlines() if line.startswith("config")]
     assert "FAIL" in line and "schedule.sync_interval" in line and "15min" in line
 
