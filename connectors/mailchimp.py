@@ -33,6 +33,7 @@ from connectors.base import (
     Category,
     Key,
     KeyBatch,
+    Progress,
     Record,
     Skip,
     contains_card_number,
@@ -305,6 +306,11 @@ class _Tally:
             self.changed = True
         self.max_total = max(self.max_total, total)
 
+    def progress(self, read: int, before: int | None) -> Progress:
+        """`read` members so far against total_items (`before`: the earlier listings')."""
+        known = before is not None and not self.unknown_total
+        return Progress(RECORD_TYPE, read, before + self.max_total if known else None)
+
 
 class MailchimpAccount:
     """One Mailchimp account (one API key): lists its audiences and hands out a connector
@@ -535,7 +541,8 @@ class MailchimpAudienceConnector:
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
                     if held is not None:
-                        yield Batch(held[0], skipped=held[1])
+                        yield Batch(held[0], skipped=held[1], progress=tally.progress(
+                            len(seen) + unreadable, expected if known else None))
                     held = (records, skipped)
             expected += tally.max_total
             known = known and not tally.unknown_total
@@ -548,7 +555,9 @@ class MailchimpAudienceConnector:
             cursor = make_cursor(min(latest, started) if latest else started)
         records, skipped = held or ([], [])
         yield Batch(records, skipped=skipped, cursor=cursor, complete=complete,
-                    listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
+                    listed_types=frozenset({RECORD_TYPE}) if complete else frozenset(),
+                    progress=Progress(RECORD_TYPE, len(seen) + unreadable,
+                                      expected if known else None))
 
     def _incremental_pull(self, since: datetime) -> Iterator[Batch]:
         params = {"fields": MEMBER_FIELDS,
@@ -556,6 +565,7 @@ class MailchimpAudienceConnector:
                   "sort_field": "last_changed", "sort_dir": "ASC"}
         seen: set[str] = set()
         shifted = False
+        expected = 0
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
@@ -578,8 +588,10 @@ class MailchimpAudienceConnector:
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
                     if held is not None:
-                        yield Batch(held[0], skipped=held[1])
+                        yield Batch(held[0], skipped=held[1],
+                                    progress=tally.progress(len(seen), expected))
                     held = (records, skipped)
+            expected += tally.max_total
             shifted = shifted or tally.changed or tally.unknown_total
         if shifted:
             log.info("mailchimp.cursor_kept", source=self.source,
@@ -587,7 +599,8 @@ class MailchimpAudienceConnector:
         moved = latest is not None and not shifted and latest > since
         records, skipped = held or ([], [])
         yield Batch(records, skipped=skipped, complete=True,
-                    cursor=make_cursor(latest if moved and latest else since))
+                    cursor=make_cursor(latest if moved and latest else since),
+                    progress=Progress(RECORD_TYPE, len(seen), expected))
 
     def _take(self, item: object, records: list[Record], skipped: list[Skip],
               latest: datetime | None) -> datetime | None:
