@@ -523,7 +523,8 @@ class Daemon:
 
     # -- status ----------------------------------------------------------------------------
     def _progress(self, source: str, progress: Progress) -> None:
-        self.notifier.status(f"syncing {source}: {progress.done:,} records")
+        of = f"/{progress.total:,}" if progress.total is not None else ""
+        self.notifier.status(f"syncing {source}: {progress.done:,}{of} {progress.record_type}s")
 
     def _finished(self, job_id: str, outcome: str) -> None:
         moment = utcnow().astimezone(self.zone).strftime("%H:%M")
