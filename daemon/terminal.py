@@ -10,7 +10,7 @@ import threading
 from types import TracebackType
 from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.file_proxy import FileProxy
 from rich.progress import (
     BarColumn,
@@ -31,15 +31,15 @@ from connectors.base import Progress
 class _Spinner(SpinnerColumn):
     """Spins while the source is read; a tick once it is done."""
 
-    def render(self, task: Task) -> Text:  # type: ignore[override]
-        return Text("✓") if task.fields.get("done") else super().render(task)  # type: ignore[return-value]
+    def render(self, task: Task) -> RenderableType:
+        return Text("✓") if task.fields.get("done") else super().render(task)
 
 
 class _Bar(BarColumn):
     """The bar where a total is known; nothing where it is not (the spinner says it)."""
 
-    def render(self, task: Task) -> Text:  # type: ignore[override]
-        return Text("") if task.total is None else super().render(task)  # type: ignore[return-value]
+    def render(self, task: Task) -> RenderableType:
+        return Text("") if task.total is None else super().render(task)
 
 
 class _Count(ProgressColumn):
@@ -127,6 +127,8 @@ class SyncDisplay:
             else:
                 self.bars.update(task, total=progress.total, completed=progress.done)
             self._kinds[source] = progress.record_type
+            # Drawn now, not at the next tick: every batch's count is seen, however fast.
+            self.bars.refresh()
 
     def _finish(self, task: TaskID) -> None:
         self.bars.update(task, done=True)
