@@ -19,8 +19,6 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.progress import Progress as Bars
 from rich.text import Text
@@ -32,7 +30,8 @@ class _Spinner(SpinnerColumn):
     """Spins while the source is read; a tick once it is done."""
 
     def render(self, task: Task) -> RenderableType:
-        return Text("✓") if task.fields.get("done") else super().render(task)
+        # Spinning on past a listing's total: the source may have another listing to read.
+        return Text("✓") if task.fields.get("done") else self.spinner.render(task.get_time())
 
 
 class _Bar(BarColumn):
@@ -53,24 +52,35 @@ class _Count(ProgressColumn):
         return Text(f"{done:,}/{int(task.total):,} {kind}")
 
 
-class _Rate(ProgressColumn):
-    """Records a second, over the last seconds."""
+def _rate(task: Task) -> float | None:
+    """Records a second since the listing's first commit (pages come in bursts when fetched
+    side by side: a rate of the last few samples swings with them). None before a second."""
+    elapsed, read = task.elapsed, task.completed - task.fields.get("first", 0)
+    return read / elapsed if elapsed and read > 0 else None
 
+
+class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f}/s" if speed else "", style="progress.data.speed")
+        rate = _rate(task)
+        return Text(f"{rate:,.0f}/s" if rate else "", style="progress.data.speed")
 
 
 class _Left(ProgressColumn):
-    """Time left where a total is known, else the time spent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.left = TimeRemainingColumn()
-        self.spent = TimeElapsedColumn()
+    """Time left at that rate where a total is known, else the time spent."""
 
     def render(self, task: Task) -> Text:
-        return self.spent.render(task) if task.total is None else self.left.render(task)
+        rate = _rate(task)
+        if task.total is None or task.fields.get("done"):
+            seconds = task.elapsed
+            style = "progress.elapsed"
+        else:
+            seconds = max(0.0, task.total - task.completed) / rate if rate else None
+            style = "progress.remaining"
+        if seconds is None:
+            return Text("-:--:--", style=style)
+        minutes, second = divmod(int(seconds), 60)
+        hours, minute = divmod(minutes, 60)
+        return Text(f"{hours}:{minute:02d}:{second:02d}", style=style)
 
 
 def _plural(record_type: str) -> str:
@@ -119,11 +129,12 @@ class SyncDisplay:
                 for other in self._tasks.values():
                     self._finish(other)
                 self._tasks[source] = self.bars.add_task(
-                    source, total=progress.total, completed=progress.done, kind=kind)
+                    source, total=progress.total, completed=progress.done, kind=kind,
+                    first=progress.done)
             elif self._kinds[source] != progress.record_type:
                 # The next listing (orders after customers): its own count, rate and time.
                 self.bars.reset(task, total=progress.total, completed=progress.done,
-                                kind=kind)
+                                kind=kind, first=progress.done)
             else:
                 self.bars.update(task, total=progress.total, completed=progress.done)
             self._kinds[source] = progress.record_type

@@ -40,7 +40,7 @@ SOURCES = ("woo:allmyink", "woo:papercraft", "stripe")
 
 @pytest.fixture
 def running() -> Iterator[RunningEstate]:
-    built = build_estate(EstateSpec(seed=5, people=80, now=utcnow().replace(microsecond=0)))
+    built = build_estate(EstateSpec(seed=5, people=200, now=utcnow().replace(microsecond=0)))
     with RunningEstate(built) as estate:
         yield estate
 
@@ -103,7 +103,8 @@ def audiences(running: RunningEstate) -> dict[str, int]:
 
 def test_a_terminal_sync_shows_a_bar_per_source_with_the_upstream_total_then_one_line_each(
         running: RunningEstate, tmp_path: Path) -> None:
-    config = running.write_config(tmp_path)
+    # Every page its own commit: a rate once a listing's second page is in.
+    config = running.write_config(tmp_path, batch_size=1)
     code, output = on_a_terminal(config, "sync", "--full")
     assert code == 0, output
     lines = screen_lines(output)
@@ -113,13 +114,16 @@ def test_a_terminal_sync_shows_a_bar_per_source_with_the_upstream_total_then_one
         # X-WP-Total of the customer listing, as the bar's total.
         assert any(re.search(rf"woo:{shop}\s.*━.*\s{customers:,}/{customers:,} customers",
                              bar) for bar in bars), (shop, customers, bars)
-        assert any(re.search(rf"woo:{shop}\s.*━.*/[\d,]+ orders", bar) for bar in bars), bars
+        # Then the orders, each bar with its rate and the time left.
+        assert any(re.search(rf"woo:{shop}\s.*━.*/[\d,]+ orders\s+[\d,]+/s\s+\d+:\d\d:\d\d",
+                             bar) for bar in bars), bars
     for source, members in audiences(running).items():
         assert any(re.search(rf"{source}\s.*━.*\s{members:,}/{members:,} members", bar)
                    for bar in bars), (source, members, bars)
     # Stripe lists carry no total: a count, no bar.
     stripe = [line for line in lines if re.match(r"\S+ stripe\s", line)]
-    assert stripe and all("━" not in line and "/" not in line for line in stripe), stripe
+    assert stripe and all("━" not in line and not re.search(r"\d/[\d,]+ records", line)
+                          for line in stripe), stripe
     assert any(re.search(r"stripe\s+[\d,]+ records", line) for line in stripe), stripe
     # Then one line per source, none of the log events it restates.
     for source in (*SOURCES, *audiences(running)):
