@@ -54,7 +54,7 @@ class _Count(ProgressColumn):
 
 def _rate(task: Task) -> float | None:
     """Records a second since the listing's first commit (pages come in bursts when fetched
-    side by side: a rate of the last few samples swings with them). None before a second."""
+    side by side: a rate of the last few samples swings with them); None until the second commit."""
     elapsed, read = task.elapsed, task.completed - task.fields.get("first", 0)
     return read / elapsed if elapsed and read > 0 else None
 
