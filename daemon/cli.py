@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -133,15 +134,20 @@ _SAID_BY_SUMMARY = ("sync.start", "sync.done", "sync.failed", "sync.stopped")
 
 @contextmanager
 def _sync_display(*, quiet: bool) -> Iterator[Callable[[str, Progress], None] | None]:
-    """What a sync shows while it runs: bars on a terminal (stderr), log lines above them;
-    nothing when stderr is not a terminal (log lines as configured); with `quiet`, no bars
-    and only errors logged."""
+    """What a sync shows while it runs: bars on a terminal (stderr), log lines above them
+    (on any terminal, none of the events its summary lines restate); nothing when stderr is
+    not a terminal (log lines as configured); with `quiet`, no bars and only errors logged."""
     if quiet:
         with logs.shown_on(leave_out=_SAID_BY_SUMMARY, least=logging.ERROR):
             yield None
         return
     if not sys.stderr.isatty():
         yield None
+        return
+    if os.environ.get("TERM") == "dumb":
+        # A dumb terminal (an editor's shell) would show a bar's cursor moves as text.
+        with logs.shown_on(leave_out=_SAID_BY_SUMMARY):
+            yield None
         return
     from daemon.terminal import SyncDisplay
 

@@ -52,13 +52,15 @@ def environment() -> dict[str, str]:
     return {**env, "TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"}
 
 
-def on_a_terminal(config: Path, *args: str, timeout: float = 120) -> tuple[int, str]:
+def on_a_terminal(config: Path, *args: str, timeout: float = 120,
+                  term: str = "xterm-256color") -> tuple[int, str]:
     """Run the command with stdin, stdout and stderr on a pseudo-terminal (120x40);
     returns its exit status and everything the terminal received."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen([str(PROGRAM), "--config", str(config), *args], cwd=REPO,
-                               stdin=slave, stdout=slave, stderr=slave, env=environment(),
+                               stdin=slave, stdout=slave, stderr=slave,
+                               env={**environment(), "TERM": term},
                                start_new_session=True)
     os.close(slave)
     received = bytearray()
@@ -148,6 +150,18 @@ def test_log_lines_on_a_terminal_always_start_a_line_of_their_own(
         # A carriage return or a new line before it: the line is the log's alone.
         assert start == 0 or text[start - 1] in "\r\n", repr(text[max(0, start - 80):start + 80])
     assert any(f"{s}: success" in text for s in SOURCES)
+
+
+def test_a_dumb_terminal_gets_no_bars_and_one_line_per_source(
+        running: RunningEstate, tmp_path: Path) -> None:
+    config = running.write_config(tmp_path)
+    code, output = on_a_terminal(config, "sync", term="dumb")
+    assert code == 0, output
+    assert "━" not in output and "\x1b[2K" not in output and "\x1b[1A" not in output
+    lines = screen_lines(output)
+    for source in (*SOURCES, *audiences(running)):
+        assert len([line for line in lines if line.startswith(f"{source}: success")]) == 1
+    assert "sync.start" not in output and "sync.done" not in output
 
 
 def test_quiet_sync_prints_nothing_when_every_source_succeeded(
