@@ -97,6 +97,8 @@ class Batch:
     listed_types: frozenset[str] = frozenset()
     # Keys the connector knows were deleted upstream (e.g. from an event feed).
     gone: Sequence[Key] = ()
+    # How far the listing being read has come, with the upstream's own total where it has one.
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from connectors.base import (
     Category,
     Key,
     KeyBatch,
+    Progress,
     Record,
     Skip,
     contains_card_number,
@@ -327,6 +328,18 @@ class _Page:
     new: set[str] = field(default_factory=set)
 
 
+def _read(tallies: list[_Tally]) -> int:
+    """Members read so far by these listings (a member two listings hold counts twice)."""
+    return sum(len(t.ids) + t.unreadable for t in tallies)
+
+
+def _progress(tallies: list[_Tally]) -> Progress:
+    """Members read so far against the listings' own totals (None while one is unknown)."""
+    before = None if any(t.unknown_total for t in tallies[:-1]) else \
+        sum(t.max_total for t in tallies[:-1])
+    return tallies[-1].progress(_read(tallies), before)
+
+
 @dataclass
 class _Tally:
     """What one offset listing saw: the audience's size as it said it, and the distinct
@@ -366,6 +379,11 @@ class _Tally:
     @property
     def complete(self) -> bool:
         return not self.unknown_total and len(self.ids) + self.unreadable >= self.max_total
+
+    def progress(self, read: int, before: int | None) -> Progress:
+        """`read` members so far against total_items (`before`: the earlier listings')."""
+        known = before is not None and not self.unknown_total
+        return Progress(RECORD_TYPE, read, before + self.max_total if known else None)
 
 
 class MailchimpAccount:
@@ -621,7 +639,7 @@ class MailchimpAudienceConnector:
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
                     if held is not None:
-                        yield Batch(held[0], skipped=held[1])
+                        yield Batch(held[0], skipped=held[1], progress=_progress(tallies))
                     held = (records, skipped)
         complete = self._judge(tallies)
         # Changes made while the pull ran may sit on pages already read: never start the
@@ -632,7 +650,8 @@ class MailchimpAudienceConnector:
             cursor = make_cursor(min(latest, started) if latest else started)
         records, skipped = held or ([], [])
         yield Batch(records, skipped=skipped, cursor=cursor, complete=complete,
-                    listed_types=frozenset({RECORD_TYPE}) if complete else frozenset())
+                    listed_types=frozenset({RECORD_TYPE}) if complete else frozenset(),
+                    progress=_progress(tallies))
 
     def _incremental_pull(self, since: datetime) -> Iterator[Batch]:
         params = {"fields": MEMBER_FIELDS,
@@ -640,6 +659,7 @@ class MailchimpAudienceConnector:
                   "sort_field": "last_changed", "sort_dir": "ASC"}
         tallies: list[_Tally] = []
         shifted = False
+        expected = 0
         latest: datetime | None = None
         held: tuple[list[Record], list[Skip]] | None = None
         for listing in LISTINGS:
@@ -667,8 +687,10 @@ class MailchimpAudienceConnector:
                 if records or skipped:
                     # The last batch is held back to carry the pull's verdict and cursor.
                     if held is not None:
-                        yield Batch(held[0], skipped=held[1])
+                        yield Batch(held[0], skipped=held[1],
+                                    progress=tally.progress(_read(tallies), expected))
                     held = (records, skipped)
+            expected += tally.max_total
             shifted = shifted or tally.changed or tally.unknown_total
         if shifted:
             log.info("mailchimp.cursor_kept", source=self.source,
@@ -676,7 +698,8 @@ class MailchimpAudienceConnector:
         moved = latest is not None and not shifted and latest > since
         records, skipped = held or ([], [])
         yield Batch(records, skipped=skipped, complete=True,
-                    cursor=make_cursor(latest if moved and latest else since))
+                    cursor=make_cursor(latest if moved and latest else since),
+                    progress=Progress(RECORD_TYPE, _read(tallies), expected))
 
     def _take(self, item: object, records: list[Record], skipped: list[Skip],
               latest: datetime | None) -> datetime | None:

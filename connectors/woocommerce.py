@@ -48,6 +48,7 @@ from connectors.base import (
     Category,
     Key,
     KeyBatch,
+    Progress,
     Record,
     Skip,
     contains_card_number,
@@ -740,6 +741,16 @@ def _distinct(page: _Page) -> list[Any]:
     return kept
 
 
+def _progress(record_type: str, listings: Sequence[_Listing], *,
+              counted: bool = True) -> Progress:
+    """Records of `record_type` read so far over its listings, against the sum of their
+    X-WP-Total (None when a listing sent none, or `counted` is False: a listing read only
+    down to a known id)."""
+    totals = [listing.total for listing in listings]
+    total = sum(t for t in totals if t is not None) if counted and None not in totals else None
+    return Progress(record_type, sum(listing.read for listing in listings), total)
+
+
 def _checkout_owners(items: Iterable[Any], since: datetime | None) -> set[int]:
     """Accounts of the orders created or paid since `since` (every order's when None)."""
     owners: set[int] = set()
@@ -933,14 +944,17 @@ class WooCommerceConnector:
             for items in pages:
                 records, skipped = _split(classify_customer(item) for item in items)
                 top = max([top, *(int(r.external_id) for r in records)])
-                yield Batch(records, skipped=skipped)
+                yield Batch(records, skipped=skipped, progress=_progress(CUSTOMER, [customers]))
         orders_whole = True
+        order_listings: list[_Listing] = []
         for status in ORDER_LISTINGS:
             listing = self._orders(status)
+            order_listings.append(listing)
             with closing(iter(listing)) as pages:
                 for items in pages:
                     records, skipped = _split(classify_order(item) for item in items)
-                    yield Batch(records, skipped=skipped)
+                    yield Batch(records, skipped=skipped,
+                                progress=_progress(ORDER, order_listings))
             orders_whole = orders_whole and listing.complete
         listed = {CUSTOMER} if customers.complete else set()
         if orders_whole:
@@ -958,13 +972,16 @@ class WooCommerceConnector:
             window = {"modified_after": format_gmt(since), "dates_are_gmt": "true"}
         owners: set[int] = set()
         orders_whole = True
+        order_listings: list[_Listing] = []
         for status in ORDER_LISTINGS:
             listing = self._orders(status, **window)
+            order_listings.append(listing)
             with closing(iter(listing)) as pages:
                 for items in pages:
                     records, skipped = _split(classify_order(item) for item in items)
                     owners.update(_checkout_owners(items, since))
-                    yield Batch(records, skipped=skipped)
+                    yield Batch(records, skipped=skipped,
+                                progress=_progress(ORDER, order_listings))
             orders_whole = orders_whole and listing.complete
         # Customers have no modified filter. New accounts: newest first down to the highest
         # id already known. Changed accounts: those who checked out or paid in this window
@@ -989,18 +1006,24 @@ class WooCommerceConnector:
                 ids = [int(r.external_id) for r in records]
                 seen.update(ids)
                 top = max([top, *ids])
-                yield Batch(records, skipped=skipped)
+                yield Batch(records, skipped=skipped,
+                            progress=_progress(CUSTOMER, [listing], counted=known is None))
                 if len(fresh) < len(items):
                     # Reached an account the ledger already holds: older ones are known too.
                     break
         # Read newest first down to a known id, the descending listing stops short of its total.
         customers_whole = listing.connected if known is not None else listing.complete
-        for chunk in _chunks(sorted(owners - seen), self.per_page):
+        read = len(seen)
+        changed = sorted(owners - seen)
+        for chunk in _chunks(changed, self.per_page):
             included = self._customers(include=",".join(str(i) for i in chunk))
             with closing(iter(included)) as pages:
                 for items in pages:
                     records, skipped = _split(classify_customer(item) for item in items)
-                    yield Batch(records, skipped=skipped)
+                    read += len(items)
+                    # The accounts to re-read are known: the new ones read, plus these.
+                    yield Batch(records, skipped=skipped, progress=Progress(
+                        CUSTOMER, read, len(seen) + len(changed)))
         cursor = _Cursor(started if orders_whole else state.orders_since,
                          top if customers_whole else known)
         yield Batch((), cursor=cursor.dump(), complete=True)

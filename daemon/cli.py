@@ -8,13 +8,15 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from connectors.base import Progress
 from daemon import logs
 from daemon.config import (
     ConfigError,
@@ -214,14 +216,48 @@ def print_command_reference() -> None:
     click.echo(command_reference(), nl=False)
 
 
-def _progress_printer() -> Callable[[str, int], None] | None:
+# Log events a sync's own summary line says again (one line per source, not three).
+_SAID_BY_SUMMARY = ("sync.start", "sync.done", "sync.failed", "sync.stopped")
+
+
+@contextmanager
+def _sync_display(*, quiet: bool) -> Iterator[Callable[[str, Progress], None] | None]:
+    """What a sync shows while it runs: bars on a terminal (stderr), log lines above them
+    (on any terminal, none of the events its summary lines restate); nothing when stderr is
+    not a terminal (log lines as configured); with `quiet`, no bars and only errors logged."""
+    if quiet:
+        with logs.shown_on(leave_out=_SAID_BY_SUMMARY, least=logging.ERROR):
+            yield None
+        return
     if not sys.stderr.isatty():
-        return None
+        yield None
+        return
+    if os.environ.get("TERM") == "dumb":
+        # A dumb terminal (an editor's shell) would show a bar's cursor moves as text.
+        with logs.shown_on(leave_out=_SAID_BY_SUMMARY):
+            yield None
+        return
+    from daemon.terminal import SyncDisplay
 
-    def show(source: str, done: int) -> None:
-        click.echo(f"\r{source}: {done:,} records", err=True, nl=False)
+    with SyncDisplay(sys.stderr) as display, \
+            logs.shown_on(display.log_stream, leave_out=_SAID_BY_SUMMARY):
+        yield lambda source, progress: display.update(_escaped(source), progress)
 
-    return show
+
+def _summary_line(result: Any) -> str:
+    """One line for one source's sync: how it ended, what it read and changed, and why."""
+    from daemon.sources import BUSY
+
+    if result.status == BUSY:
+        return _escaped(f"{result.source}: not synced — {result.error}")
+    line = (f"{result.source}: {result.status} ({result.mode}) — {result.seen:,} seen, "
+            f"{result.changed:,} changed, {result.skipped:,} skipped, {result.gone:,} gone")
+    return _escaped(line + (f" — {result.error}" if result.error and not result.stopped
+                            else ""))
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    return {**asdict(result), "ok": result.ok}
 
 
 class _StopSignals:
@@ -283,13 +319,20 @@ def _stopped_line(stop: _StopSignals, results: list[Any], selected: list[str]) -
               help="Only this source: woo:<shop>, a shop name, stripe or mailchimp.")
 @click.option("--full", is_flag=True,
               help="List everything and mark what is no longer upstream as gone.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress and no log lines below errors; print only the sources that "
+                   "did not succeed (nothing when every source did).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON array on stdout, a result per source (source, status, ok, "
+                   "mode, seen, changed, skipped, gone, error, run_id), and nothing else.")
 @click.pass_obj
-def sync(app: App, only: str | None, full: bool) -> None:
+def sync(app: App, only: str | None, full: bool, quiet: bool, as_json: bool) -> None:
     """Pull the configured sources into the ledger.
 
-    Ctrl-C or SIGTERM stops between batches: what was committed stays, the next sync
-    continues from there. Exits 1 when a source failed, 130 when stopped by SIGINT, 143
-    by SIGTERM."""
+    On a terminal a bar per source shows the progress (the upstream's total where its API
+    gives one), then one line per source says how it ended. Ctrl-C or SIGTERM stops between
+    batches: what was committed stays, the next sync continues from there. Exits 1 when a
+    source failed, 130 when stopped by SIGINT, 143 by SIGTERM."""
     from daemon.sources import (
         BUSY,
         UnknownSourceError,
@@ -308,26 +351,23 @@ def sync(app: App, only: str | None, full: bool) -> None:
         settle_heap()
         try:
             selected = select_names(settings, only)
-            results = sync_configured(ledger, settings, only=only, full=full,
-                                      progress=_progress_printer(), should_stop=stop.asked,
-                                      sleep=stop.sleep)
+            with _sync_display(quiet=quiet) as progress:
+                results = sync_configured(ledger, settings, only=only, full=full,
+                                          progress=progress, should_stop=stop.asked,
+                                          sleep=stop.sleep)
         except UnknownSourceError as exc:
             raise click.UsageError(str(exc)) from None
         except KeyboardInterrupt:
             stop.signal = stop.signal or 2  # SIGINT
         finally:
             ledger.close()
-    if sys.stderr.isatty():
-        click.echo("", err=True)
-    for result in results:
-        if result.status == BUSY:
-            click.echo(_escaped(f"{result.source}: not synced — {result.error}"), err=True)
+    if as_json:
+        click.echo(_escaped(json.dumps([_result_json(r) for r in results], default=str,
+                                       indent=2, ensure_ascii=False), in_json=True))
+    for result in [] if as_json else results:
+        if quiet and result.ok:
             continue
-        line = (f"{result.source}: {result.status} ({result.mode}) — {result.seen:,} seen, "
-                f"{result.changed:,} changed, {result.skipped:,} skipped, "
-                f"{result.gone:,} gone")
-        click.echo(_escaped(line + (f" — {result.error}" if result.error and not result.stopped
-                                    else "")))
+        click.echo(_summary_line(result), err=result.status == BUSY)
     if stop.signal is not None:
         click.echo(_stopped_line(stop, results, selected), err=True)
         sys.exit(128 + stop.signal)
@@ -454,31 +494,44 @@ def run(app: App, once: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON array on stdout, a result per check (name, ok, detail), "
+                   "and nothing else.")
 @click.pass_obj
-def check(app: App) -> None:
+def check(app: App, as_json: bool) -> None:
     """Check the config, the ledger, every source (one small request each) and the SMTP
     server (connect, STARTTLS, login; nothing is sent). Exits 1 if anything failed."""
-    from daemon.check import run_checks
+    from daemon.check import CheckResult, run_checks
 
-    rows: list[tuple[str, str, str]] = []
+    results: list[CheckResult] = []
 
-    def show(name: str, ok: bool, detail: str) -> None:
-        rows.append((name, "OK" if ok else "FAIL", detail))
-        click.echo(f"{name:<28} {'OK' if ok else 'FAIL':<6} {detail}")
+    def show(result: CheckResult) -> None:
+        results.append(result)
+        if not as_json:
+            click.echo(_escaped(f"{result.name:<28} {'OK' if result.ok else 'FAIL':<6} "
+                                f"{result.detail}"))
 
-    click.echo(f"{'CHECK':<28} {'RESULT':<6} DETAIL")
+    if not as_json:
+        click.echo(f"{'CHECK':<28} {'RESULT':<6} DETAIL")
     try:
         settings = app.settings_with_secrets
     except ConfigError as exc:
         for problem in exc.problems:
-            show("config", False, problem)
+            show(CheckResult("config", False, problem))
         for line in getattr(exc, "hint", []):
             click.echo(line, err=True)
+        settings = None
+    if settings is not None:
+        show(CheckResult("config", True, str(app.config_path)))
+        for result in run_checks(settings):
+            show(result)
+    if as_json:
+        click.echo(_escaped(json.dumps([asdict(r) for r in results], indent=2,
+                                       ensure_ascii=False), in_json=True))
+    if settings is None:
+        # A config error: exit 2, as for every command (the README's check step).
         sys.exit(2)
-    show("config", True, str(app.config_path))
-    for result in run_checks(settings):
-        show(result.name, result.ok, result.detail)
-    if any(status == "FAIL" for _, status, _ in rows):
+    if not all(r.ok for r in results):
         sys.exit(1)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -117,3 +118,38 @@ def configure(stream: TextIO | None = None, *, level: int | None = None,
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+class _LeaveOut:
+    """Drops the events a command's own display already says (a summary line per source)."""
+
+    def __init__(self, events: Iterable[str]) -> None:
+        self.events = frozenset(events)
+
+    def __call__(self, _logger: Any, _name: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event.get("event") in self.events:
+            raise structlog.DropEvent
+        return event
+
+
+@contextmanager
+def shown_on(stream: TextIO | None = None, *, leave_out: Iterable[str] = (),
+             least: int | None = None) -> Iterator[None]:
+    """While a command shows its own display: log lines go to `stream` (the display's
+    console, so that none is glued onto a progress bar), rendered as configured, without
+    the events in `leave_out` and below level `least`. The configuration comes back after."""
+    before = structlog.get_config()
+    changes: dict[str, Any] = {}
+    if stream is not None:
+        changes["logger_factory"] = structlog.PrintLoggerFactory(stream)
+    if leave_out:
+        processors = list(before["processors"])
+        changes["processors"] = [*processors[:-1], _LeaveOut(leave_out), processors[-1]]
+    if least is not None:
+        changes["wrapper_class"] = structlog.make_filtering_bound_logger(least)
+    structlog.configure(**changes)
+    try:
+        yield
+    finally:
+        structlog.configure(**{key: before[key] for key in changes})

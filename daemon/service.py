@@ -50,7 +50,7 @@ from sqlalchemy import Engine, create_engine, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from connectors.base import StopWaiting, utcnow
+from connectors.base import Progress, StopWaiting, utcnow
 from daemon import logs, trail
 from daemon.ledger import AuditLogEntry, Ledger, Source, SyncRun
 from daemon.notify import Notifier, Watchdog, watchdog_interval
@@ -522,8 +522,9 @@ class Daemon:
         self._heartbeat = time.monotonic()
 
     # -- status ----------------------------------------------------------------------------
-    def _progress(self, source: str, done: int) -> None:
-        self.notifier.status(f"syncing {source}: {done:,} records")
+    def _progress(self, source: str, progress: Progress) -> None:
+        of = f"/{progress.total:,}" if progress.total is not None else ""
+        self.notifier.status(f"syncing {source}: {progress.done:,}{of} {progress.record_type}s")
 
     def _finished(self, job_id: str, outcome: str) -> None:
         moment = utcnow().astimezone(self.zone).strftime("%H:%M")

@@ -21,7 +21,16 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import Batch, Connector, Key, Record, Skip, StopWaiting, utcnow
+from connectors.base import (
+    Batch,
+    Connector,
+    Key,
+    Progress,
+    Record,
+    Skip,
+    StopWaiting,
+    utcnow,
+)
 from connectors.http import APIError
 from daemon import trail
 from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
@@ -58,7 +67,9 @@ class SyncResult:
         return self.status == STOPPED
 
 
-ProgressCallback = Callable[[str, int], None]
+# Called after each committed batch with the source and how far its listing has come: the
+# connector's Progress when it reports one, else the records committed so far (no total).
+ProgressCallback = Callable[[str, Progress], None]
 StopCheck = Callable[[], bool]
 
 
@@ -522,7 +533,8 @@ def _merged(batches: list[Batch]) -> Batch:
     last = batches[-1]
     return Batch(records=[r for b in batches for r in b.records], cursor=last.cursor,
                  skipped=[s for b in batches for s in b.skipped], complete=last.complete,
-                 listed_types=last.listed_types, gone=last.gone)
+                 listed_types=last.listed_types, gone=last.gone,
+                 progress=next((b.progress for b in reversed(batches) if b.progress), None))
 
 
 def _catch_up(ledger: Ledger, connector: Connector, source_id: int, run_id: int,
@@ -612,6 +624,7 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
     bound.info("sync.start")
     counts = _Counts()
     complete = False
+    reported: Progress | None = None
     try:
         batches = connector.pull(None if full else cursor)
         listing: Batch | None = None
@@ -623,7 +636,8 @@ def _pull_into(ledger: Ledger, connector: Connector, source_id: int, run_id: int
                           counts=counts, sweep=listing is None)
             complete = complete or batch.complete
             if progress is not None:
-                progress(connector.source, counts.seen)
+                reported = batch.progress or reported
+                progress(connector.source, reported or Progress("record", counts.seen, None))
             if should_stop is not None and not batch.complete and should_stop():
                 close = getattr(batches, "close", None)
                 if close is not None:

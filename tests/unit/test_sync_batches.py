@@ -71,7 +71,7 @@ def test_consecutive_batches_are_committed_together_up_to_the_batch_size(
         ledger: Ledger) -> None:
     committed: list[int] = []
     result = sync_source(ledger, Scripted(pages(5)), batch_size=4,
-                         progress=lambda _, seen: committed.append(seen))
+                         progress=lambda _, seen: committed.append(seen.done))
     assert result.ok and result.seen == 10
     # The first page at once, then two pages a transaction; the last closes its group.
     assert committed == [2, 6, 10]
@@ -81,7 +81,7 @@ def test_every_batch_is_its_own_transaction_when_the_batch_size_is_one(
         ledger: Ledger) -> None:
     committed: list[int] = []
     sync_source(ledger, Scripted(pages(4)), batch_size=1,
-                progress=lambda _, seen: committed.append(seen))
+                progress=lambda _, seen: committed.append(seen.done))
     assert committed == [2, 4, 6, 8]
 
 
