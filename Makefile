@@ -20,7 +20,8 @@ email-screenshot: demo
 	$(BIN)/python bench/screenshot_email.py --config demo-out/config.toml --audit --out demo-out/email.png
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon connectors sandbox tests bench
+	$(BIN)/ruff check daemon connectors sandbox vocabulary tests bench
+	$(BIN)/lint-imports
 
 # The real-WordPress contract tests need Debian's wordpress, php-cli and php-mysql: installed
 # here when missing and run as root; otherwise those tests skip and say why.

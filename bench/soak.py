@@ -82,13 +82,15 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from connectors.base import normalise_email, utcnow  # noqa: E402
+from connectors.base import normalise_email  # noqa: E402
 from daemon import logs, mail, trail  # noqa: E402
 from daemon.config import Settings, load_settings  # noqa: E402
 from daemon.ledger import AuditLogEntry, Holding, Ledger, OutboxMessage, Source, SyncRun  # noqa: E402
 from sandbox.demo import RunningEstate  # noqa: E402
-from sandbox.estate import Estate, EstateSpec, build_estate  # noqa: E402
+from sandbox.estate import Estate, EstateSpec  # noqa: E402
+from sandbox.seed import build_estate  # noqa: E402
 from tests.integration.estate_helpers import estate_truth, ledger_truth  # noqa: E402
+from vocabulary import utcnow  # noqa: E402
 
 ZONE = "Europe/London"
 OWNER = "owner@shop.example"

@@ -67,22 +67,23 @@ class RunningTwin:
 
 def _build(spec: TwinSpec) -> tuple[Any, dict[str, str]]:
     if spec.kind == "woocommerce":
-        from sandbox.woocommerce import WooCommerceTwin
+        from sandbox.seed import woocommerce as seed_woocommerce
 
-        twin = WooCommerceTwin.bulk(spec.sizes.get("customers", 0), spec.sizes.get("orders", 0),
-                                    seed=spec.seed, shop=spec.name)
+        twin = seed_woocommerce.bulk(spec.sizes.get("customers", 0),
+                                     spec.sizes.get("orders", 0), seed=spec.seed,
+                                     shop=spec.name)
         return twin, {"consumer_key": twin.consumer_key,
                       "consumer_secret": twin.consumer_secret}
     if spec.kind == "stripe":
-        from sandbox.stripe import StripeTwin
+        from sandbox.seed import stripe as seed_stripe
 
-        twin = StripeTwin.bulk(spec.sizes.get("customers", 0), spec.sizes.get("charges", 0),
-                               seed=spec.seed)
+        twin = seed_stripe.bulk(spec.sizes.get("customers", 0), spec.sizes.get("charges", 0),
+                                seed=spec.seed)
         return twin, {"api_key": twin.api_key}
     if spec.kind == "mailchimp":
-        from sandbox.mailchimp import MailchimpTwin
+        from sandbox.seed import mailchimp as seed_mailchimp
 
-        twin = MailchimpTwin.bulk(spec.sizes.get("members", 0), seed=spec.seed)
+        twin = seed_mailchimp.bulk(spec.sizes.get("members", 0), seed=spec.seed)
         audience = next(iter(twin.audiences))
         return twin, {"api_key": twin.api_key, "audience": audience}
     raise ValueError(f"unknown twin kind {spec.kind!r}")

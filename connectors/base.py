@@ -1,4 +1,4 @@
-"""What every connector shares: the Record it yields, the categories of the privacy policy,
+"""What every connector shares: the Record it yields (its categories are vocabulary's),
 the Connector protocol, and the small parsers (emails, times, card-number patterns) that
 classification needs.
 
@@ -12,30 +12,10 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-
-class Category(StrEnum):
-    """The categories of personal data the privacy policy names."""
-
-    NAME = "name"
-    EMAIL = "email"
-    PHONE = "phone"
-    BILLING_ADDRESS = "billing_address"
-    DELIVERY_ADDRESS = "delivery_address"
-    PAYMENT_METHOD_TYPE = "payment_method_type"
-    CARD_LAST4 = "card_last4"
-    IP_ADDRESS = "ip_address"
-    USER_AGENT = "user_agent"
-    ORDER_HISTORY = "order_history"
-    MARKETING_CONSENT = "marketing_consent"
-    ACCOUNT = "account"
-    FREE_TEXT = "free_text"
-    LOCATION = "location"
-    # A full card number anywhere is itself a breach of the policy.
-    CARD_NUMBER = "card_number"
+from vocabulary import Category
 
 
 class StopWaiting(Exception):  # noqa: N818 - an instruction, not an error
@@ -271,55 +251,6 @@ def parse_time(value: object, *, naive_is_utc: bool = True) -> datetime | None:
 def format_gmt(moment: datetime) -> str:
     """ISO 8601 in UTC without offset, the form WooCommerce's `*_gmt` filters expect."""
     return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-PERIOD_UNITS = "s, min, h, d, w, mo (30 days), y (365 days)"
-_PERIOD = re.compile(r"\s*(-?\d+)\s*(s|min|h|d|w|mo|m|y)\s*")
-_DAYS = {"d": 1, "w": 7, "mo": 30, "y": 365}
-_SECONDS = {"s": 1, "min": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90d`, `18mo`, `6y`, `12h`, `30min`, `45s` → timedelta (months are 30 days, years 365).
-    Raises ValueError naming the value when it has no unit, a bare `m` (minutes or months?)
-    or is negative."""
-    match = _PERIOD.fullmatch(str(text))
-    if not match:
-        raise ValueError(
-            f"{text!r} is not a period: write a whole number and a unit, "
-            "e.g. 45s, 30min, 12h, 90d, 8w, 18mo, 6y"
-        )
-    amount, unit = int(match.group(1)), match.group(2)
-    if unit == "m":
-        raise ValueError(f"{text!r} is ambiguous: m could be minutes or months; write "
-                         f"{amount}min for minutes or {amount}mo for months")
-    if amount < 0:
-        raise ValueError(f"{text!r} is negative: a period must be zero or more")
-    if unit in _DAYS:
-        return timedelta(days=amount * _DAYS[unit])
-    return timedelta(seconds=amount * _SECONDS[unit])
-
-
-def format_duration(period: timedelta) -> str:
-    """A period as the config writes it and parse_duration reads it back: 6y, 18mo, 90d, 12h,
-    30min, 45s (whole seconds; months only beyond a year, shorter periods read better in
-    days)."""
-    seconds = int(period.total_seconds())
-    if seconds and seconds % 86400 == 0:
-        days = seconds // 86400
-        if days % 365 == 0:
-            return f"{days // 365}y"
-        if days > 365 and days % 30 == 0:
-            return f"{days // 30}mo"
-        return f"{days}d"
-    for unit, size in (("h", 3600), ("min", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 _DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")

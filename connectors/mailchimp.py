@@ -43,7 +43,6 @@ from connectors.base import (
     normalise_email,
     parse_time,
     scan_text,
-    utcnow,
 )
 from connectors.http import (
     APIError,
@@ -53,11 +52,12 @@ from connectors.http import (
     mask_personal,
     require_api_answer,
 )
+from vocabulary import MAILCHIMP, MEMBER, utcnow
 
 log = structlog.get_logger("connectors.mailchimp")
 
-KIND = "mailchimp"
-RECORD_TYPE = "member"
+KIND = MAILCHIMP
+RECORD_TYPE = MEMBER
 MAX_PAGE_SIZE = 1000
 # Mailchimp answers 429 beyond ten simultaneous connections per user.
 MAX_CONCURRENCY = 10

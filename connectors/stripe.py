@@ -37,7 +37,6 @@ from connectors.base import (
     normalise_email,
     parse_time,
     scan_text,
-    utcnow,
 )
 from connectors.http import (
     FatalAPIError,
@@ -48,6 +47,7 @@ from connectors.http import (
     redact,
     require_api_answer,
 )
+from vocabulary import utcnow
 
 log = structlog.get_logger("connectors.stripe")
 

@@ -59,7 +59,6 @@ from connectors.base import (
     normalise_email,
     parse_time,
     scan_text,
-    utcnow,
 )
 from connectors.http import (
     FatalAPIError,
@@ -68,12 +67,11 @@ from connectors.http import (
     looks_like_html,
     require_api_answer,
 )
+from vocabulary import CUSTOMER, ORDER, utcnow
 
 log = structlog.get_logger("connectors.woocommerce")
 
 API_PATH = "/wp-json/wc/v3"
-CUSTOMER = "customer"
-ORDER = "order"
 RECORD_TYPES = frozenset({CUSTOMER, ORDER})
 AUTH_METHODS = ("auto", "basic", "oauth")
 # `status=any` leaves the trash out, and trashed orders still hold every personal field.

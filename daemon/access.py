@@ -54,7 +54,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connectors import mailchimp, stripe, woocommerce
-from connectors.base import Category, Record, normalise_email, utcnow
+from connectors.base import Record, normalise_email
 from connectors.http import APIError
 from daemon import trail
 from daemon.ledger import (
@@ -66,6 +66,7 @@ from daemon.ledger import (
     Source,
     Subject,
 )
+from vocabulary import Category, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings, Settings

@@ -79,9 +79,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import format_duration, utcnow
 from daemon import trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
+from vocabulary import format_duration, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings

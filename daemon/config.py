@@ -35,7 +35,7 @@ from connectors import http
 from connectors import mailchimp as mailchimp_connector
 from connectors import stripe as stripe_connector
 from connectors import woocommerce as woocommerce_connector
-from connectors.base import format_duration, parse_duration
+from vocabulary import format_duration, parse_duration
 
 
 class ConfigError(Exception):

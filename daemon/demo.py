@@ -15,7 +15,6 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from connectors.base import utcnow
 from daemon.audit import AuditResult, FindingView, current_findings, run_audit
 from daemon.config import load_settings
 from daemon.ledger import Holding, Ledger, Source, Subject
@@ -23,7 +22,9 @@ from daemon.report import render_digest
 from daemon.sources import sync_configured
 from daemon.trail import open_ledger
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 
 def invoked_as(argv0: str | None = None) -> str:

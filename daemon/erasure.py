@@ -63,7 +63,7 @@ import structlog
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
-from connectors.base import Key, Record, utcnow
+from connectors.base import Key, Record
 from connectors.http import APIError
 from connectors.woocommerce import classify_order
 from daemon import trail
@@ -84,6 +84,7 @@ from daemon.access import (
 from daemon.ledger import EmailForm, Finding, Holding, Ledger, Subject
 from daemon.mail import purge_mail
 from daemon.sync import mark_gone, upsert_records
+from vocabulary import utcnow
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings

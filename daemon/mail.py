@@ -28,9 +28,9 @@ import structlog
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from connectors.base import utcnow
 from daemon import trail
 from daemon.ledger import Ledger, OutboxMessage
+from vocabulary import utcnow
 
 if TYPE_CHECKING:
     from daemon.config import SmtpSettings

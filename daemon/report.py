@@ -30,7 +30,6 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
-from connectors.base import Category, utcnow
 from daemon import audit, trail
 from daemon.ledger import (
     AuditLogEntry,
@@ -43,6 +42,7 @@ from daemon.ledger import (
     SyncRun,
 )
 from daemon.mail import RenderedEmail
+from vocabulary import Category, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import Settings

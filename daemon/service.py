@@ -50,11 +50,12 @@ from sqlalchemy import Engine, create_engine, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from connectors.base import Progress, StopWaiting, utcnow
+from connectors.base import Progress, StopWaiting
 from daemon import logs, trail
 from daemon.ledger import AuditLogEntry, Ledger, Source, SyncRun
 from daemon.notify import Notifier, Watchdog, watchdog_interval
 from daemon.sync import INTERRUPTED, STOPPED
+from vocabulary import utcnow
 
 if TYPE_CHECKING:
     from daemon.config import Settings

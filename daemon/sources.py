@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
 from connectors import mailchimp, stripe, woocommerce
-from connectors.base import Connector, StopWaiting, utcnow
+from connectors.base import Connector, StopWaiting
 from connectors.http import APIError
 from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError
@@ -43,6 +43,7 @@ from daemon.sync import (
     retire_sources,
     sync_source,
 )
+from vocabulary import utcnow
 
 log = structlog.get_logger("daemon.sources")
 

@@ -21,19 +21,11 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from connectors.base import (
-    Batch,
-    Connector,
-    Key,
-    Progress,
-    Record,
-    Skip,
-    StopWaiting,
-    utcnow,
-)
+from connectors.base import Batch, Connector, Key, Progress, Record, Skip, StopWaiting
 from connectors.http import APIError
 from daemon import trail
 from daemon.ledger import Holding, Ledger, Source, SyncRun, categories_text
+from vocabulary import utcnow
 
 log = structlog.get_logger("daemon.sync")
 

@@ -40,10 +40,10 @@ import structlog
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
-from connectors.base import utcnow
 from daemon import logs
 from daemon.files import RefusedPath, write_private
 from daemon.ledger import AuditLogEntry, Ledger, LedgerError
+from vocabulary import utcnow
 
 if TYPE_CHECKING:
     from daemon.config import LedgerSettings

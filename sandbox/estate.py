@@ -3,6 +3,9 @@ Mailchimp in realistic proportions, plus records planted to breach the retention
 records planted clean) so that tests and the demo know exactly what the audit must find.
 
 Same seed, same `now`, same sizes → the same estate, byte for byte.
+
+This module holds the people and the plan only and imports no twin; sandbox.seed turns them
+into seeded twins (`build_estate`).
 """
 
 from __future__ import annotations
@@ -169,20 +172,3 @@ class Estate:
         found["stripe"] = self.stripe
         found["mailchimp"] = self.mailchimp
         return found
-
-
-def build_estate(spec: EstateSpec | None = None) -> Estate:
-    """Every twin of the estate, seeded from the same people."""
-    from sandbox.mailchimp import MailchimpTwin
-    from sandbox.stripe import StripeTwin
-    from sandbox.woocommerce import WooCommerceTwin
-
-    spec = spec or EstateSpec()
-    people = make_people(spec)
-    planted: list[Planted] = []
-    shops = {shop: WooCommerceTwin.seeded(spec, people, planted, shop=shop)
-             for shop in spec.shops}
-    return Estate(spec=spec, people=people, shops=shops,
-                  stripe=StripeTwin.seeded(spec, people, planted),
-                  mailchimp=MailchimpTwin.seeded(spec, people, planted),
-                  planted=planted)

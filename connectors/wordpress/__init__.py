@@ -36,10 +36,9 @@ from connectors.base import (
     scan_text,
 )
 from connectors.http import FatalAPIError, HttpClient, RetryPolicy
+from vocabulary import COMMENT, USER, WORDPRESS
 
-KIND = "wordpress"
-COMMENT = "comment"
-USER = "user"
+KIND = WORDPRESS
 PAGE_SIZE = 100
 API = "wp-json/wp/v2"
 # What an anonymised comment carries instead (WordPress's own eraser writes the first).

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from connectors.base import utcnow
 from daemon.cli import main
 from daemon.ledger import AuditLogEntry, Holding, Ledger, Source, Subject, SyncRun
+from vocabulary import utcnow
 
 JSON_KEYS = ["rule", "severity", "source", "record_type", "external_id", "email",
              "first_detected", "last_detected", "status", "detail"]

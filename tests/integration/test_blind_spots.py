@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
-from connectors.base import utcnow
 from daemon import mail
 from daemon.cli import main
 from daemon.config import load_settings
@@ -21,7 +20,9 @@ from daemon.ledger import Holding, Ledger, Source, Subject, SyncRun
 from daemon.report import digest_for, render
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 FAILED = "These results leave out Stripe: its last sync failed at "
 NEVER = "These results leave out Mailchimp: it has never been read"

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from connectors.base import Category, Record, utcnow
+from connectors.base import Category, Record
 from daemon.cli import main
 from daemon.ledger import Ledger, SyncRun
 from daemon.sync import upsert_records
 from tests.integration.hostile_servers import ErrorServer
+from vocabulary import utcnow
 
 # What a terminal acts on: every C0/C1 control but the newlines the command itself prints,
 # DEL, bidi overrides.

@@ -30,13 +30,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import func, select
 
-from connectors.base import utcnow
 from daemon.config import load_settings
 from daemon.ledger import AuditLogEntry, Holding, Ledger, Source, Subject, SyncRun
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
 from tests.integration.hostile_servers import HangingServer
+from vocabulary import utcnow
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import utcnow
 from daemon.config import load_settings
 from daemon.ledger import Ledger
 from daemon.notify import Notifier
 from daemon.service import Daemon
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 
 class Recorded(Notifier):

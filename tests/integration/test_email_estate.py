@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import utcnow
 from daemon import mail
 from daemon.audit import run_audit
 from daemon.config import Settings, load_settings
@@ -23,7 +22,9 @@ from daemon.ledger import Ledger
 from daemon.report import digest_for, render
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 WIDTH = 78
 

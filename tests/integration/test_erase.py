@@ -36,14 +36,8 @@ from daemon.erasure import result_lines as erasure_lines
 from daemon.ledger import AuditLogEntry, Finding, Holding, Ledger, Source, Subject
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import (
-    OLD_COMPLETED_ORDER,
-    OLD_NETWORK_DATA,
-    Estate,
-    EstateSpec,
-    Person,
-    build_estate,
-)
+from sandbox.estate import OLD_COMPLETED_ORDER, OLD_NETWORK_DATA, Estate, EstateSpec, Person
+from sandbox.seed import build_estate
 from tests.integration.estate_helpers import estate_truth, ledger_truth
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)

@@ -19,7 +19,8 @@ from sqlalchemy import inspect, select, text
 from daemon.ledger import Ledger, SyncRun
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
 from tests.integration.estate_helpers import estate_truth, holding_count, ledger_truth, settings_for
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)

@@ -24,7 +24,8 @@ from daemon.config import Settings, load_settings
 from daemon.ledger import AuditLogEntry, Ledger
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import ERASED_FROM_SHOPS, Estate, EstateSpec, Person, build_estate
+from sandbox.estate import ERASED_FROM_SHOPS, Estate, EstateSpec, Person
+from sandbox.seed import build_estate
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 Key = tuple[str, str, str]

@@ -272,7 +272,8 @@ def test_a_full_sync_redirected_to_another_host_marks_nothing_gone(
     from daemon.ledger import Ledger
     from daemon.sources import sync_configured
     from sandbox.demo import RunningEstate
-    from sandbox.estate import EstateSpec, build_estate
+    from sandbox.estate import EstateSpec
+    from sandbox.seed import build_estate
     from tests.integration.estate_helpers import holding_count
 
     empty = start(serve, lambda c, _s: answer_json(c, [], X_WP_Total=0, X_WP_TotalPages=0))

@@ -17,7 +17,8 @@ import pytest
 
 from daemon import logs
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
 
 PROGRAM = Path(sys.executable).with_name("privacy-ledger")
 

@@ -35,6 +35,7 @@ from sandbox.estate import (
     make_people,
 )
 from sandbox.mailchimp import DEFAULT_API_KEY, MailchimpTwin, subscriber_hash
+from sandbox.seed import mailchimp as seed_mailchimp
 from sandbox.server import TwinServer
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -100,7 +101,7 @@ def fill(twin: MailchimpTwin, count: int, name: str = "Newsletter", **fields: An
 def seeded(spec: EstateSpec | None = None) -> tuple[MailchimpTwin, list[Planted]]:
     spec = spec or EstateSpec()
     planted: list[Planted] = []
-    return MailchimpTwin.seeded(spec, make_people(spec), planted), planted
+    return seed_mailchimp.seeded(spec, make_people(spec), planted), planted
 
 
 def test_full_pull_holds_exactly_the_twins_members_in_each_audience(
@@ -173,11 +174,11 @@ def test_seeding_is_deterministic_when_the_spec_is_the_same() -> None:
 
 def test_bulk_builds_a_large_audience_in_seconds() -> None:
     started = time.perf_counter()
-    big = MailchimpTwin.bulk(30_000, seed=3)
+    big = seed_mailchimp.bulk(30_000, seed=3)
     assert time.perf_counter() - started < 3
     truth = big.ground_truth()
     assert len(truth) == 30_000
-    assert big.ground_truth() == MailchimpTwin.bulk(30_000, seed=3).ground_truth()
+    assert big.ground_truth() == seed_mailchimp.bulk(30_000, seed=3).ground_truth()
 
 
 # -- paging ----------------------------------------------------------------------------------
@@ -404,7 +405,7 @@ def test_wrong_key_is_refused_and_never_repeated_in_the_message(
 
 # -- connection limit ----------------------------------------------------------------------
 def test_parallel_pull_never_opens_more_than_ten_connections(archived_in_default: bool) -> None:
-    big = MailchimpTwin.bulk(4000, seed=11)
+    big = seed_mailchimp.bulk(4000, seed=11)
     big.default_includes_archived = archived_in_default
     big.faults.latency = 0.01
     with TwinServer(big) as running:

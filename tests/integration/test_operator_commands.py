@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from connectors.base import utcnow
 from daemon.ledger import SCHEMA_REVISION, make_engine, schema_revision
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ from daemon.config import load_settings
 from daemon.ledger import Ledger
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import Estate, EstateSpec, build_estate
+from sandbox.estate import Estate, EstateSpec
+from sandbox.seed import build_estate
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 

@@ -22,7 +22,8 @@ from urllib.parse import quote
 import pytest
 
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
 from tests.integration.hostile import HostileServer, Seen, answer, answer_json
 
 WOO_KEY = "ck_CANARYwooKey0123456789abcdef0123456789"

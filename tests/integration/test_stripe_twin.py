@@ -17,6 +17,7 @@ from connectors.base import Category, Key
 from connectors.http import FatalAPIError
 from connectors.stripe import Settings, StripeConnector, connect
 from sandbox.estate import ERASED_FROM_SHOPS, STRIPE_NO_CHARGE, EstateSpec, make_people
+from sandbox.seed import stripe as seed_stripe
 from sandbox.server import TwinServer
 from sandbox.stripe import StripeTwin, fixture
 
@@ -52,7 +53,7 @@ def seeded(spec: EstateSpec | None = None) -> tuple[StripeTwin, list, list]:
     spec = spec or EstateSpec()
     people = make_people(spec)
     planted: list = []
-    return StripeTwin.seeded(spec, people, planted), people, planted
+    return seed_stripe.seeded(spec, people, planted), people, planted
 
 
 def get(server: TwinServer, path: str, key: str | None = KEY, **params: Any
@@ -451,8 +452,8 @@ def test_seeded_estate_has_guest_charges_and_charges_without_email() -> None:
 
 def test_bulk_twin_is_deterministic_and_sized(tmp_path: Any) -> None:
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    one = StripeTwin.bulk(200, 2000, seed=3, now=now)
-    two = StripeTwin.bulk(200, 2000, seed=3, now=now)
+    one = seed_stripe.bulk(200, 2000, seed=3, now=now)
+    two = seed_stripe.bulk(200, 2000, seed=3, now=now)
     truth = one.ground_truth()
     assert truth == two.ground_truth()
     assert sum(1 for t in truth if t[0] == "customer") == 200

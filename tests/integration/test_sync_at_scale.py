@@ -16,9 +16,11 @@ from daemon.ledger import Ledger
 from daemon.sources import sync_configured
 from daemon.sync import sync_source
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from sandbox.seed import stripe as seed_stripe
+from sandbox.seed import woocommerce as seed_woocommerce
 from sandbox.server import TwinServer
-from sandbox.stripe import StripeTwin
 from sandbox.woocommerce import WooCommerceTwin
 from tests.integration.estate_helpers import estate_truth, ledger_truth, settings_for
 
@@ -40,7 +42,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def shop(clock: Clock) -> Iterator[tuple[WooCommerceTwin, TwinServer]]:
-    twin = WooCommerceTwin.bulk(250, 600, now=NOW)
+    twin = seed_woocommerce.bulk(250, 600, now=NOW)
     twin.now = clock
     with TwinServer(twin) as server:
         yield twin, server
@@ -88,7 +90,7 @@ def test_incremental_shop_sync_rereads_accounts_that_checked_out_not_ones_the_sh
 
 
 def test_incremental_stripe_sync_reads_only_the_event_feed(ledger: Ledger) -> None:
-    twin = StripeTwin.bulk(120, 300)
+    twin = seed_stripe.bulk(120, 300)
     with TwinServer(twin) as server:
         def connector() -> stripe.StripeConnector:
             return stripe.connect(stripe.Settings(api_key=twin.api_key, base_url=server.url,

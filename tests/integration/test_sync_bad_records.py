@@ -15,7 +15,8 @@ import structlog
 from daemon.ledger import Ledger
 from daemon.sources import sync_configured
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
 from tests.integration.estate_helpers import estate_truth, ledger_truth, settings_for
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from connectors.base import utcnow
 from daemon.config import load_settings
 from daemon.ledger import Ledger, Source, SyncRun
 from daemon.report import digest_for, render
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 pytestmark = pytest.mark.slow
 

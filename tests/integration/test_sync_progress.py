@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from connectors import mailchimp, stripe, woocommerce
-from connectors.base import Progress, utcnow
+from connectors.base import Progress
 from daemon.config import Settings, load_settings
 from daemon.ledger import Ledger
 from daemon.sync import sync_source
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import utcnow
 from sandbox.demo import RunningEstate
-from sandbox.estate import EstateSpec, build_estate
+from sandbox.estate import EstateSpec
+from sandbox.seed import build_estate
+from vocabulary import utcnow
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,10 @@ from connectors.base import Batch, Category, Record
 from connectors.http import FatalAPIError, RetriableAPIError
 from connectors.woocommerce import Settings, WooCommerceConnector, connect
 from sandbox.estate import EstateSpec, Planted, make_people
+from sandbox.seed import woocommerce as seed_woocommerce
+from sandbox.seed.woocommerce import CARD_NOTE
 from sandbox.server import TwinServer
-from sandbox.woocommerce import CARD_NOTE, WooCommerceTwin
+from sandbox.woocommerce import WooCommerceTwin
 
 DATA = Path(__file__).resolve().parents[2] / "sandbox" / "data"
 START = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -110,7 +112,7 @@ def estate() -> tuple[EstateSpec, list[Planted], dict[str, WooCommerceTwin]]:
     spec = EstateSpec()
     people = make_people(spec)
     planted: list[Planted] = []
-    twins = {name: WooCommerceTwin.seeded(spec, people, planted, name) for name in spec.shops}
+    twins = {name: seed_woocommerce.seeded(spec, people, planted, name) for name in spec.shops}
     return spec, planted, twins
 
 
@@ -169,7 +171,7 @@ def test_seeding_is_deterministic() -> None:
     def build() -> tuple[set[Any], list[Planted], str]:
         spec = EstateSpec(people=60)
         planted: list[Planted] = []
-        twin = WooCommerceTwin.seeded(spec, make_people(spec), planted, "allmyink")
+        twin = seed_woocommerce.seeded(spec, make_people(spec), planted, "allmyink")
         return twin.ground_truth(), planted, json.dumps(twin.orders, sort_keys=True)
 
     assert build() == build()
@@ -630,7 +632,7 @@ def test_lookup_finds_the_persons_account_and_orders_including_the_trash(
 
 def test_bulk_builds_a_large_shop_fast() -> None:
     started = time.monotonic()
-    twin = WooCommerceTwin.bulk(2_000, 10_000)
+    twin = seed_woocommerce.bulk(2_000, 10_000)
     assert time.monotonic() - started < 10
     assert (len(twin.customers), len(twin.orders)) == (2_000, 10_000)
     assert {o["status"] for o in twin.orders.values()} == {

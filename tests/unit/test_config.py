@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from connectors.base import format_duration, parse_duration
 from daemon import audit
 from daemon import config as config_module
 from daemon.cli import main
@@ -19,6 +18,7 @@ from daemon.config import (
     load_settings,
     parse_settings,
 )
+from vocabulary import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 CANARY = "ck_CANARY_7f3a9e"

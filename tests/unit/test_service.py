@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from connectors.base import utcnow
 from daemon import logs, trail
 from daemon.config import ConfigError, SecretSources, Settings, parse_settings
 from daemon.ledger import AuditLogEntry, Ledger, SyncRun
@@ -33,6 +32,7 @@ from daemon.service import (
     previous_weekly,
 )
 from daemon.sync import INTERRUPTED, STOPPED
+from vocabulary import utcnow
 
 LONDON = ZoneInfo("Europe/London")
 

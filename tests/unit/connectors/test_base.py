@@ -14,10 +14,10 @@ from connectors.base import (
     has_value,
     luhn_valid,
     normalise_email,
-    parse_duration,
     parse_time,
     scan_text,
 )
+from vocabulary import parse_duration
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -1,0 +1,98 @@
+"""The words the connectors and the daemon share: the categories of personal data the policy
+names, the systems and record types, the clock, and the one way a period is written.
+
+Imported by every layer, it imports nothing of the project (an import-linter contract in
+pyproject.toml holds it so), so that no layer needs another to name what it holds.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+
+class Category(StrEnum):
+    """The categories of personal data the privacy policy names."""
+
+    NAME = "name"
+    EMAIL = "email"
+    PHONE = "phone"
+    BILLING_ADDRESS = "billing_address"
+    DELIVERY_ADDRESS = "delivery_address"
+    PAYMENT_METHOD_TYPE = "payment_method_type"
+    CARD_LAST4 = "card_last4"
+    IP_ADDRESS = "ip_address"
+    USER_AGENT = "user_agent"
+    ORDER_HISTORY = "order_history"
+    MARKETING_CONSENT = "marketing_consent"
+    ACCOUNT = "account"
+    FREE_TEXT = "free_text"
+    LOCATION = "location"
+    # A full card number anywhere is itself a breach of the policy.
+    CARD_NUMBER = "card_number"
+
+
+# The systems (a connector's `kind`, the first part of a source name).
+WOOCOMMERCE = "woocommerce"
+STRIPE = "stripe"
+MAILCHIMP = "mailchimp"
+WORDPRESS = "wordpress"
+
+# The record types the ledger holds (a Record's `record_type`).
+CUSTOMER = "customer"
+ORDER = "order"
+CHARGE = "charge"
+MEMBER = "member"
+COMMENT = "comment"
+USER = "user"
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC: the one clock inside."""
+    return datetime.now(UTC)
+
+
+PERIOD_UNITS = "s, min, h, d, w, mo (30 days), y (365 days)"
+_PERIOD = re.compile(r"\s*(-?\d+)\s*(s|min|h|d|w|mo|m|y)\s*")
+_DAYS = {"d": 1, "w": 7, "mo": 30, "y": 365}
+_SECONDS = {"s": 1, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `18mo`, `6y`, `12h`, `30min`, `45s` → timedelta (months are 30 days, years 365).
+    Raises ValueError naming the value when it has no unit, a bare `m` (minutes or months?)
+    or is negative."""
+    match = _PERIOD.fullmatch(str(text))
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a period: write a whole number and a unit, "
+            "e.g. 45s, 30min, 12h, 90d, 8w, 18mo, 6y"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    if unit == "m":
+        raise ValueError(f"{text!r} is ambiguous: m could be minutes or months; write "
+                         f"{amount}min for minutes or {amount}mo for months")
+    if amount < 0:
+        raise ValueError(f"{text!r} is negative: a period must be zero or more")
+    if unit in _DAYS:
+        return timedelta(days=amount * _DAYS[unit])
+    return timedelta(seconds=amount * _SECONDS[unit])
+
+
+def format_duration(period: timedelta) -> str:
+    """A period as the config writes it and parse_duration reads it back: 6y, 18mo, 90d, 12h,
+    30min, 45s (whole seconds; months only beyond a year, shorter periods read better in
+    days)."""
+    seconds = int(period.total_seconds())
+    if seconds and seconds % 86400 == 0:
+        days = seconds // 86400
+        if days % 365 == 0:
+            return f"{days // 365}y"
+        if days > 365 and days % 30 == 0:
+            return f"{days // 30}mo"
+        return f"{days}d"
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
