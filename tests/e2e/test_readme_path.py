@@ -177,6 +177,10 @@ def test_the_readme_systemd_install_path_works_with_the_installed_command(
     first = command("check", as_service=True)
     assert first.returncode == 0, first.stdout + first.stderr
     rows = table(first.stdout)
+    # Every audience a sync reads has a row of its own.
+    audiences = {name: row for name, row in rows.items() if name.startswith("mailchimp:")}
+    assert audiences and all(row[0] == "OK" for row in audiences.values())
+    rows = {name: row for name, row in rows.items() if name not in audiences}
     assert rows == {
         "config": ("OK", str(config)),
         "ledger": ("OK", f"not created yet: the first `run` creates it in {state}"),
