@@ -270,22 +270,23 @@ _WATCHDOG = _Watchdog()
 _current = threading.local()
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class _Watched:
+    """A pool whose connections are handed to the current attempt's deadline."""
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        connection = super()._get_conn(timeout)
+        connection = super()._get_conn(timeout)  # type: ignore[misc]
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
             deadline.watch(connection)
         return connection
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        connection = super()._get_conn(timeout)
-        deadline = getattr(_current, "deadline", None)
-        if deadline is not None:
-            deadline.watch(connection)
-        return connection
+class _WatchedHTTPPool(_Watched, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
+    pass
 
 
 class _WatchedAdapter(HTTPAdapter):

@@ -204,14 +204,10 @@ class WordPressTwin(Twin):
 
     # -- users ------------------------------------------------------------------------------
     def _list_users(self, params: dict[str, Any], user: dict[str, Any] | None) -> Reply:
-        problems: dict[str, tuple[str, str]] = {}
-        # Checked in the order the endpoint registers them: the message lists them so.
-        page = wp_rest.integer(params, "page", 1, problems)
-        per_page = wp_rest.integer(params, "per_page", 10, problems, maximum=100)
-        if problems:
-            return wp_rest.invalid_params(problems)
-        context = wp_rest.string(params, "context", "view", problems,
-                                 choices=("view", "embed", "edit"))
+        paging = _paging(params)
+        if isinstance(paging, Reply):
+            return paging
+        page, per_page, context, problems = paging
         orderby = wp_rest.string(params, "orderby", "name", problems, choices=USER_ORDERBY)
         order = wp_rest.string(params, "order", "asc", problems, choices=("asc", "desc"))
         if problems:
@@ -316,14 +312,10 @@ class WordPressTwin(Twin):
 
     # -- comments ---------------------------------------------------------------------------
     def _list_comments(self, params: dict[str, Any], user: dict[str, Any] | None) -> Reply:
-        problems: dict[str, tuple[str, str]] = {}
-        # Checked in the order the endpoint registers them: the message lists them so.
-        page = wp_rest.integer(params, "page", 1, problems)
-        per_page = wp_rest.integer(params, "per_page", 10, problems, maximum=100)
-        if problems:
-            return wp_rest.invalid_params(problems)
-        context = wp_rest.string(params, "context", "view", problems,
-                                 choices=("view", "embed", "edit"))
+        paging = _paging(params)
+        if isinstance(paging, Reply):
+            return paging
+        page, per_page, context, problems = paging
         status = wp_rest.string(params, "status", "approve", problems)
         kind = wp_rest.string(params, "type", "comment", problems)
         orderby = wp_rest.string(params, "orderby", "date_gmt", problems,
@@ -453,6 +445,20 @@ class WordPressTwin(Twin):
                          "author_user_agent": comment["author_user_agent"]})
             view["content"] = {**view["content"], "raw": comment["content"]}
         return view
+
+
+def _paging(params: dict[str, Any]) -> Reply | tuple[int, int, str, dict[str, tuple[str, str]]]:
+    """A listing's page, per_page and context, or the 400 its bad paging gets; the problems
+    found so far, for the listing's own parameters to add to."""
+    problems: dict[str, tuple[str, str]] = {}
+    # Checked in the order the endpoints register them: the message lists them so.
+    page = wp_rest.integer(params, "page", 1, problems)
+    per_page = wp_rest.integer(params, "per_page", 10, problems, maximum=100)
+    if problems:
+        return wp_rest.invalid_params(problems)
+    context = wp_rest.string(params, "context", "view", problems,
+                             choices=("view", "embed", "edit"))
+    return page, per_page, context, problems
 
 
 def _status_matches(status: str, wanted: str) -> bool:
