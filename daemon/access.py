@@ -42,7 +42,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -53,9 +53,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from connectors import mailchimp, stripe, woocommerce
 from connectors.base import Record, normalise_email
 from connectors.http import APIError
+from connectors.registry import SYSTEMS, system_for
+from connectors.system import RecordType
 from daemon import trail
 from daemon.ledger import (
     AuditLogEntry,
@@ -66,7 +67,7 @@ from daemon.ledger import (
     Source,
     Subject,
 )
-from vocabulary import Category, utcnow
+from vocabulary import Category, source_kind, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings, Settings
@@ -75,20 +76,6 @@ log = structlog.get_logger("daemon.access")
 
 TEMPLATES = Path(__file__).with_name("templates")
 PERSON_KEY = "person-ref"
-# Each connector module offers fetch(connector, record_type, id) and erase(...).
-MODULES: dict[str, Any] = {"woocommerce": woocommerce, "stripe": stripe,
-                           "mailchimp": mailchimp}
-
-# WooCommerce order statuses → the [retention] period that applies. Paid orders are
-# accounting records (kept, then anonymised); unpaid ones have nothing to keep them for.
-ACCOUNTING_ORDERS = {"completed": "completed_orders", "refunded": "refunded_orders",
-                     "processing": "completed_orders"}
-UNPAID_ORDERS = {"pending": "pending_orders", "failed": "failed_orders",
-                 "cancelled": "cancelled_orders", "on-hold": "on_hold_orders",
-                 "trash": "trashed_orders"}
-STAYING_CONTACTS = ("subscribed", "pending", "transactional")
-
-
 class RequestError(Exception):
     """A request that cannot be carried out as asked (not an email, nowhere to write); the
     message names the value and what to do."""
@@ -166,6 +153,8 @@ class Systems:
     connectors: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    # Prefix of sources → the unit that opens them (a Mailchimp account's audiences).
+    families: dict[str, str] = field(default_factory=dict)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -181,10 +170,10 @@ class Systems:
         self.close()
 
     def covers(self, source: str) -> bool:
-        """True when the source is configured (connected or failed to connect)."""
-        family = source.split(":", 1)[0]
-        return source in self.connectors or source in self.failures or (
-            family == "mailchimp" and "mailchimp" in self.failures)
+        """True when the source is configured (connected, or its unit failed to connect)."""
+        return source in self.connectors or source in self.failures or any(
+            source.startswith(family) and unit in self.failures
+            for family, unit in self.families.items())
 
 
 def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = None
@@ -196,44 +185,27 @@ def open_systems(settings: Settings, *, sleep: Callable[[float], None] | None = 
     connectors' wait between retries (tests)."""
     systems = Systems()
     tuned: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
-
-    for shop in settings.woocommerce:
-        source = f"woo:{shop.name}"
+    units = settings.units()
+    for system, _, unit in units:
         try:
-            connector = woocommerce.connect(shop.to_connector(**tuned))
+            opening = unit.open(**tuned)
         except ValueError as exc:
-            systems.failures[source] = str(exc)
+            systems.failures[unit.name] = str(exc)
             continue
-        systems.connectors[source] = connector
-        systems.labels[source] = f"WooCommerce shop “{shop.name}” ({shop.url})"
-        systems._closers.append(connector.close)
-    if settings.stripe is not None:
-        try:
-            payments = stripe.connect(settings.stripe.to_connector(**tuned))
-        except ValueError as exc:
-            systems.failures["stripe"] = str(exc)
-        else:
-            systems.connectors[payments.source] = payments
-            systems.labels[payments.source] = "Stripe (card payments)"
-            systems._closers.append(payments.close)
-    if settings.mailchimp is not None:
-        audiences: list[Any] = []
-        try:
-            account = mailchimp.connect(settings.mailchimp.to_connector(**tuned))
-        except ValueError as exc:
-            systems.failures["mailchimp"] = str(exc)
-        else:
-            systems._closers.append(account.close)
-            try:
-                audiences = account.connectors()
-            except APIError as exc:
-                systems.failures["mailchimp"] = exc.message
-        for audience in audiences:
-            systems.connectors[audience.source] = audience
-            systems.labels[audience.source] = f"Mailchimp audience “{audience.audience_name}”"
-    if not systems.connectors and not systems.failures:
-        raise RequestError("no system is configured: add [[woocommerce]], [stripe] or "
-                           "[mailchimp] sections to the config")
+        except APIError as exc:
+            systems.failures[unit.name] = exc.message
+            continue
+        systems._closers.append(opening.close)
+        if unit.family:
+            systems.families[unit.family] = unit.name
+        for source, reason in opening.unreadable:
+            systems.failures[source] = reason
+        for connector in opening.connectors:
+            systems.connectors[connector.source] = connector
+            systems.labels[connector.source] = system.label(connector)
+    if not units:
+        names = ", ".join(f"[[{s.section}]]" if s.many else f"[{s.section}]" for s in SYSTEMS)
+        raise RequestError(f"no system is configured: add {names} sections to the config")
     return systems
 
 
@@ -301,23 +273,20 @@ class Lookup:
         return [answer for answer in self.answers if not answer.answered]
 
 
-_CLASSIFIERS: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("woocommerce", "customer"): woocommerce.classify_customer,
-    ("woocommerce", "order"): woocommerce.classify_order,
-    ("stripe", "customer"): stripe.classify_customer,
-    ("stripe", "charge"): stripe.classify_charge,
-    ("mailchimp", "member"): mailchimp.classify_member,
-}
+def record_type_of(kind: str, record_type: str) -> RecordType | None:
+    """What the registry says of one kind of record."""
+    system = system_for(kind)
+    return system.record_type(record_type) if system is not None else None
 
 
 def classify(found: Found) -> Record | None:
     """The ledger's view of a live record (categories, times, status), or None when the
     connector cannot read it."""
-    classifier = _CLASSIFIERS.get((found.kind, found.record_type))
-    if classifier is None:
+    described = record_type_of(found.kind, found.record_type)
+    if described is None:
         return None
     try:
-        result = classifier(found.data)
+        result = described.classify(found.data)
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
     return result if isinstance(result, Record) else None
@@ -382,12 +351,12 @@ def _ask(connector: Any, email: str, forms: Sequence[str],
         record = Found(source, kind, str(item["record_type"]), str(item["external_id"]),
                        dict(item.get("data") or {}))
         found.setdefault((record.record_type, record.external_id), record)
-    module = MODULES[kind]
+    system = system_for(kind)
     for _, record_type, external_id in hinted:
-        if (record_type, external_id) in found:
+        if (record_type, external_id) in found or system is None:
             continue
         try:
-            data = module.fetch(connector, record_type, external_id)
+            data = system.fetch(connector, record_type, external_id)
         except ValueError:
             # A record type or id this connector cannot fetch: its search is all there is.
             continue
@@ -422,8 +391,7 @@ def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
             log.warning("request.system_failed", source=source, error=safe_text(exc.message))
             answers.append(SystemAnswer(source, connector.kind, label, error=exc.message))
     for source, why in systems.failures.items():
-        kind = "woocommerce" if source.startswith("woo:") else source.split(":", 1)[0]
-        answers.append(SystemAnswer(source, kind, source, error=why))
+        answers.append(SystemAnswer(source, source_kind(source), source, error=why))
     for source, held in hints.items():
         if not systems.covers(source):
             answers.append(SystemAnswer(
@@ -437,67 +405,22 @@ def look_up(systems: Systems, email: str, *, ledger: Ledger | None = None,
 # -- what a person reads ---------------------------------------------------------------------
 
 
-def period_words(period: timedelta) -> str:
-    """6 years, 18 months, 90 days, 1 day."""
-    days = period.days
-    for unit, size in (("year", 365), ("month", 30), ("week", 7), ("day", 1)):
-        if days and days % size == 0:
-            count = days // size
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    hours = int(period.total_seconds() // 3600)
-    return f"{hours} hour{'s' if hours != 1 else ''}"
-
-
-def order_period(status: str | None, retention: RetentionSettings) -> tuple[str, timedelta,
-                                                                             bool]:
-    """(the [retention] key, its period, whether the order is an accounting record) for a
-    WooCommerce order status. Unknown statuses (a plugin's own) count as accounting records:
-    anonymising keeps more than deleting, which cannot be undone."""
-    if status in UNPAID_ORDERS:
-        parameter = UNPAID_ORDERS[status]
-        return parameter, getattr(retention, parameter), False
-    parameter = ACCOUNTING_ORDERS.get(status or "", "completed_orders")
-    return parameter, getattr(retention, parameter), True
-
-
 def why_and_how_long(found: Found, record: Record | None,
                      retention: RetentionSettings) -> tuple[str, str]:
     """The purpose of a record and how long it is kept, in words for the person."""
-    status = record.status if record else None
-    if found.kind == "woocommerce" and found.record_type == "customer":
-        return ("Your account in the shop: signing in, your addresses and your orders.",
-                "While you use it; deleted after "
-                f"{period_words(retention.inactive_accounts)} with no sign-in and no order.")
-    if found.kind == "woocommerce":
-        _, period, accounting = order_period(status, retention)
-        network = ""
-        if record is not None and {Category.IP_ADDRESS, Category.USER_AGENT} & record.categories:
-            network = (f" The IP address and browser details are kept "
-                       f"{period_words(retention.network_data)} (fraud checks).")
-        if accounting:
-            return ("Delivering your order, and the shop's accounting records.",
-                    f"{period_words(period)} after the order (accounting), then anonymised."
-                    + network)
-        return (f"An order that was never paid ({status}): kept only to answer questions "
-                "about it.", f"{period_words(period)} after the order, then deleted.")
-    if found.kind == "stripe" and found.record_type == "customer":
-        return ("Processing your card payments (Stripe keeps your payment details for the "
-                "shop).", "While you buy; deleted after "
-                f"{period_words(retention.stripe_customers)} with no payment.")
-    if found.kind == "stripe":
-        return ("A payment you made, as processed by Stripe.",
-                "Stripe keeps payments as financial records, for as long as the law "
-                "requires it to.")
-    if status in STAYING_CONTACTS:
-        return ("Sending you the newsletter.", "Until you unsubscribe.")
-    return ("Remembering that you left the newsletter, so that you are not mailed again.",
-            f"{period_words(retention.mailchimp_contacts)} after you left, then deleted "
-            "permanently.")
+    described = record_type_of(found.kind, found.record_type)
+    if described is None:
+        return ("Held by a system privacy-ledger cannot describe.", "Ask the shop.")
+    return described.purpose(record, retention)
 
 
-_TITLES = {("woocommerce", "customer"): "Account", ("woocommerce", "order"): "Order",
-           ("stripe", "customer"): "Payment profile", ("stripe", "charge"): "Payment",
-           ("mailchimp", "member"): "Newsletter contact"}
+def title_of(found: Found) -> str:
+    """What the person reads above a record: "Order 1042", "Newsletter contact"."""
+    described = record_type_of(found.kind, found.record_type)
+    if described is None:
+        return found.record_type
+    return described.title if described.id_is_personal else f"{described.title} " \
+        f"{found.external_id}"
 
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -537,10 +460,8 @@ def _page_model(lookup: Lookup, retention: RetentionSettings) -> list[dict[str, 
         for found in answer.records:
             record = classify(found)
             why, how_long = why_and_how_long(found, record, retention)
-            title = _TITLES.get((found.kind, found.record_type), found.record_type)
             items.append({
-                "title": f"{title} {found.external_id}" if found.kind != "mailchimp"
-                else title,
+                "title": title_of(found),
                 "status": record.status if record else None,
                 "categories": _category_words(record.categories) if record else [],
                 "since": record.created_at if record else None,

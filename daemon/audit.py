@@ -81,7 +81,18 @@ from sqlalchemy.orm import Session, aliased
 
 from daemon import trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
-from vocabulary import format_duration, utcnow
+from vocabulary import (
+    CUSTOMER,
+    MAILCHIMP,
+    MEMBER,
+    ORDER,
+    STRIPE,
+    SYSTEM_NAMES,
+    WOOCOMMERCE,
+    format_duration,
+    system_name,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from daemon.config import RetentionSettings
@@ -178,7 +189,7 @@ def _inactive_account(policy: Any, now: datetime, dialect: str | None) -> Select
                     _age(order) >= threshold]
     return _holding_rows(_text(f"no order and no activity for more than "
                                f"{format_period(period)}")).where(
-        Source.kind == "woocommerce", Holding.record_type == "customer",
+        Source.kind == WOOCOMMERCE, Holding.record_type == CUSTOMER,
         Holding.anonymised == false(),
         func.coalesce(Holding.last_activity_at, Holding.created_at, Holding.first_seen)
         < threshold,
@@ -190,14 +201,14 @@ def _inactive_account(policy: Any, now: datetime, dialect: str | None) -> Select
 def _order_past_retention(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
     condition, detail = _per_status(policy, now, COMPLETED_STATUSES, ", not anonymised")
     return _holding_rows(detail).where(
-        Source.kind == "woocommerce", Holding.record_type == "order",
+        Source.kind == WOOCOMMERCE, Holding.record_type == ORDER,
         Holding.status.in_(list(COMPLETED_STATUSES)), Holding.anonymised == false(), condition)
 
 
 def _unpaid_order_past_retention(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
     condition, detail = _per_status(policy, now, UNPAID_STATUSES)
     return _holding_rows(detail).where(
-        Source.kind == "woocommerce", Holding.record_type == "order",
+        Source.kind == WOOCOMMERCE, Holding.record_type == ORDER,
         Holding.status.in_(list(UNPAID_STATUSES)), Holding.anonymised == false(), condition)
 
 
@@ -211,7 +222,7 @@ def _network_data_past_retention(policy: Any, now: datetime, dialect: str | None
         else_=_text("user agent"),
     ) + _text(f" still stored, order older than {format_period(period)}")
     return _holding_rows(detail).where(
-        Source.kind == "woocommerce", Holding.record_type == "order", or_(ip, agent),
+        Source.kind == WOOCOMMERCE, Holding.record_type == ORDER, or_(ip, agent),
         _age(Holding) < now - period)
 
 
@@ -219,15 +230,15 @@ def _processor_copy_orphaned(policy: Any, now: datetime, dialect: str | None) ->
     period = _period(policy, "processor_copies")
     threshold = now - period
     shop = aliased(Holding)
-    shops = (select(Source.id).where(Source.kind == "woocommerce", Source.gone_at.is_(None))
+    shops = (select(Source.id).where(Source.kind == WOOCOMMERCE, Source.gone_at.is_(None))
              .scalar_subquery())
     # Held now (live, not anonymised), or let go within the grace: gone_at, or for an
     # anonymised record its last change.
     held_lately = or_(and_(shop.gone_at.is_(None), shop.anonymised == false()),
                       func.coalesce(shop.gone_at, shop.modified_at, shop.last_seen) >= threshold)
-    stripe_customer = and_(Source.kind == "stripe", Holding.record_type == "customer")
-    mailchimp_member = and_(Source.kind == "mailchimp", Holding.record_type == "member")
-    detail = case((Source.kind == "stripe", _text("held by Stripe")),
+    stripe_customer = and_(Source.kind == STRIPE, Holding.record_type == CUSTOMER)
+    mailchimp_member = and_(Source.kind == MAILCHIMP, Holding.record_type == MEMBER)
+    detail = case((Source.kind == STRIPE, _text("held by Stripe")),
                   else_=_text("held by Mailchimp")) + _text(
         f", but by no shop for more than {format_period(period)}")
     query = _holding_rows(detail)
@@ -250,11 +261,11 @@ def _processor_copy_orphaned(policy: Any, now: datetime, dialect: str | None) ->
         not_held_lately = ~shop_holding(held_lately)
         held_before = shop_holding()
     payment = aliased(Holding)
-    payments = select(Source.id).where(Source.kind == "stripe", Source.gone_at.is_(None))
+    payments = select(Source.id).where(Source.kind == STRIPE, Source.gone_at.is_(None))
     # Evidence the person was a shop's customer (not only a newsletter subscriber): a shop
     # record the ledger saw, a copy only a shop creates, or a payment (they come from shops).
     was_customer = or_(
-        Source.kind == "stripe", Holding.status.in_(SHOP_ONLY_CONTACT_STATUSES), held_before,
+        Source.kind == STRIPE, Holding.status.in_(SHOP_ONLY_CONTACT_STATUSES), held_before,
         exists().where(payment.subject_id == Holding.subject_id,
                        payment.source_id.in_(payments.scalar_subquery()),
                        payment.gone_at.is_(None)))
@@ -269,7 +280,7 @@ def _stripe_customer_inactive(policy: Any, now: datetime, dialect: str | None) -
     recent_charge = [charge.source_id == Holding.source_id, charge.record_type == "charge",
                      _age(charge) >= threshold]
     return _holding_rows(_text(f"no charge for more than {format_period(period)}")).where(
-        Source.kind == "stripe", Holding.record_type == "customer",
+        Source.kind == STRIPE, Holding.record_type == CUSTOMER,
         _age(Holding) < threshold,
         ~exists().where(charge.parent_id == Holding.external_id, *recent_charge),
         ~exists().where(charge.subject_id == Holding.subject_id, *recent_charge),
@@ -281,7 +292,7 @@ def _mailchimp_contact_retained(policy: Any, now: datetime, dialect: str | None)
     detail = Holding.status + _text(f" contact kept more than {format_period(period)} "
                                     "after its last change")
     return _holding_rows(detail).where(
-        Source.kind == "mailchimp", Holding.record_type == "member",
+        Source.kind == MAILCHIMP, Holding.record_type == MEMBER,
         Holding.status.in_(RETAINED_CONTACT_STATUSES),
         func.coalesce(Holding.last_activity_at, Holding.created_at, Holding.first_seen)
         < now - period)
@@ -586,17 +597,19 @@ def _status(now: datetime) -> ColumnElement[str]:
 def _record_words(kind: str | None, source: str, record_type: str | None,
                   external_id: str | None, email: str | None) -> str:
     """A record as the owner finds it in that system's screens."""
-    if kind == "woocommerce":
-        shop = source.removeprefix("woo:")
-        if record_type == "customer":
-            return f"customer account {external_id} in {shop}"
-        return f"{record_type} {external_id} in {shop}"
-    if kind == "stripe":
-        return f"the Stripe {record_type} {external_id}"
-    if kind == "mailchimp":
-        audience = source.partition(":")[2]
-        where = f" in audience {audience}" if audience else ""
-        return f"the Mailchimp contact {email or external_id}{where}"
+    named = system_name(source)
+    rest = source.partition(":")[2]
+    if named is not None and named.bare:
+        if record_type == CUSTOMER:
+            return f"customer account {external_id} in {rest}"
+        return f"{record_type} {external_id} in {rest}"
+    if named is not None and named.one_account:
+        # The id of a member is a hash of the email: the email says who it is.
+        where = f" in audience {rest}" if rest else ""
+        return f"the {named.title} contact {email or external_id}{where}"
+    if named is not None:
+        where = f" on {rest}" if rest else ""
+        return f"the {named.title} {record_type} {external_id}{where}"
     return f"{record_type} {external_id} in {source}"
 
 
@@ -692,7 +705,8 @@ def resolve_source(session: Session, name: str) -> Source:
     """The ledger source a person means: its name (woo:allmyink, stripe,
     mailchimp:abc123), a shop name (allmyink), or a kind with one source (mailchimp)."""
     sources = list(session.scalars(select(Source).order_by(Source.name)))
-    for wanted in (name, f"woo:{name}"):
+    bare = [f"{named.prefix}:{name}" for named in SYSTEM_NAMES if named.bare]
+    for wanted in (name, *bare):
         for source in sources:
             if source.name == wanted:
                 return source

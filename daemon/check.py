@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from connectors import mailchimp, stripe, woocommerce
 from connectors.http import APIError
+from connectors.system import Opening, Unit
 from daemon.ledger import SCHEMA_REVISION, LedgerError, describe_url, schema_revision
 
 if TYPE_CHECKING:
@@ -39,35 +39,32 @@ class CheckResult:
 _ONCE = {"retry_attempts": 1}
 
 
-def _probe(connector: Any) -> str:
-    try:
-        return connector.probe()
-    finally:
-        connector.close()
+def _unit_checks(unit: Unit) -> Iterator[CheckResult]:
+    """One configured unit: opening it (an account that lists its audiences says how many),
+    then one small read from every source a sync will read, and a FAIL for each configured one
+    that cannot be read."""
+    opening: Opening | None = None
 
-
-def _mailchimp_checks(section: Any) -> Iterator[CheckResult]:
-    """The key (the account's audiences listed), then every audience a sync will read:
-    one member read from each, and a FAIL for each configured one that does not exist."""
-    account: Any = None
-    opened: list[Any] = []
-    unreadable: list[Any] = []
-
-    def probe_account() -> str:
-        nonlocal account, opened, unreadable
-        account = mailchimp.connect(section.to_connector(**_ONCE))
-        opened, unreadable = account.open_audiences()
-        return f"key accepted: {len(account.found):,} audiences"
+    def open_unit() -> str:
+        nonlocal opening
+        opening = unit.open(**_ONCE)
+        if opening.summary is not None:
+            return opening.summary
+        return opening.connectors[0].probe()
 
     try:
-        yield _attempt("mailchimp", probe_account)
-        for missing in unreadable:
-            yield CheckResult(missing.source, False, missing.reason)
-        for connector in opened:
-            yield _attempt(connector.source, connector.probe)
+        first = _attempt(unit.name, open_unit)
+        yield first
+        if opening is None:
+            return
+        for source, reason in opening.unreadable:
+            yield CheckResult(source, False, reason)
+        if opening.summary is not None:
+            for connector in opening.connectors:
+                yield _attempt(connector.source, connector.probe)
     finally:
-        if account is not None:
-            account.close()
+        if opening is not None:
+            opening.close()
 
 
 def _probe_smtp(settings: Any) -> str:
@@ -157,14 +154,8 @@ def delivery_gaps(settings: Settings) -> list[CheckResult]:
 def run_checks(settings: Settings) -> Iterator[CheckResult]:
     """Every check, in order, as it completes."""
     yield _attempt("ledger", lambda: _probe_ledger(settings.ledger.database_url))
-    for shop in settings.woocommerce:
-        yield _attempt(f"woo:{shop.name}", lambda shop=shop: _probe(
-            woocommerce.connect(shop.to_connector(**_ONCE))))
-    if settings.stripe is not None:
-        yield _attempt("stripe", lambda: _probe(
-            stripe.connect(settings.stripe.to_connector(**_ONCE))))
-    if settings.mailchimp is not None:
-        yield from _mailchimp_checks(settings.mailchimp)
+    for _, _, unit in settings.units():
+        yield from _unit_checks(unit)
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
     yield from delivery_gaps(settings)

@@ -304,8 +304,7 @@ def _stopped_line(stop: _StopSignals, results: list[Any], selected: list[str]) -
     import signal
 
     name = signal.Signals(stop.signal).name if stop.signal else "SIGINT"
-    done = {r.source.split(":", 1)[0] if r.source.startswith("mailchimp") else r.source
-            for r in results}
+    done = {r.source for r in results} | {r.source.split(":", 1)[0] for r in results}
     left = [n for n in selected if n not in done]
     read = f"{sum(r.seen for r in results):,} records read" if results else \
         "the batch being written was rolled back"

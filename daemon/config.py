@@ -13,29 +13,43 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from connectors import http
-from connectors import mailchimp as mailchimp_connector
-from connectors import stripe as stripe_connector
-from connectors import woocommerce as woocommerce_connector
-from vocabulary import format_duration, parse_duration
+from connectors.mailchimp.system import MailchimpSettings
+from connectors.registry import SYSTEMS
+from connectors.settings import (
+    NAME,
+    Period,
+    ReadSecrets,
+    Secret,
+    SecretNotRead,
+    SecretSources,
+    Size,
+    UnreadSecret,
+    resolve_secret,
+)
+from connectors.settings import Section as _Section
+from connectors.stripe.system import StripeSettings
+from connectors.system import LinkMaker, System, Unit
+from connectors.woocommerce.system import WooCommerceSettings
+from connectors.wordpress.system import WordPressSettings
+from vocabulary import format_duration
+
+__all__ = ["ConfigError", "MailchimpSettings", "ReadSecrets", "SecretNotRead", "SecretSources",
+           "Settings", "Size", "StripeSettings", "UnreadSecret", "WooCommerceSettings",
+           "WordPressSettings", "load_settings", "parse_settings", "resolve_secret"]
 
 
 class ConfigError(Exception):
@@ -44,169 +58,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-@dataclass(frozen=True)
-class SecretSources:
-    """Where secret references are looked up; the process environment by default."""
-
-    environ: Mapping[str, str]
-    credentials_dir: Path | None
-
-    @classmethod
-    def from_process(cls) -> SecretSources:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        return cls(environ=dict(os.environ), credentials_dir=Path(directory) if directory else None)
-
-
-def _read_secret_file(path: Path, what: str) -> str:
-    """The first line of the file, trimmed (the rest may be a comment or a stray line)."""
-    try:
-        # Bytes, not text mode: a carriage return inside the line must be refused, not
-        # taken as its end (a CRLF file still works: strip() drops the final one).
-        value = path.read_bytes().decode("utf-8").partition("\n")[0].strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"{what}: {path} is not UTF-8 text") from None
-    except FileNotFoundError:
-        raise ValueError(f"{what}: {path} does not exist") from None
-    except PermissionError:
-        raise ValueError(f"{what}: {path} is not readable by this user") from None
-    except OSError as exc:
-        raise ValueError(f"{what}: {path} cannot be read ({exc.strerror})") from None
-    if not value:
-        raise ValueError(f"{what}: the first line of {path} is empty: write the secret there")
-    return value
-
-
-def _printable(value: str, what: str) -> str:
-    """The secret, refused when it holds a control character: sent in a header it would make
-    the HTTP library raise an error quoting the header, i.e. the secret itself."""
-    for position, char in enumerate(value, start=1):
-        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
-            raise ValueError(
-                f"{what}: the value holds a control character (U+{ord(char):04X}, character "
-                f"{position} of {len(value)}): write the secret alone, on one line")
-    return value
-
-
-def resolve_secret(reference: str, sources: SecretSources) -> str:
-    """The secret a reference points at. Errors name the reference, never a value."""
-    return _printable(_resolve(reference, sources), f"secret {reference}")
-
-
-def _resolve(reference: str, sources: SecretSources) -> str:
-    kind, _, name = reference.partition(":")
-    if kind == "env" and name:
-        value = sources.environ.get(name, "")
-        if not value:
-            raise ValueError(f"secret {reference}: environment variable {name} is not set")
-        return value
-    if kind == "file" and name:
-        return _read_secret_file(Path(name), f"secret {reference}")
-    if kind == "credential" and name:
-        if sources.credentials_dir is None:
-            raise ValueError(
-                f"secret {reference}: $CREDENTIALS_DIRECTORY is not set; under systemd add "
-                f"LoadCredential={name}:/path/to/file to the unit, or use file:/path")
-        if "/" in name or name in (".", ".."):
-            raise ValueError(f"secret {reference}: a credential name cannot contain '/'")
-        return _read_secret_file(sources.credentials_dir / name, f"secret {reference}")
-    raise ValueError(
-        "write secrets as a reference — env:NAME, file:/path or credential:NAME — "
-        "never the value itself in the config file")
-
-
-class SecretNotRead(RuntimeError):
-    """A secret used before its command read it (load_settings(read_secrets="all"))."""
-
-
-class UnreadSecret(SecretStr):
-    """A secret reference whose form is checked but whose value is not read yet: commands
-    that use no secret run without the service's credentials. Its value cannot be taken."""
-
-    def __init__(self, reference: str) -> None:
-        super().__init__(reference)
-        self.reference = reference
-
-    def get_secret_value(self) -> str:
-        raise SecretNotRead(f"secret {self.reference} was not read: the command that uses it "
-                            "loads the settings with read_secrets=\"all\"")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UnreadSecret) and other.reference == self.reference
-
-    def __hash__(self) -> int:
-        return hash(self.reference)
-
-
-# Which secrets a parse reads: every one, only the ledger's (the trail key), or none.
-ReadSecrets = Literal["all", "ledger", "none"]
-
-
-def _reference_form(reference: str) -> str:
-    """The reference when it is one resolve_secret can read; its errors, without reading."""
-    kind, _, name = reference.partition(":")
-    if kind not in ("env", "file", "credential") or not name:
-        raise ValueError(
-            "write secrets as a reference — env:NAME, file:/path or credential:NAME — "
-            "never the value itself in the config file")
-    if kind == "credential" and ("/" in name or name in (".", "..")):
-        raise ValueError(f"secret {reference}: a credential name cannot contain '/'")
-    return reference
-
-
-def _secret(value: Any, info: ValidationInfo) -> Any:
-    if isinstance(value, SecretStr):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("a secret reference is text such as env:NAME")
-    context = info.context or {}
-    scope = context.get("read", "all")
-    in_ledger = (info.config or {}).get("title") == "LedgerSettings"
-    if scope == "none" or (scope == "ledger" and not in_ledger):
-        return UnreadSecret(_reference_form(value.strip()))
-    sources = context.get("secrets") or SecretSources.from_process()
-    return SecretStr(resolve_secret(value.strip(), sources))
-
-
-def _period(value: Any) -> Any:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"{value!r} has no unit: write e.g. \"{value}d\" or \"{value}s\"")
-    return parse_duration(str(value))
-
-
-_SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-               "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
-
-
-def _size(value: Any) -> Any:
-    """`64MiB`, `512KiB`, `1GB` → bytes; a number needs its unit."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f"{value!r} has no unit: write e.g. \"64MiB\"")
-    match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)\s*", str(value), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"{value!r} is not a size: write a whole number and a unit, e.g. "
-                         "512KiB, 64MiB, 1GiB")
-    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
-    if size < 64 * 1024:
-        raise ValueError(f"{value!r} is too small for one page of an API: use 64KiB or more")
-    return size
-
-
-Secret = Annotated[SecretStr, BeforeValidator(_secret)]
-Period = Annotated[timedelta, BeforeValidator(_period)]
-Size = Annotated[int, BeforeValidator(_size)]
-_MAX_RESPONSE_DESCRIPTION = ("Largest answer read from this source, counted decoded "
-                             "(a small gzip can inflate to gigabytes); past it the request "
-                             "fails and says so.")
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LedgerSettings(_Section):
@@ -244,146 +95,6 @@ class LedgerSettings(_Section):
     @property
     def database_url(self) -> str:
         return self.url or f"sqlite:///{self.state_dir / 'ledger.db'}"
-
-
-class WooCommerceSettings(_Section):
-    name: str = Field(description="Short name of the shop, used in the ledger as woo:<name>.",
-                      examples=["allmyink"])
-    url: str = Field(description="The shop's address (the API is at <url>/wp-json/wc/v3). "
-                                 "HTTPS uses HTTP Basic; plain HTTP uses OAuth 1.0a signatures.",
-                     examples=["https://allmyink.example"])
-    consumer_key: Secret = Field(description="REST API consumer key (read permission is "
-                                             "enough for auditing).",
-                                 examples=["credential:allmyink-key"])
-    consumer_secret: Secret = Field(description="REST API consumer secret.",
-                                    examples=["credential:allmyink-secret"])
-    per_page: int = Field(default=100, ge=1, le=100, description="Records per page (≤ 100).",
-                          examples=[100])
-    concurrency: int = Field(default=4, ge=1, le=16,
-                             description="Pages fetched at once from this shop.", examples=[4])
-    timeout: Period = Field(default=timedelta(seconds=30),
-                            description="How long to wait for one answer.", examples=["30s"])
-    overlap: Period = Field(default=timedelta(minutes=10),
-                            description="Incremental syncs re-read this much before the last "
-                                        "cursor, so that nothing modified during a run is missed.",
-                            examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
-
-    @field_validator("name")
-    @classmethod
-    def _short_name(cls, value: str) -> str:
-        # fullmatch: `$` also matches before a trailing newline.
-        if not _NAME.fullmatch(value):
-            blank = " (it has blank space or a newline around it)" if value != value.strip() \
-                else ""
-            raise ValueError(f"{value!r}{blank}: use lower-case letters, digits, - and _ "
-                             "(max 63)")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) address")
-        return value.rstrip("/")
-
-    def to_connector(self, **overrides: Any) -> woocommerce_connector.Settings:
-        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
-        return replace(woocommerce_connector.Settings(
-            name=self.name, url=self.url,
-            consumer_key=self.consumer_key.get_secret_value(),
-            consumer_secret=self.consumer_secret.get_secret_value(),
-            per_page=self.per_page, concurrency=self.concurrency,
-            timeout=self.timeout.total_seconds(), overlap=self.overlap,
-            max_response_size=self.max_response_size,
-        ), **overrides)
-
-
-class StripeSettings(_Section):
-    api_key: Secret = Field(description="A restricted key with Read on Customers, Charges "
-                                        "and Events (rk_live_…); erase also needs Write on "
-                                        "Customers.",
-                            examples=["credential:stripe-key"])
-    base_url: str = Field(default="https://api.stripe.com",
-                          description="API address: https, or plain http only to this machine "
-                                      "(127.0.0.0/8, ::1, localhost: the sandbox twins).",
-                          examples=["https://api.stripe.com"])
-    requests_per_second: float = Field(default=20.0, gt=0, le=100,
-                                       description="Read requests per second, well under "
-                                                   "Stripe's limit.", examples=[20])
-    timeout: Period = Field(default=timedelta(seconds=30), description="Answer timeout.",
-                            examples=["30s"])
-    overlap: Period = Field(default=timedelta(minutes=10),
-                            description="Re-read window before the last cursor.",
-                            examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
-
-    @field_validator("base_url")
-    @classmethod
-    def _encrypted_unless_local(cls, value: str) -> str:
-        stripe_connector.check_base_url(value)
-        return value
-
-    @property
-    def key_is_read(self) -> bool:
-        """False when this command did not read the key (links needing its mode are left
-        out rather than guessed)."""
-        return not isinstance(self.api_key, UnreadSecret)
-
-    def to_connector(self, **overrides: Any) -> stripe_connector.Settings:
-        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
-        return replace(stripe_connector.Settings(
-            api_key=self.api_key.get_secret_value(), base_url=self.base_url.rstrip("/"),
-            requests_per_second=self.requests_per_second,
-            timeout=self.timeout.total_seconds(), overlap=self.overlap,
-            max_response_size=self.max_response_size,
-        ), **overrides)
-
-
-class MailchimpSettings(_Section):
-    api_key: Secret = Field(description="Marketing API key; its suffix (…-us6) names the "
-                                        "data centre.", examples=["credential:mailchimp-key"])
-    base_url: str | None = Field(default=None,
-                                 description="API address; absent: from the key's suffix.",
-                                 examples=["https://us6.api.mailchimp.com/3.0"])
-    audiences: list[str] = Field(default_factory=list,
-                                 description="Audience ids or names to audit; empty: all.",
-                                 examples=[["Newsletter"]])
-    page_size: int = Field(default=1000, ge=1, le=1000,
-                           description="Members per page (Mailchimp's largest is 1000: fewest "
-                                       "requests).", examples=[1000])
-    concurrency: int = Field(default=4, ge=1, le=10,
-                             description="Simultaneous connections (Mailchimp allows 10; each "
-                                         "holds a page in memory).", examples=[4])
-    timeout: Period = Field(default=timedelta(seconds=120), description="Answer timeout.",
-                            examples=["120s"])
-    overlap: Period = Field(default=timedelta(minutes=10),
-                            description="Re-read window before the last cursor.",
-                            examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=_MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
-
-    @model_validator(mode="after")
-    def _routable(self) -> MailchimpSettings:
-        if self.base_url is None and isinstance(self.api_key, UnreadSecret):
-            return self  # the data centre is checked when the key is read
-        if self.base_url is None:
-            mailchimp_connector.data_centre_url(self.api_key.get_secret_value())
-        else:
-            mailchimp_connector.check_base_url(self.base_url)
-        return self
-
-    def to_connector(self, **overrides: Any) -> mailchimp_connector.Settings:
-        """The connector's settings; `overrides` set its other fields (sleep, retries)."""
-        return replace(mailchimp_connector.Settings(
-            api_key=self.api_key.get_secret_value(),
-            base_url=self.base_url.rstrip("/") if self.base_url else None,
-            audiences=tuple(self.audiences), page_size=self.page_size,
-            concurrency=self.concurrency, timeout=self.timeout.total_seconds(),
-            overlap=self.overlap, max_response_size=self.max_response_size,
-        ), **overrides)
 
 
 class RetentionSettings(_Section):
@@ -646,9 +357,12 @@ class Settings(_Section):
     """The whole config file."""
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    # One field per system of connectors/registry.py, each with its own settings model
+    # (a list for systems configured several times); test_config holds them to the registry.
     woocommerce: list[WooCommerceSettings] = Field(default_factory=list)
     stripe: StripeSettings | None = None
     mailchimp: MailchimpSettings | None = None
+    wordpress: list[WordPressSettings] = Field(default_factory=list)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     timezone: str = Field(default="Europe/London",
                           description="Local time zone for schedules and the email.",
@@ -661,14 +375,14 @@ class Settings(_Section):
         default_factory=ScheduleSettings,
         description="When the daemon (privacy-ledger run) syncs, audits and emails.")
 
-    @field_validator("woocommerce")
+    @field_validator(*(system.section for system in SYSTEMS if system.many))
     @classmethod
-    def _unique_shops(cls, shops: list[WooCommerceSettings]) -> list[WooCommerceSettings]:
-        names = [shop.name for shop in shops]
+    def _unique_names(cls, sections: list[Any]) -> list[Any]:
+        names = [section.name for section in sections]
         doubled = sorted({name for name in names if names.count(name) > 1})
         if doubled:
-            raise ValueError(f"shop names must be unique: {', '.join(doubled)} appear twice")
-        return shops
+            raise ValueError(f"names must be unique: {', '.join(doubled)} appear twice")
+        return sections
 
     @field_validator("timezone")
     @classmethod
@@ -698,14 +412,32 @@ class Settings(_Section):
         walk(self)
         return found
 
+    def sections(self, system: System) -> list[Any]:
+        """The configured sections of one system (none, one or several)."""
+        value = getattr(self, system.section)
+        return list(value) if isinstance(value, list) else [] if value is None else [value]
+
+    @property
+    def estate(self) -> dict[str, list[Any]]:
+        """Every configured section, by system kind."""
+        return {system.kind: self.sections(system) for system in SYSTEMS}
+
+    def units(self) -> list[tuple[System, Any, Unit]]:
+        """What is synced and checked, in the config's order of systems: each with its
+        system and its section."""
+        estate = self.estate
+        return [(system, section, unit) for system in SYSTEMS
+                for section in self.sections(system) for unit in system.units(section, estate)]
+
     @property
     def source_names(self) -> list[str]:
-        names = [f"woo:{shop.name}" for shop in self.woocommerce]
-        if self.stripe:
-            names.append("stripe")
-        if self.mailchimp:
-            names.append("mailchimp")
-        return names
+        return [unit.name for _, _, unit in self.units()]
+
+    def link_makers(self) -> list[tuple[str, LinkMaker]]:
+        """Each unit's source name (or the prefix of its family of sources) and its system's
+        link maker for it: where the email's links point."""
+        return [(unit.family or unit.name, system.links(section))
+                for system, section, unit in self.units()]
 
 
 def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
@@ -718,7 +450,7 @@ def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
             if isinstance(node, list) and item < len(node):
                 node = node[item]
                 if (isinstance(node, Mapping) and isinstance(node.get("name"), str)
-                        and _NAME.fullmatch(node["name"])):
+                        and NAME.fullmatch(node["name"])):
                     # Only a valid name labels the table: any other text could forge lines.
                     label = node["name"]
             parts[-1:] = [f"{parts[-1]}[{label}]"] if parts else [f"[{label}]"]

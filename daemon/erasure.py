@@ -65,18 +65,17 @@ from sqlalchemy.orm import Session
 
 from connectors.base import Key, Record
 from connectors.http import APIError
-from connectors.woocommerce import classify_order
+from connectors.registry import system_for
+from connectors.system import ANONYMISE, DELETE, KEEP, System
 from daemon import trail
 from daemon.access import (
-    MODULES,
     Found,
     Lookup,
     Systems,
     classify,
     look_up,
-    order_period,
-    period_words,
     person_ref,
+    record_type_of,
     require_email,
     safe_text,
     still_theirs,
@@ -91,13 +90,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("daemon.erasure")
 
-DELETE, ANONYMISE, KEEP = "delete", "anonymise", "keep"
-# Orders first (they name their account), then accounts, then the processor copies.
-_STEP_ORDER = {("woocommerce", "order"): 0, ("woocommerce", "customer"): 1,
-               ("stripe", "customer"): 2, ("mailchimp", "member"): 3}
 _FAILED = "failed"
-# WordPress users who run the shop: deleting one could lock the owner out.
-STAFF_ROLES = frozenset({"administrator", "shop_manager"})
 
 
 @dataclass(frozen=True)
@@ -117,8 +110,11 @@ class Step:
 
     @property
     def trail_id(self) -> str | None:
-        """The id fit for audit_log: none for Mailchimp members (a hash of the email)."""
-        return None if self.kind == "mailchimp" else self.external_id
+        """The id fit for audit_log: none where the id names the person (Mailchimp's
+        members: a hash of the email)."""
+        described = record_type_of(self.kind, self.record_type)
+        return None if described is not None and described.id_is_personal else \
+            self.external_id
 
 
 @dataclass(frozen=True)
@@ -148,68 +144,19 @@ class Plan:
                 for action in (DELETE, ANONYMISE, KEEP)}
 
 
-def _day(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d") if moment else "an unknown date"
+def decide(found: Found, retention: RetentionSettings, now: datetime,
+           connector: Any = None) -> tuple[str, str]:
+    """(action, reason) for one live record, as its system decides."""
+    described = record_type_of(found.kind, found.record_type)
+    if described is None:
+        return KEEP, (f"privacy-ledger cannot erase a {found.kind} {found.record_type}: do it "
+                      "by hand")
+    return described.decide(classify(found), retention, now, connector)
 
 
-def decide(found: Found, retention: RetentionSettings, now: datetime) -> tuple[str, str]:
-    """(action, reason) for one live record."""
-    record = classify(found)
-    if found.kind == "woocommerce" and found.record_type == "customer":
-        role = record.status if record else None
-        if role in STAFF_ROLES:
-            return KEEP, (f"a staff account (role {role}) of the shop: privacy-ledger does not "
-                          "delete staff accounts; remove it in WordPress (Users) by hand, "
-                          "reassigning what it owns.")
-        return DELETE, ("the shop account: deleted for good (force=true; WooCommerce cannot "
-                        "trash accounts). Its orders are handled one by one.")
-    if found.kind == "woocommerce" and found.record_type == "order":
-        return _decide_order(record, retention, now)
-    if found.kind == "stripe" and found.record_type == "customer":
-        return DELETE, ("the Stripe customer: deleted with its name, email, addresses and "
-                        "saved payment methods.")
-    if found.kind == "stripe":
-        return KEEP, ("Stripe keeps charges as payment records, and its API can neither "
-                      "delete a charge nor change its billing details: the name, email, "
-                      "address, phone and card brand / last 4 digits on this charge stay "
-                      "with Stripe. The customer object is deleted.")
-    if found.kind == "mailchimp":
-        status = record.status if record and record.status else "a"
-        return DELETE, (f"{status} contact: deleted permanently (actions/delete-permanent), "
-                        "not archived — an archived contact is still held. Mailchimp will "
-                        "not let the address be imported again.")
-    return KEEP, f"privacy-ledger cannot erase a {found.kind} {found.record_type}: do it by hand"
-
-
-def _decide_order(record: Record | None, retention: RetentionSettings,
-                  now: datetime) -> tuple[str, str]:
-    status = record.status if record else None
-    created = record.created_at if record else None
-    what = f"{status or 'unknown-status'} order of {_day(created)}"
-    if record is not None and record.anonymised:
-        return KEEP, f"{what}: already anonymised."
-    if status == "processing":
-        return KEEP, (f"{what}: still being fulfilled, and its delivery needs the address. "
-                      "Run the erasure again once it is completed: it will be anonymised then.")
-    parameter, period, accounting = order_period(status, retention)
-    if not accounting:
-        trash = " (the trash still holds every personal field)" if status == "trash" else ""
-        return DELETE, (f"{what}: never paid{trash}, nothing to keep it for: deleted for good "
-                        "(force=true).")
-    if created is not None and created + period <= now:
-        return DELETE, (f"{what}: past its {period_words(period)} accounting period "
-                        f"([retention] {parameter}): deleted for good (force=true).")
-    until = f" until {_day(created + period)}" if created is not None else ""
-    network = ""
-    if record is not None and {"ip_address", "user_agent"} & {str(c) for c in
-                                                              record.categories}:
-        network = (" Its IP address and user agent are read-only in WooCommerce's REST API: "
-                   "they stay on the order, no longer linked to the person; only something "
-                   "running inside WordPress can clear them (the audit keeps reporting them "
-                   "once older than [retention] network_data).")
-    return ANONYMISE, (f"{what}: an accounting record, kept {period_words(period)} "
-                       f"([retention] {parameter}){until}. Its names, addresses, phone, email "
-                       "and note are replaced as WooCommerce's eraser does." + network)
+def _step_order(step: Step) -> int:
+    described = record_type_of(step.kind, step.record_type)
+    return described.erase_order if described is not None else 9
 
 
 def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, email: str, *,
@@ -220,10 +167,11 @@ def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, em
     moment = now or utcnow()
     # As typed, not only normalised: Stripe's email filter matches exactly.
     lookup = look_up(systems, email, ledger=ledger, now=moment)
-    steps = [Step(f.source, f.kind, f.record_type, f.external_id, *decide(f, retention, moment))
+    steps = [Step(f.source, f.kind, f.record_type, f.external_id,
+                  *decide(f, retention, moment, systems.connectors.get(f.source)))
              for f in lookup.records]
-    steps.sort(key=lambda s: (_STEP_ORDER.get((s.kind, s.record_type), 9), s.source,
-                              s.record_type, _natural(s.external_id)))
+    steps.sort(key=lambda s: (_step_order(s), s.source, s.record_type,
+                              _natural(s.external_id)))
     plan = Plan(uuid.uuid4().hex[:12], address, person_ref(ledger, address), moment,
                 tuple(steps), lookup)
     trail.record(ledger, actor, "erasure.plan", {
@@ -232,6 +180,13 @@ def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, em
         "systems": {a.source: "answered" if a.answered else "failed"
                     for a in lookup.answers}})
     return plan
+
+
+def _system(step: Step) -> System:
+    system = system_for(step.kind)
+    if system is None:
+        raise ValueError(f"{step.source}: no system {step.kind!r} is known to privacy-ledger")
+    return system
 
 
 def _natural(ident: str) -> tuple[int, str]:
@@ -344,7 +299,7 @@ def _read_back(systems: Systems, plan: Plan) -> tuple[list[Found], list[tuple[St
             unconfirmed.append((step, "the source is not connected"))
             continue
         try:
-            data = MODULES[step.kind].fetch(connector, step.record_type, step.external_id)
+            data = _system(step).fetch(connector, step.record_type, step.external_id)
         except (APIError, ValueError) as exc:
             unconfirmed.append((step, exc.message if isinstance(exc, APIError) else str(exc)))
             continue
@@ -369,8 +324,8 @@ def _apply_step(ledger: Ledger, systems: Systems, plan: Plan, step: Step,
         if connector is None:
             raise APIError(step.source, "the source is not connected")
         # No data given: an anonymisation reads the order afresh, never from the plan.
-        status, after = MODULES[step.kind].erase(connector, step.action, step.record_type,
-                                                 step.external_id, None)
+        status, after = _system(step).erase(connector, step.action, step.record_type,
+                                            step.external_id, None)
     except (APIError, ValueError) as exc:
         message = exc.message if isinstance(exc, APIError) else str(exc)
         trail.record(ledger, actor, "erasure.step",
@@ -393,8 +348,9 @@ def _reflect(ledger: Ledger, session: Session, step: Step, after: dict[str, Any]
     """Bring the step's holding up to date: gone, or re-classified from the anonymised
     record. Returns the ids of the holdings touched."""
     source = ledger.source(session, step.source, step.kind)
-    if after is not None and step.kind == "woocommerce" and step.record_type == "order":
-        record = classify_order(after)
+    described = record_type_of(step.kind, step.record_type)
+    if after is not None and described is not None and described.stays_after_anonymise:
+        record = described.classify(after)
         if isinstance(record, Record):
             upsert_records(session, source.id, [record], now, touch_unchanged=False)
     else:

@@ -18,12 +18,11 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -42,7 +41,7 @@ from daemon.ledger import (
     SyncRun,
 )
 from daemon.mail import RenderedEmail
-from vocabulary import Category, utcnow
+from vocabulary import SYSTEM_NAMES, Category, Link, system_name, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -133,14 +132,6 @@ class MatrixRow:
     records: int
     people: int
     counts: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Link:
-    """Where the owner acts on a finding: what the page is, and its address."""
-
-    text: str
-    url: str
 
 
 @dataclass(frozen=True)
@@ -294,105 +285,65 @@ def shown(value: object, limit: int = 120) -> str:
 
 def source_label(name: str, label: str | None = None) -> str:
     """woo:allmyink → allmyink, stripe → Stripe, mailchimp:abc → Mailchimp “Newsletter”
-    (the audience's name, when the ledger has it; else its id)."""
-    kind, _, rest = name.partition(":")
-    if kind == "woo":
+    (the audience's name, when the ledger has it; else its id), wp:blog → WordPress blog."""
+    named = system_name(name)
+    rest = name.partition(":")[2]
+    if named is None:
+        return shown(name, 60)
+    if named.bare:
         return shown(rest, 60)
-    if kind == "stripe":
-        return "Stripe"
-    if kind == "mailchimp":
-        if label and shown(label, 40):
-            return f"Mailchimp “{shown(label, 40)}”"
-        return f"Mailchimp {shown(rest, 40)}".strip()
-    return shown(name, 60)
+    if label and shown(label, 40):
+        return f"{named.title} “{shown(label, 40)}”"
+    return f"{named.title} {shown(rest, 40)}".strip()
 
 
 def system_order(name: str) -> tuple[int, str]:
-    """Shops first, then Stripe, then Mailchimp, each by name."""
-    kind = name.partition(":")[0]
-    return ({"woo": 0, "stripe": 1, "mailchimp": 2}.get(kind, 3), name)
+    """In the order the systems are named (shops, Stripe, Mailchimp, WordPress), each by
+    name."""
+    named = system_name(name)
+    return (SYSTEM_NAMES.index(named) if named else len(SYSTEM_NAMES), name)
 
 
 def _system(name: str) -> str:
-    """The system as the subject line names it: the shop, Stripe or Mailchimp."""
-    return "Mailchimp" if name.startswith("mailchimp") else source_label(name)
+    """The system as the subject line names it: the shop, or the system whose sources are
+    one account to the owner (Mailchimp), or the source."""
+    named = system_name(name)
+    return named.title if named is not None and named.one_account else source_label(name)
 
 
 # --------------------------------------------------------------------------- links
 
-STRIPE_DASHBOARD = "https://dashboard.stripe.com"
-MAILCHIMP_AUDIENCES = "https://admin.mailchimp.com/lists/"
-# A configured address links only if it is a plain http(s) URL that cannot break out of
-# an attribute or a line.
-_PLAIN_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^]+")
-_WOO_ID = re.compile(r"[1-9][0-9]{0,19}")
-_STRIPE_CUSTOMER = re.compile(r"cus_[A-Za-z0-9]{1,100}")
+LinkMaker = Callable[[str, "str | None", str, str, "str | None"], tuple[Link, ...]]
 
 
 @dataclass(frozen=True)
 class AdminPlaces:
-    """The configured addresses the email's links are built from (never an address an
-    upstream supplied): each shop's url, Stripe's dashboard (test or live, from the kind of
-    key), and whether Mailchimp is configured."""
+    """Where the email's links point, built by each configured system from its configured
+    addresses (never an address an upstream supplied): by source name, or by the prefix of
+    a family of sources (`mailchimp:`)."""
 
-    shops: tuple[tuple[str, str], ...] = ()
-    stripe_dashboard: str | None = None
-    mailchimp: bool = False
+    makers: tuple[tuple[str, LinkMaker], ...] = ()
 
-    def shop_url(self, shop: str) -> str | None:
-        return next((url for name, url in self.shops if name == shop), None)
-
-
-def stripe_dashboard(api_key: str) -> str:
-    """The dashboard for that key's mode: test keys (sk_test_, rk_test_) see test data."""
-    test = api_key.startswith(("sk_test_", "rk_test_", "pk_test_"))
-    return f"{STRIPE_DASHBOARD}/test" if test else STRIPE_DASHBOARD
+    def maker(self, source: str) -> LinkMaker | None:
+        return next((make for key, make in self.makers
+                     if source == key or (key.endswith(":") and source.startswith(key))), None)
 
 
 def admin_places(settings: Settings | None) -> AdminPlaces:
-    """Where the links of these settings' systems point; the Stripe key decides only
-    test or live, and goes nowhere."""
-    if settings is None:
-        return AdminPlaces()
-    shops = tuple((shop.name, shop.url.rstrip("/")) for shop in settings.woocommerce
-                  if _PLAIN_URL.fullmatch(shop.url.rstrip("/")))
-    # A command that read no secret cannot tell test from live: no Stripe link, not a guess.
-    dashboard = (stripe_dashboard(settings.stripe.api_key.get_secret_value())
-                 if settings.stripe is not None and settings.stripe.key_is_read else None)
-    return AdminPlaces(shops=shops, stripe_dashboard=dashboard,
-                       mailchimp=settings.mailchimp is not None)
+    """The places of these settings' systems (each system's own link maker)."""
+    return AdminPlaces() if settings is None else AdminPlaces(tuple(settings.link_makers()))
 
 
 def links_for(places: AdminPlaces, source: str, label: str | None, record_type: str,
               external_id: str, parent_id: str | None = None) -> tuple[Link, ...]:
-    """The pages where the owner acts on one record: the shop's order screen (both the
-    HPOS screen and the classic post screen, whichever the shop uses) or user screen, the
-    Stripe customer, the Mailchimp audience. Ids are checked for their upstream's shape;
-    one that does not fit gets no link."""
-    kind, _, rest = source.partition(":")
-    if kind == "woo":
-        url = places.shop_url(rest)
-        if url is None or not _WOO_ID.fullmatch(external_id):
-            return ()
-        admin = f"{url}/wp-admin"
-        if record_type == "order":
-            return (Link("order screen", f"{admin}/admin.php?page=wc-orders&action=edit"
-                                         f"&id={external_id}"),
-                    Link("order screen (shops without HPOS)",
-                         f"{admin}/post.php?post={external_id}&action=edit"))
-        if record_type == "customer":
-            return (Link("customer account", f"{admin}/user-edit.php?user_id={external_id}"),)
+    """The pages where the owner acts on one record (the shop's order screen, the Stripe
+    customer, the Mailchimp audience, the WordPress comment); the system checks each id for
+    its upstream's shape, and one that does not fit gets no link."""
+    make = places.maker(source)
+    if make is None:
         return ()
-    if kind == "stripe" and places.stripe_dashboard:
-        customer = external_id if record_type == "customer" else parent_id
-        if customer is None or not _STRIPE_CUSTOMER.fullmatch(customer):
-            return ()
-        text = "Stripe customer" if record_type == "customer" else "Stripe customer of the charge"
-        return (Link(text, f"{places.stripe_dashboard}/customers/{quote(customer, safe='')}"),)
-    if kind == "mailchimp" and places.mailchimp:
-        audience = f"“{shown(label, 40)}”" if label and shown(label, 40) else shown(rest, 40)
-        return (Link(f"audience {audience} in Mailchimp", MAILCHIMP_AUDIENCES),)
-    return ()
+    return make(source, shown(label, 40) if label else None, record_type, external_id,
+                parent_id)
 
 
 # --------------------------------------------------------------------------- queries
@@ -492,8 +443,10 @@ def _finding_item(row: Any, last_success: dict[str, datetime | None],
     name = shown(source, 80)
     ident, address, what = shown(external_id, 60), shown(email, 80), shown(record_type, 40)
     # The audit's words name an audience by the part after the colon: give it the name.
-    words_source = (f"mailchimp:“{shown(label, 40)}”"
-                    if kind == "mailchimp" and label and shown(label, 40) else name)
+    named = system_name(source or "")
+    words_source = (f"{named.prefix}:“{shown(label, 40)}”"
+                    if named is not None and named.one_account and label and shown(label, 40)
+                    else name)
     text = rule_text(rule, severity or "medium")
     return FindingItem(
         source=source_label(source or "", label), record_type=what, external_id=ident,
@@ -542,6 +495,11 @@ def _still_open(session: Session, now: datetime, since: datetime, cap: int,
     return items, max(0, total - len(items))
 
 
+def _is_shop(name: str) -> bool:
+    named = system_name(name)
+    return named is not None and named.bare
+
+
 def _open_systems(session: Session, now: datetime) -> tuple[str, ...]:
     """The subject line's list: the shop with most open findings, "N more shops", then
     Stripe and Mailchimp."""
@@ -555,7 +513,7 @@ def _open_systems(session: Session, now: datetime) -> tuple[str, ...]:
         .group_by(Source.name)
     ).all()
     open_count = {name: count for name, count in rows}
-    shops = sorted((name for name in open_count if name.startswith("woo:")),
+    shops = sorted((name for name in open_count if _is_shop(name)),
                    key=lambda name: (-open_count[name], name))
     names: list[str] = []
     if shops:
@@ -563,8 +521,9 @@ def _open_systems(session: Session, now: datetime) -> tuple[str, ...]:
         if len(shops) > 1:
             more = len(shops) - 1
             names.append(f"{more} more shop{'s' if more > 1 else ''}")
-    others = {_system(name) for name in open_count if not name.startswith("woo:")}
-    names.extend(sorted(others, key=lambda n: ({"Stripe": 0, "Mailchimp": 1}.get(n, 2), n)))
+    others = {(system_order(name)[0], _system(name)) for name in open_count
+              if not _is_shop(name)}
+    names.extend(name for _, name in sorted(others))
     return tuple(names)
 
 

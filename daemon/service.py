@@ -55,7 +55,7 @@ from daemon import logs, trail
 from daemon.ledger import AuditLogEntry, Ledger, Source, SyncRun
 from daemon.notify import Notifier, Watchdog, watchdog_interval
 from daemon.sync import INTERRUPTED, STOPPED
-from vocabulary import utcnow
+from vocabulary import system_name, utcnow
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -212,9 +212,10 @@ class JobLocks:
 
 
 def _source_filter(name: str) -> Any:
-    # The `mailchimp` job syncs one ledger source per audience: mailchimp:<list id>.
-    if name == "mailchimp":
-        return or_(Source.name == name, Source.name.like("mailchimp:%"))
+    # An account's job (`mailchimp`) syncs one ledger source per audience: mailchimp:<id>.
+    named = system_name(name)
+    if named is not None and named.one_account and name == named.prefix:
+        return or_(Source.name == name, Source.name.like(f"{name}:%"))
     return Source.name == name
 
 
@@ -341,6 +342,7 @@ class Daemon:
                 executor=executor)
 
         interval = plan.sync_interval
+        first = {unit.name for _, _, unit in self.settings.units() if unit.first}
         for name in self.settings.source_names:
             add(f"sync:{name}",
                 IntervalTrigger(seconds=interval.total_seconds(),
@@ -351,7 +353,7 @@ class Daemon:
             # seconds before the others so that it never waits for a parallel_syncs slot.
             add(f"full:{name}",
                 CronTrigger(day_of_week=plan.full_sync_weekday, hour=hour, minute=minute,
-                            second=0 if name == "stripe" else 5, timezone=self.zone),
+                            second=0 if name in first else 5, timezone=self.zone),
                 self._sync_job, name, True, grace=plan.misfire_grace)
         hour, minute = plan.audit_time
         add(NIGHTLY, CronTrigger(hour=hour, minute=minute, timezone=self.zone),

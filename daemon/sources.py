@@ -1,5 +1,5 @@
-"""The configured sources: builds connectors from settings (through one small registry of
-connector modules sharing `Settings`/`connect`) and syncs them into the ledger."""
+"""The configured sources: each configured unit of each system in connectors/registry.py
+opened, and its sources synced into the ledger, one sync of a source at a time."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
-from connectors import mailchimp, stripe, woocommerce
 from connectors.base import Connector, StopWaiting
 from connectors.http import APIError
 from daemon.config import Settings
@@ -55,21 +54,19 @@ STOP_GRACE = 5.0
 # How often a waiting sync looks at its time limit and the stop flag.
 _POLL = 0.2
 
-REGISTRY = {"woocommerce": woocommerce, "stripe": stripe, "mailchimp": mailchimp}
-
-
 class UnknownSourceError(Exception):
     pass
 
 
 def select_names(settings: Settings, only: str | None) -> list[str]:
     """The configured source names to run; `only` may be a full name (woo:allmyink), a shop
-    name (allmyink) or a kind (stripe, mailchimp, woocommerce)."""
-    names = settings.source_names
+    or site name (allmyink) or a system (stripe, mailchimp, woocommerce, wordpress)."""
+    units = [unit for _, _, unit in settings.units()]
+    names = [unit.name for unit in units]
     if only is None:
         return names
-    wanted = [n for n in names if only in (n, n.split(":", 1)[-1], n.split(":", 1)[0])
-              or (only == "woocommerce" and n.startswith("woo:"))]
+    wanted = [u.name for u in units
+              if only in (u.name, u.name.split(":", 1)[-1], u.name.split(":", 1)[0], u.kind)]
     if not wanted:
         raise UnknownSourceError(
             f"no source named {only!r}; configured: {', '.join(names) or 'none'}")
@@ -114,9 +111,10 @@ def sync_configured(ledger: Ledger, settings: Settings, *, only: str | None = No
 
     if parallel <= 1 or len(names) <= 1:
         return [result for name in names for result in run(name)]
-    # Stripe first: its cursor lists and read rate make it the longest source, and it
-    # must not wait for a free worker.
-    started = sorted(names, key=lambda name: name != "stripe")
+    # The longest sources first (Stripe's cursor lists and read rate): they must not wait
+    # for a free worker.
+    first = {unit.name for _, _, unit in settings.units() if unit.first}
+    started = sorted(names, key=lambda name: name not in first)
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sync") as pool:
         # Each thread runs in a copy of the caller's context (log bindings).
         futures = {name: pool.submit(contextvars.copy_context().run, run, name)
@@ -360,73 +358,39 @@ def _sync_one(ledger: Ledger, settings: Settings, name: str, *, full: bool,
 def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
               progress: ProgressCallback | None, should_stop: StopCheck | None,
               sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
-    connector: Connector
-    if name == "mailchimp" and settings.mailchimp is not None:
-        return _sync_mailchimp(ledger, settings, full=full, progress=progress,
-                               should_stop=should_stop, sleep=sleep)
+    """One configured unit: every source it opens synced; every configured one it cannot
+    read a failed run with the reason (a refused key fails every source the ledger knows of
+    it)."""
+    unit = next((unit for _, _, unit in settings.units() if unit.name == name), None)
+    if unit is None:
+        return []
+
+    def failed(error: str) -> list[SyncResult]:
+        names = unit.failed_sources(lambda prefix: live_sources(ledger, prefix))
+        return [record_failure(ledger, source, unit.kind, error, full=full) for source in names]
+
     try:
-        if name.startswith("woo:"):
-            shop = next(s for s in settings.woocommerce if f"woo:{s.name}" == name)
-            connector = woocommerce.connect(shop.to_connector(sleep=sleep))
-        elif name == "stripe" and settings.stripe is not None:
-            connector = stripe.connect(settings.stripe.to_connector(sleep=sleep))
-        else:
-            return []
+        opening = unit.open(sleep=sleep)
     except ValueError as exc:
         # Settings the connector refuses: the source is still configured, and its run failed.
-        kind = "woocommerce" if name.startswith("woo:") else name
-        return [record_failure(ledger, name, kind, f"cannot connect: {exc}", full=full)]
-    with opened(connector):
-        return [sync_source(ledger, connector, full=full, progress=progress,
-                            should_stop=should_stop, batch_size=settings.ledger.batch_size)]
-
-
-def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,
-                    progress: ProgressCallback | None,
-                    should_stop: StopCheck | None = None,
-                    sleep: Callable[[float], None] = time.sleep) -> list[SyncResult]:
-    """Every audience that can be read, synced; every configured one that cannot, a failed
-    run with the reason (a refused key fails every audience the ledger knows)."""
-    assert settings.mailchimp is not None  # noqa: S101 - guarded by the caller
-    configured = settings.mailchimp.audiences
-    try:
-        account = mailchimp.connect(settings.mailchimp.to_connector(sleep=sleep))
-    except ValueError as exc:
-        return _mailchimp_failed(ledger, configured, f"cannot connect: {exc}", full=full)
-    try:
-        audiences, unreadable = account.open_audiences()
+        return failed(f"cannot connect: {exc}")
     except StopWaiting:
-        account.close()
         return []
     except APIError as exc:
-        account.close()
-        return _mailchimp_failed(ledger, configured, exc.message, full=full)
-    # Stand-ins for what could not be read before: the real sources are read now.
-    retire_placeholders(ledger, ["mailchimp", *(
-        f"mailchimp:{wanted.strip()}" for wanted in configured
-        if wanted not in {u.wanted for u in unreadable}
-        and f"mailchimp:{wanted.strip()}" not in {c.source for c in audiences})])
-    results = [record_failure(ledger, u.source, "mailchimp", u.reason, full=full)
-               for u in unreadable]
-    for connector in audiences:
-        with opened(connector):
+        return failed(exc.message)
+    try:
+        if opening.read_for_real:
+            retire_placeholders(ledger, list(opening.read_for_real))
+        results = [record_failure(ledger, source, unit.kind, reason, full=full)
+                   for source, reason in opening.unreadable]
+        for connector in opening.connectors:
             if should_stop is not None and should_stop():
                 continue
             results.append(sync_source(ledger, connector, full=full, progress=progress,
                                        should_stop=should_stop,
                                        batch_size=settings.ledger.batch_size))
-    if not audiences:
-        account.close()
-    if account.listing_complete and not configured:
-        retire_sources(ledger, "mailchimp:", [c.source for c in audiences])
-    return results
-
-
-def _mailchimp_failed(ledger: Ledger, configured: list[str], error: str, *,
-                      full: bool) -> list[SyncResult]:
-    """Failed runs when the account cannot be read at all: one per configured audience, or
-    per audience the ledger knows (the account itself when it knows none)."""
-    names = ([f"mailchimp:{wanted.strip()}" for wanted in configured]
-             or live_sources(ledger, "mailchimp:") or ["mailchimp"])
-    return [record_failure(ledger, name, "mailchimp", error, full=full)
-            for name in dict.fromkeys(names)]
+        if opening.listed_all and unit.family:
+            retire_sources(ledger, unit.family, [c.source for c in opening.connectors])
+        return results
+    finally:
+        opening.close()

@@ -8,6 +8,7 @@ pyproject.toml holds it so), so that no layer needs another to name what it hold
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -46,6 +47,50 @@ CHARGE = "charge"
 MEMBER = "member"
 COMMENT = "comment"
 USER = "user"
+
+
+@dataclass(frozen=True)
+class SystemName:
+    """How a system's sources are named and shown: `woo:allmyink`, `stripe`,
+    `mailchimp:<audience id>`, `wp:blog`."""
+
+    kind: str
+    prefix: str
+    title: str
+    # Its sources are shown by their own name alone (a shop is "allmyink", not "WooCommerce
+    # allmyink"): the owner names shops, not the software under them.
+    bare: bool = False
+    # Its sources are one account to the owner (a Mailchimp account's audiences).
+    one_account: bool = False
+
+
+# In the order the email lists them.
+SYSTEM_NAMES = (
+    SystemName(WOOCOMMERCE, "woo", "WooCommerce", bare=True),
+    SystemName(STRIPE, "stripe", "Stripe"),
+    SystemName(MAILCHIMP, "mailchimp", "Mailchimp", one_account=True),
+    SystemName(WORDPRESS, "wp", "WordPress"),
+)
+
+
+def system_name(source: str) -> SystemName | None:
+    """The system a source name belongs to, by its prefix; None for one no system names."""
+    prefix = source.partition(":")[0]
+    return next((s for s in SYSTEM_NAMES if s.prefix == prefix), None)
+
+
+def source_kind(source: str) -> str:
+    """The system kind of a source name (`woo:allmyink` → woocommerce)."""
+    named = system_name(source)
+    return named.kind if named else source.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where the owner acts on a record: what the page is, and its address."""
+
+    text: str
+    url: str
 
 
 def utcnow() -> datetime:
@@ -96,3 +141,14 @@ def format_duration(period: timedelta) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def period_words(period: timedelta) -> str:
+    """A period in words for a person: 6 years, 18 months, 90 days, 1 day."""
+    days = period.days
+    for unit, size in (("year", 365), ("month", 30), ("week", 7), ("day", 1)):
+        if days and days % size == 0:
+            count = days // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    hours = int(period.total_seconds() // 3600)
+    return f"{hours} hour{'s' if hours != 1 else ''}"

@@ -62,6 +62,9 @@ class Settings:
     # False when a WooCommerce shop is configured on this site: its customer listing
     # (role=all) already reads the same accounts, and one account is never counted twice.
     include_users: bool = True
+    # What an erasure does with a published or held comment, and whether it deletes accounts.
+    erase_comments: str = "anonymise"
+    erase_accounts: bool = False
     timeout: float = 30.0
     retry_attempts: int = 5
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
@@ -267,16 +270,15 @@ class WordPressConnector:
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for form in asked.values():
             for items in self._comments_of(form):
-                found.update({(COMMENT, item["id"]): {"record_type": COMMENT, **item}
+                found.update({(COMMENT, item["id"]): _found(COMMENT, item)
                               for item in items
                               if normalise_email(item.get("author_email")) == wanted})
             if self.settings.include_users:
                 for items in self._pages("users", {"context": "edit", "search": form}):
-                    found.update({(USER, item["id"]): {"record_type": USER, **item}
+                    found.update({(USER, item["id"]): _found(USER, item)
                                   for item in items
                                   if normalise_email(item.get("email")) == wanted})
         return list(found.values())
-
 
     def _comments_of(self, email: str) -> Iterator[list[dict[str, Any]]]:
         """Comments filtered by the site; an address WordPress's is_email() refuses (it
@@ -288,6 +290,11 @@ class WordPressConnector:
             if exc.status != 400:
                 raise
             yield from self._pages("comments", everything)
+
+
+def _found(record_type: str, item: dict[str, Any]) -> dict[str, Any]:
+    """One lookup answer, as every connector gives it."""
+    return {"record_type": record_type, "external_id": str(item["id"]), "data": item}
 
 
 def _int(value: str | None, default: int | None) -> int | None:

@@ -40,7 +40,7 @@ def test_example_config_is_current() -> None:
 
 def test_example_config_validates_when_its_credentials_exist(tmp_path: Path) -> None:
     for name in ("allmyink-key", "allmyink-secret", "stripe-key", "mailchimp-key",
-                 "smtp-password"):
+                 "blog-app-password", "smtp-password"):
         (tmp_path / name).write_text("value-of-" + name + "-us6\n")
     settings = load_settings(REPO / "config" / "example.toml", secrets=sources(tmp_path))
     assert settings.woocommerce[0].name == "allmyink"

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 import pytest
 from sqlalchemy import select
 
+from connectors.stripe.system import dashboard
 from daemon import report
 from daemon.ledger import (
     Finding,
@@ -714,10 +715,10 @@ def test_links_are_built_from_configured_addresses_and_well_formed_ids_only(
 
 
 def test_stripe_links_go_to_the_test_dashboard_for_a_test_key_only() -> None:
-    assert report.stripe_dashboard("sk_test_abc") == "https://dashboard.stripe.com/test"
-    assert report.stripe_dashboard("rk_test_abc") == "https://dashboard.stripe.com/test"
-    assert report.stripe_dashboard("rk_live_abc") == "https://dashboard.stripe.com"
-    assert report.stripe_dashboard("sk_live_abc") == "https://dashboard.stripe.com"
+    assert dashboard("sk_test_abc") == "https://dashboard.stripe.com/test"
+    assert dashboard("rk_test_abc") == "https://dashboard.stripe.com/test"
+    assert dashboard("rk_live_abc") == "https://dashboard.stripe.com"
+    assert dashboard("sk_live_abc") == "https://dashboard.stripe.com"
 
 
 def test_the_text_part_of_a_hostile_estate_stays_within_78_columns(estate: Estate) -> None:
