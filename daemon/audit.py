@@ -82,13 +82,16 @@ from sqlalchemy.orm import Session, aliased
 from daemon import trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
 from vocabulary import (
+    COMMENT,
     CUSTOMER,
     MAILCHIMP,
     MEMBER,
     ORDER,
     STRIPE,
     SYSTEM_NAMES,
+    USER,
     WOOCOMMERCE,
+    WORDPRESS,
     format_duration,
     system_name,
     utcnow,
@@ -224,6 +227,56 @@ def _network_data_past_retention(policy: Any, now: datetime, dialect: str | None
     return _holding_rows(detail).where(
         Source.kind == WOOCOMMERCE, Holding.record_type == ORDER, or_(ip, agent),
         _age(Holding) < now - period)
+
+
+def _comment_network_data(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
+    period = _period(policy, "network_data")
+    ip = Holding.categories.like("%,ip_address,%")
+    agent = Holding.categories.like("%,user_agent,%")
+    detail = case(
+        (and_(ip, agent), _text("IP address and user agent")),
+        (ip, _text("IP address")),
+        else_=_text("user agent"),
+    ) + _text(f" still stored, comment older than {format_period(period)}")
+    return _holding_rows(detail).where(
+        Source.kind == WORDPRESS, Holding.record_type == COMMENT, or_(ip, agent),
+        _age(Holding) < now - period)
+
+
+# The ledger's own time of a comment's status change (comments have no modified date):
+# sync keeps it in modified_at; a comment first seen in spam has been there at least since.
+def _comment_kept_deleted(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
+    period = _period(policy, "spam_and_trash_comments")
+    detail = case(
+        (Holding.status == "trash",
+         _text(f"in the trash for more than {format_period(period)}: WordPress's scheduled "
+               "delete did not run (WP-Cron)")),
+        else_=_text(f"in spam for more than {format_period(period)}: WordPress never deletes "
+                    "spam by itself"))
+    return _holding_rows(detail).where(
+        Source.kind == WORDPRESS, Holding.record_type == COMMENT,
+        Holding.status.in_(["spam", "trash"]),
+        func.coalesce(Holding.modified_at, Holding.first_seen) < now - period)
+
+
+# Accounts that run the site are never reported for deletion (nor deleted).
+SITE_STAFF_ROLES = ("administrator", "shop_manager", "editor")
+
+
+def _inactive_site_account(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
+    period = _period(policy, "inactive_accounts")
+    threshold = now - period
+    comment = aliased(Holding)
+    return _holding_rows(_text(f"no sign-up and no comment for more than "
+                               f"{format_period(period)}")).where(
+        Source.kind == WORDPRESS, Holding.record_type == USER,
+        or_(Holding.status.is_(None), Holding.status.not_in(SITE_STAFF_ROLES)),
+        func.coalesce(Holding.last_activity_at, Holding.created_at, Holding.first_seen)
+        < threshold,
+        ~exists().where(comment.source_id == Holding.source_id,
+                        comment.record_type == COMMENT, comment.gone_at.is_(None),
+                        comment.subject_id == Holding.subject_id, _age(comment) >= threshold),
+    )
 
 
 def _processor_copy_orphaned(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
@@ -395,6 +448,21 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "Art. 5(1)(f) and Art. 32 integrity and confidentiality (and PCI DSS): the policy "
          "says card details are never visible to the shop.",
          "remove the card number from {record} and tell the customer", _card_number_exposed),
+    Rule("comment-network-data-past-retention", "low", "network_data",
+         "a WordPress comment's IP address or user agent kept longer than its period",
+         "Art. 5(1)(c) data minimisation: WordPress keeps a commenter's IP address and "
+         "browser for ever; they serve spam checks for a while, not the life of the site.",
+         "remove the IP address and user agent from {record}", _comment_network_data),
+    Rule("comment-kept-in-spam-or-trash", "medium", "spam_and_trash_comments",
+         "a WordPress comment in spam or trash for longer than WordPress's own clean-up "
+         "would keep it",
+         "Art. 5(1)(e) storage limitation: a comment nobody reads still holds its author's "
+         "name, email, IP address and browser.",
+         "delete {record} permanently (empty spam and trash)", _comment_kept_deleted),
+    Rule("inactive-site-account", "medium", "inactive_accounts",
+         "an account on a WordPress site without a shop, unused for longer than its period",
+         "Art. 5(1)(e) storage limitation: an account nobody uses is no longer needed.",
+         "delete {record}", _inactive_site_account),
     Rule("sync-stale", "high", "sync_stale",
          "a source with no successful sync within its period",
          "Art. 5(2) accountability: without a recent sync the ledger cannot show what is "

@@ -132,6 +132,12 @@ class RetentionSettings(_Section):
         default=timedelta(days=365),
         description="IP address and user agent on orders: useful against fraud for a "
                     "while, not for the six years of accounting.", examples=["1y"])
+    spam_and_trash_comments: Period = Field(
+        default=timedelta(days=30),
+        description="WordPress comments in spam or trash: WordPress's scheduled delete "
+                    "empties the trash after EMPTY_TRASH_DAYS (30 days) when WP-Cron runs, "
+                    "and never deletes spam by itself (Akismet does, after 15 days).",
+        examples=["30d"])
     processor_copies: Period = Field(
         default=timedelta(days=30),
         description="Grace for Stripe or Mailchimp to hold someone no shop holds any more.",

@@ -66,6 +66,9 @@ RULE_TITLES: dict[str, str] = {
     "stripe-customer-inactive": "Stripe customers with no recent charge",
     "mailchimp-contact-retained": "Former Mailchimp contacts still held",
     "card-number-exposed": "Full card numbers stored",
+    "comment-network-data-past-retention": "Commenters' IP addresses and browsers kept too long",
+    "comment-kept-in-spam-or-trash": "Comments left in spam and trash",
+    "inactive-site-account": "Inactive WordPress accounts",
     "sync-stale": "Systems the ledger cannot see",
 }
 

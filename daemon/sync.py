@@ -361,6 +361,11 @@ def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Recor
             parents.get(record.parent_id or "")
         values = _values(driver, record, subject_id)
         old = existing.get(key)
+        if old is not None and record.modified_at is None:
+            # No change time upstream (WordPress comments): the ledger's own time of the last
+            # status change stands in for it (spam and trash are timed by it).
+            changed = stamp if old[4] != values[2] else old[9]
+            values = (*values[:7], changed, values[8])
         if old is None:
             inserts.append((source_id, *key, *values, stamp, stamp, None))
         elif old[1] is not None or old[2:] != values:
