@@ -32,6 +32,8 @@ class RunningEstate:
     def __enter__(self) -> RunningEstate:
         for name, twin in self.estate.twins.items():
             self.servers[name] = self._stack.enter_context(TwinServer(twin))
+            if name.startswith("wp:"):
+                twin.url = self.servers[name].url  # the links the site gives name itself
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -65,6 +67,11 @@ class RunningEstate:
         mailchimp_key = _write_secret(secrets, "mailchimp-key", self.estate.mailchimp.api_key)
         lines += ["", "[mailchimp]", f'api_key = "file:{mailchimp_key}"',
                   f'base_url = "{self.url("mailchimp")}/3.0"']
+        for site, twin in self.estate.sites.items():
+            password = _write_secret(secrets, f"{site}-app-password", twin.admin_password)
+            lines += ["", "[[wordpress]]", f'name = "{site}"',
+                      f'url = "{self.url("wp:" + site)}"', f'user = "{twin.admin_user}"',
+                      f'app_password = "file:{password}"']
         path = directory / "config.toml"
         path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
         return path

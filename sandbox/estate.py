@@ -165,10 +165,13 @@ class Estate:
     stripe: Any
     mailchimp: Any
     planted: list[Planted]
+    # WordPress sites without a shop, by name.
+    sites: dict[str, Any] = field(default_factory=dict)
 
     @property
     def twins(self) -> dict[str, Any]:
         found: dict[str, Any] = {f"woo:{name}": twin for name, twin in self.shops.items()}
         found["stripe"] = self.stripe
         found["mailchimp"] = self.mailchimp
+        found.update({f"wp:{name}": twin for name, twin in self.sites.items()})
         return found

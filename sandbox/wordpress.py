@@ -89,6 +89,9 @@ class WordPressTwin(Twin):
         self._next_user = 1
         self._next_comment = 2
         self.url = "http://127.0.0.1"
+        # The administrator a loaded site signs in as, and its application password.
+        self.admin_user = "admin"
+        self.admin_password = ""
 
     # -- state ------------------------------------------------------------------------------
     def load(self, spec: dict[str, Any], *, admin_password: str) -> dict[str, Any]:
@@ -102,6 +105,7 @@ class WordPressTwin(Twin):
             admin = self.add_user("admin", "admin@example.test", "admin", "administrator",
                                   "2024-01-01 00:00:00")
             self.app_passwords[admin] = _spaceless(admin_password)
+            self.admin_password = admin_password
             ids = {"admin": admin}
             for user in spec["users"]:
                 ids[user["login"]] = self.add_user(
@@ -404,7 +408,21 @@ class WordPressTwin(Twin):
         if reply.status != 200:
             del self.comments[ident]
             return reply
+        if self._duplicate(comment):
+            del self.comments[ident]
+            return wp_rest.error(409, "comment_duplicate", "Duplicate comment detected; it "
+                                 "looks as though you&#8217;ve already said that!")
         return Reply(201, reply.body)
+
+    def _duplicate(self, new: dict[str, Any]) -> bool:
+        """wp_allow_comment(): the same words by the same author (name or email) on the same
+        post, unless the other one is in the trash, are refused (409 comment_duplicate)."""
+        return any(
+            other is not new and other["status"] != "trash"
+            and other["content"] == new["content"]
+            and (other["author_name"] == new["author_name"]
+                 or (new["author_email"] and other["author_email"] == new["author_email"]))
+            for other in self.comments.values())
 
     def _update_comment(self, comment: dict[str, Any], params: dict[str, Any],
                         headers: dict[str, str]) -> Reply:

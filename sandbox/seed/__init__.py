@@ -1,12 +1,12 @@
 """Twins filled from the estate: the one place where sandbox.estate's people meet the twins.
 The twins' own modules answer their API and know nothing of people or plants; each system's
-module here (woocommerce, stripe, mailchimp) turns the people into that system's records.
+module here (woocommerce, stripe, mailchimp, wordpress) turns the people into that system's records.
 """
 
 from __future__ import annotations
 
 from sandbox.estate import Estate, EstateSpec, Planted, make_people
-from sandbox.seed import mailchimp, stripe, woocommerce
+from sandbox.seed import mailchimp, stripe, woocommerce, wordpress
 
 
 def build_estate(spec: EstateSpec | None = None) -> Estate:
@@ -18,4 +18,5 @@ def build_estate(spec: EstateSpec | None = None) -> Estate:
     return Estate(spec=spec, people=people, shops=shops,
                   stripe=stripe.seeded(spec, people, planted),
                   mailchimp=mailchimp.seeded(spec, people, planted),
-                  planted=planted)
+                  planted=planted,
+                  sites={wordpress.SITE: wordpress.seeded(spec, people, planted)})

@@ -112,7 +112,7 @@ def test_a_lookup_keeps_only_the_exact_address(wordpress: Server) -> None:
                                       .replace("ë", "e"))
     finally:
         connector.close()
-    assert exact and {normalise_email(r["author_email"]) for r in exact} == {
+    assert exact and {normalise_email(r["data"]["author_email"]) for r in exact} == {
         normalise_email(accented["author_email"])}
     assert unaccented == []
 

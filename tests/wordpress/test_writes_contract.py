@@ -100,3 +100,19 @@ def test_a_user_who_may_not_write_is_refused_with_what_to_do(wordpress: Server) 
     assert refused.value.status == 403
     assert "administrator" in refused.value.message
     assert password not in refused.value.message
+
+
+def test_the_same_words_twice_from_one_author_are_refused_as_a_duplicate(
+        wordpress: Server) -> None:
+    first = _comment(wordpress, content="Said once, and only once.")
+    try:
+        again = requests.post(f"{wordpress.rest}/comments", auth=wordpress.admin, timeout=30,
+                              json={"post": wordpress.seeded["post"],
+                                    "author_name": "Dana Case",
+                                    "author_email": "dana.case@example.net",
+                                    "content": "Said once, and only once."})
+        assert again.status_code == 409
+        assert again.json()["code"] == "comment_duplicate"
+    finally:
+        requests.delete(f"{wordpress.rest}/comments/{first}", auth=wordpress.admin,
+                        params={"force": "true"}, timeout=30)
