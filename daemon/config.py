@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -359,16 +360,10 @@ class ScheduleSettings(_Section):
         return _clock(self.full_sync.split()[1])
 
 
-class Settings(_Section):
-    """The whole config file."""
+class _Settings(_Section):
+    """The whole config file but its systems' sections (Settings adds those)."""
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
-    # One field per system of connectors/registry.py, each with its own settings model
-    # (a list for systems configured several times); test_config holds them to the registry.
-    woocommerce: list[WooCommerceSettings] = Field(default_factory=list)
-    stripe: StripeSettings | None = None
-    mailchimp: MailchimpSettings | None = None
-    wordpress: list[WordPressSettings] = Field(default_factory=list)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     timezone: str = Field(default="Europe/London",
                           description="Local time zone for schedules and the email.",
@@ -381,7 +376,7 @@ class Settings(_Section):
         default_factory=ScheduleSettings,
         description="When the daemon (privacy-ledger run) syncs, audits and emails.")
 
-    @field_validator(*(system.section for system in SYSTEMS if system.many))
+    @field_validator(*(system.section for system in SYSTEMS if system.many), check_fields=False)
     @classmethod
     def _unique_names(cls, sections: list[Any]) -> list[Any]:
         names = [section.name for section in sections]
@@ -444,6 +439,24 @@ class Settings(_Section):
         link maker for it: where the email's links point."""
         return [(unit.family or unit.name, system.links(section))
                 for system, section, unit in self.units()]
+
+
+def _system_fields() -> dict[str, Any]:
+    """One field per system of connectors/registry.py, with that system's settings model: a
+    list of tables for a system configured several times ([[woocommerce]]), else one table."""
+    fields: dict[str, Any] = {}
+    for system in SYSTEMS:
+        if system.many:
+            fields[system.section] = (list[system.settings], Field(default_factory=list))
+        else:
+            fields[system.section] = (system.settings | None, None)
+    return fields
+
+
+# Adding a system to the registry adds its section here; nothing else in this file names one.
+Settings = create_model("Settings", __base__=_Settings, __module__=__name__,
+                        **_system_fields())
+Settings.__doc__ = "The whole config file."
 
 
 def _location(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> str:

@@ -54,7 +54,8 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
     # A fresh ledger: the old one's trail anchor would not fit it.
     for stale in ("ledger.db", "ledger.db-wal", "ledger.db-shm", "trail.anchor"):
         (out / stale).unlink(missing_ok=True)
-    spec = EstateSpec(seed=seed, people=people, now=utcnow().replace(microsecond=0))
+    spec = EstateSpec(seed=seed, people=people, now=utcnow().replace(microsecond=0),
+                      sites=("journal",))
     estate = build_estate(spec)
     yield (f"Sandbox estate (seed {seed}): {len(spec.shops)} WooCommerce shops, Stripe and "
            f"Mailchimp, {people} people, on 127.0.0.1.")

@@ -87,6 +87,9 @@ class EstateSpec:
     now: datetime = field(default_factory=lambda: datetime(2026, 11, 1, 6, 0, tzinfo=UTC))
     # Planted cases per tag (0 turns planting off, e.g. for benchmarks).
     planted_per_tag: int = 2
+    # WordPress sites without a shop (the demo has a journal; the tests of the shops and
+    # processors leave it out).
+    sites: tuple[str, ...] = ()
 
 
 def rng_for(spec: EstateSpec, *parts: object) -> random.Random:

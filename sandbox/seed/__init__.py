@@ -19,4 +19,5 @@ def build_estate(spec: EstateSpec | None = None) -> Estate:
                   stripe=stripe.seeded(spec, people, planted),
                   mailchimp=mailchimp.seeded(spec, people, planted),
                   planted=planted,
-                  sites={wordpress.SITE: wordpress.seeded(spec, people, planted)})
+                  sites={site: wordpress.seeded(spec, people, planted, site=site)
+                         for site in spec.sites})

@@ -21,12 +21,13 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def seeded(spec: EstateSpec, people: list[Person], planted: list[Planted]) -> WordPressTwin:
+def seeded(spec: EstateSpec, people: list[Person], planted: list[Planted], *,
+           site: str = SITE) -> WordPressTwin:
     """A journal with a comment from every fifth person (some of them members), an editor,
     spam and trash left since long ago, and members who never came back."""
-    rng = rng_for(spec, "wordpress")
+    rng = rng_for(spec, "wordpress", site)
     twin = WordPressTwin()
-    source = f"wp:{SITE}"
+    source = f"wp:{site}"
     users: list[dict[str, Any]] = [{
         "login": "editor", "email": "editor@journal.example", "display_name": "The Editor",
         "first_name": "The", "last_name": "Editor", "role": "editor",
@@ -57,10 +58,19 @@ def seeded(spec: EstateSpec, people: list[Person], planted: list[Planted]) -> Wo
                "subscriber_login": users[0]["login"],
                "subscriber_password": "wxyz ABCD efgh IJKL mnop QRST"},
               admin_password=ADMIN_PASSWORD)
-    # What the audit must say: a comment id is its place in the spec (ids start at 2).
+    # What the audit must say under the default [retention] (network_data 1y,
+    # inactive_accounts 2y): a comment's id is its place in the spec (ids start at 2), an
+    # account's its place after the administrator (ids start at 1).
+    written = {c["author_email"]: [] for c in comments}
     for ident, comment in enumerate(comments, start=2):
-        older = datetime.strptime(comment["date_gmt"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-        if older < spec.now - timedelta(days=365) and comment["status"] != "trash":
+        moment = datetime.strptime(comment["date_gmt"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        written[comment["author_email"]].append(moment)
+        if moment < spec.now - timedelta(days=365):
             planted.append(Planted("comment-network-data-past-retention", source, "comment",
                                    str(ident), comment["author_email"]))
+    threshold = spec.now - timedelta(days=730)
+    for ident, user in enumerate(users, start=2):
+        if user["role"] == "subscriber" and all(m < threshold for m in written[user["email"]]):
+            planted.append(Planted("inactive-site-account", source, "user", str(ident),
+                                   user["email"]))
     return twin

@@ -20,10 +20,12 @@ from sandbox.seed import build_estate
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=[7, 8])
+@pytest.fixture(params=[(7, ()), (8, ()), (9, ("journal",))],
+                ids=["7", "8", "9-with-a-wordpress-site"])
 def synced(request: pytest.FixtureRequest, ledger: Ledger, ledger_url: str,
            tmp_path: Path) -> Iterator[tuple[Estate, Ledger]]:
-    estate = build_estate(EstateSpec(seed=request.param, people=150, now=NOW))
+    seed, sites = request.param
+    estate = build_estate(EstateSpec(seed=seed, people=150, now=NOW, sites=sites))
     with RunningEstate(estate) as running:
         settings = load_settings(running.write_config(tmp_path, ledger_url=ledger_url))
         results = sync_configured(ledger, settings, full=True)
