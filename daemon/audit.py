@@ -677,7 +677,8 @@ def _record_words(kind: str | None, source: str, record_type: str | None,
         return f"the {named.title} contact {email or external_id}{where}"
     if named is not None:
         where = f" on {rest}" if rest else ""
-        return f"the {named.title} {record_type} {external_id}{where}"
+        what = "account" if record_type == USER else record_type
+        return f"the {named.title} {what} {external_id}{where}"
     return f"{record_type} {external_id} in {source}"
 
 

@@ -141,5 +141,6 @@ def findings_summary(ledger: Ledger, result: AuditResult) -> Iterator[str]:
     by_rule: dict[str, list[FindingView]] = {}
     for finding in findings:
         by_rule.setdefault(finding.rule, []).append(finding)
+    width = max((len(rule) for rule in by_rule), default=0)
     for rule, items in by_rule.items():
-        yield f"  {rule:<30} {len(items):>4}  e.g. {items[0].action}"
+        yield f"  {rule:<{width}} {len(items):>4}  e.g. {items[0].action}"

@@ -97,7 +97,7 @@ def relay() -> Iterator[tuple[Mailbox, int]]:
 
 @pytest.fixture(scope="module")
 def estate() -> Iterator[RunningEstate]:
-    built = build_estate(EstateSpec(people=40, shops=("allmyink",),
+    built = build_estate(EstateSpec(people=40, shops=("allmyink",), sites=("blog",),
                                     now=utcnow().replace(microsecond=0)))
     with RunningEstate(built) as running:
         yield running
@@ -160,6 +160,8 @@ def test_the_readme_systemd_install_path_works_with_the_installed_command(
         ('base_url = "https://api.stripe.com"', f'base_url = "{estate.url("stripe")}"'),
         ('# base_url = "https://us6.api.mailchimp.com/3.0"',
          f'base_url = "{estate.url("mailchimp")}/3.0"'),
+        ('url = "https://blog.example"', f'url = "{estate.url("wp:blog")}"'),
+        ('user = "privacy-ledger"', f'user = "{estate.estate.sites["blog"].admin_user}"'),
         ('host = "smtp.example.com"', 'host = "127.0.0.1"'),
         ("port = 587", f"port = {smtp_port}"),
         ('security = "starttls"', 'security = "none"'),
@@ -170,7 +172,8 @@ def test_the_readme_systemd_install_path_works_with_the_installed_command(
     for name, value in (("allmyink-key", shop.consumer_key),
                         ("allmyink-secret", shop.consumer_secret),
                         ("stripe-key", estate.estate.stripe.api_key),
-                        ("mailchimp-key", estate.estate.mailchimp.api_key)):
+                        ("mailchimp-key", estate.estate.mailchimp.api_key),
+                        ("blog-app-password", estate.estate.sites["blog"].admin_password)):
         (credentials / name).write_text(value)
 
     # 4. check before enabling: every system answers; the ledger is left to the first run.
@@ -185,7 +188,7 @@ def test_the_readme_systemd_install_path_works_with_the_installed_command(
         "config": ("OK", str(config)),
         "ledger": ("OK", f"not created yet: the first `run` creates it in {state}"),
         "woo:allmyink": rows["woo:allmyink"], "stripe": rows["stripe"],
-        "mailchimp": rows["mailchimp"],
+        "mailchimp": rows["mailchimp"], "wp:blog": rows["wp:blog"],
         "smtp": ("OK", "connected (nothing sent)")}
     assert all(result == "OK" for result, _ in rows.values()), rows
     assert tree(state) == {}, "check wrote into the state directory"
