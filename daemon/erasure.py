@@ -83,6 +83,7 @@ from daemon.access import (
 )
 from daemon.ledger import EmailForm, Finding, Holding, Ledger, Subject
 from daemon.mail import purge_mail
+from daemon.requests import remember_erasure
 from daemon.sync import mark_gone, upsert_records
 from vocabulary import utcnow
 
@@ -316,6 +317,8 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
         withdrawn, deleted = purge_mail(session, (plan.email, *plan.lookup.forms))
         if done_well:
             forgotten = _forget_subject(session, plan.email)
+            # Only the keyed hash and the date: a later sync seeing the person is a finding.
+            remember_erasure(session, plan.person, moment)
         trail.append(session, actor, "erasure.done", {
             "request": plan.request_id, "person": plan.person, "verified": done_well,
             "steps": {status: sum(1 for o in outcomes if o.status == status)

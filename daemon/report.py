@@ -68,6 +68,8 @@ RULE_TITLES: dict[str, str] = {
     "mailchimp-contact-retained": "Former Mailchimp contacts still held",
     "card-number-exposed": "Full card numbers stored",
     "sync-stale": "Systems the ledger cannot see",
+    "erased-person-reappeared": "Erased people held again",
+    "request-overdue": "Requests past their due day",
 }
 
 
