@@ -31,7 +31,8 @@ RULE = "erased-person-reappeared"
 
 
 def test_an_erased_person_put_back_by_a_guest_checkout_is_a_finding_until_acknowledged(
-        running: RunningEstate, synced: Ledger, systems: Systems, settings: Settings) -> None:
+        running: RunningEstate, synced: Ledger, systems: Systems,  # noqa: F811
+        settings: Settings) -> None:  # noqa: F811
     estate = running.estate
     p = person(estate, everywhere)
     plan = make_plan(synced, systems, settings.retention, p.email, now=NOW)
