@@ -935,3 +935,63 @@ def request_close(app: App, request_id: str) -> None:
         ledger.close()
     late = " (after its due day)" if view.closed and view.closed > view.due else ""
     click.echo(f"request {view.id} closed{late}")
+
+
+@main.command()
+@click.argument("target", nargs=-1, metavar="[RULE SOURCE EXTERNAL_ID]")
+@click.option("--rule", "rule_id", metavar="RULE",
+              help="Fix every current finding of this rule (acknowledged ones are left).")
+@click.option("--source", "source_name", metavar="NAME",
+              help="With --rule: only this source's findings.")
+@click.option("--record-type", metavar="TYPE",
+              help="customer, order, …: only when the source has two records with this id.")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Carry the plan out. Without it only the plan is shown: nothing changes.")
+@click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
+@click.pass_obj
+def fix(app: App, target: tuple[str, ...], rule_id: str | None, source_name: str | None,
+        record_type: str | None, do_apply: bool, yes: bool) -> None:
+    """Fix findings: one (RULE SOURCE EXTERNAL_ID) or all of --rule RULE. Plans first; with
+    --apply writes upstream (throttled: [fix] writes_per_second), records each step in the
+    audit trail, resolves the finding and reads each record back. Safe to run again after
+    a stop: nothing is written twice. Exits 1 unless every write is verified."""
+    from daemon.access import open_systems
+    from daemon.audit import AuditError
+    from daemon.fix import FixError, apply_fix, plan_lines, plan_one, plan_rule, result_lines
+
+    if (rule_id is None) == (len(target) == 0) or (target and len(target) != 3):
+        raise click.UsageError("give RULE SOURCE EXTERNAL_ID for one finding, or --rule RULE "
+                               "[--source NAME] for all of a rule")
+    if source_name is not None and rule_id is None:
+        raise click.UsageError("--source goes with --rule")
+    settings = app.settings_with_secrets
+    shop_urls = {shop.name: shop.url.rstrip("/") for shop in settings.woocommerce}
+    ledger = app.ledger()
+    try:
+        if rule_id is not None:
+            plan = plan_rule(ledger, rule_id, source=source_name, shop_urls=shop_urls)
+        else:
+            plan = plan_one(ledger, *target, record_type=record_type, shop_urls=shop_urls)
+        for line in plan_lines(plan):
+            click.echo(_escaped(line))
+        if not plan.writes:
+            return
+        if not do_apply:
+            click.echo("Nothing was changed: this is the plan only. Run again with --apply "
+                       "to carry it out.")
+            return
+        if not yes and not click.confirm(f"Apply {len(plan.writes)} write(s)? Deletions "
+                                         "cannot be undone.", default=False):
+            click.echo("Cancelled: nothing was changed.")
+            sys.exit(1)
+        with open_systems(settings) as systems:
+            result = apply_fix(ledger, systems, plan, settings.retention,
+                               rate=settings.fix.writes_per_second)
+    except (FixError, AuditError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    for line in result_lines(result):
+        click.echo(_escaped(line))
+    if not result.complete:
+        sys.exit(1)

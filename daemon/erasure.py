@@ -401,6 +401,8 @@ def record_step(ledger: Ledger, step: Step, status: str, after: dict[str, Any] |
                 detail: dict[str, Any]) -> StepOutcome:
     """A step done upstream (or found done already) reflected in the ledger, its findings
     settled, and its trail entry, in one transaction."""
+    detail = {**detail, "source": step.source, "record_type": step.record_type,
+              "external_id": step.trail_id, "action": step.action}
     with ledger.session() as session:
         holding_ids = _reflect(ledger, session, step, after, now)
         settled = settle_findings(session, holding_ids, retention, now)

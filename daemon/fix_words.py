@@ -1,0 +1,34 @@
+"""Which findings `privacy-ledger fix` can fix, and the commands the email and the audit
+print for them (shared by daemon/fix.py and daemon/report.py, which may not import the
+connectors fix.py uses)."""
+
+from __future__ import annotations
+
+import shlex
+
+DELETE, ANONYMISE, CLEAR_NOTE = "delete", "anonymise", "clear-note"
+
+# (rule, system, record type) → the write that fixes the finding.
+ACTIONS: dict[tuple[str, str, str], str] = {
+    ("inactive-account", "woocommerce", "customer"): DELETE,
+    ("order-past-retention", "woocommerce", "order"): ANONYMISE,
+    ("unpaid-order-past-retention", "woocommerce", "order"): DELETE,
+    ("processor-copy-orphaned", "stripe", "customer"): DELETE,
+    ("processor-copy-orphaned", "mailchimp", "member"): DELETE,
+    ("stripe-customer-inactive", "stripe", "customer"): DELETE,
+    ("mailchimp-contact-retained", "mailchimp", "member"): DELETE,
+    ("card-number-exposed", "woocommerce", "order"): CLEAR_NOTE,
+}
+FIXABLE_RULES = frozenset(rule for rule, _, _ in ACTIONS)
+
+
+def fix_all_command(rule: str) -> str | None:
+    """The one command that fixes every finding of the rule (None: nothing to run)."""
+    return f"privacy-ledger fix --rule {rule}" if rule in FIXABLE_RULES else None
+
+
+def fix_command(rule: str, source: str | None, external_id: str | None) -> str | None:
+    """The command that fixes one finding (None: the rule has no fix)."""
+    if rule not in FIXABLE_RULES or not source or not external_id:
+        return None
+    return "privacy-ledger fix " + " ".join(shlex.quote(p) for p in (rule, source, external_id))
