@@ -4,7 +4,12 @@ connectors fix.py uses)."""
 
 from __future__ import annotations
 
+import re
 import shlex
+
+# Ids and source names as the upstreams make them: anything else gets no per-finding command
+# (an id that had to be cut or escaped would name another record or none).
+_PLAIN = re.compile(r"[A-Za-z0-9_.:@+-]{1,100}")
 
 DELETE, ANONYMISE, CLEAR_NOTE = "delete", "anonymise", "clear-note"
 
@@ -30,5 +35,7 @@ def fix_all_command(rule: str) -> str | None:
 def fix_command(rule: str, source: str | None, external_id: str | None) -> str | None:
     """The command that fixes one finding (None: the rule has no fix)."""
     if rule not in FIXABLE_RULES or not source or not external_id:
+        return None
+    if not (_PLAIN.fullmatch(source) and _PLAIN.fullmatch(external_id)):
         return None
     return "privacy-ledger fix " + " ".join(shlex.quote(p) for p in (rule, source, external_id))

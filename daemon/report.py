@@ -31,6 +31,7 @@ from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from daemon import audit, trail
+from daemon.fix_words import fix_all_command, fix_command
 from daemon.ledger import (
     AuditLogEntry,
     Finding,
@@ -42,6 +43,7 @@ from daemon.ledger import (
     SyncRun,
 )
 from daemon.mail import RenderedEmail
+from daemon.requests import DUE_SOON, RequestView, open_requests
 from vocabulary import Category, utcnow
 
 if TYPE_CHECKING:
@@ -160,6 +162,8 @@ class FindingItem:
     links: tuple[Link, ...] = ()
     title: str = ""
     severity: str = ""
+    # `privacy-ledger fix …` for this one finding; empty when its rule has no fix.
+    fix_command: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ class RuleGroup:
     items: tuple[FindingItem, ...]
     more: int
     list_command: str
+    # The one command that fixes every finding of the rule; empty when it has no fix.
+    fix_command: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,20 @@ class Digest:
     # On a day with nothing new: the oldest open findings, and how many more are open.
     still_open: tuple[FindingItem, ...] = field(default=())
     still_open_more: int = 0
+    # Open access and erasure requests, the soonest due first (daemon/requests.py).
+    requests: tuple[RequestView, ...] = field(default=())
+
+    def days_left(self, request: RequestView) -> int:
+        return request.days_left(self.generated_at.date())
+
+    @property
+    def due_soon(self) -> tuple[RequestView, ...]:
+        """Requests due within 7 days (or overdue): the email lists them first."""
+        return tuple(r for r in self.requests if self.days_left(r) <= DUE_SOON.days)
+
+    @property
+    def due_later(self) -> tuple[RequestView, ...]:
+        return tuple(r for r in self.requests if self.days_left(r) > DUE_SOON.days)
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -504,7 +524,8 @@ def _finding_item(row: Any, last_success: dict[str, datetime | None],
                                 last_success.get(name)), 300),
         links=links_for(places, source or "", label, record_type or "", external_id or "",
                         parent),
-        title=text.title, severity=text.severity)
+        title=text.title, severity=text.severity,
+        fix_command=shown(fix_command(rule, source, external_id) or "", 300))
 
 
 def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
@@ -527,7 +548,8 @@ def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
                                 reason=rule_text(count.rule, count.severity).reason,
                                 total=count.new, items=tuple(items),
                                 more=max(0, count.new - len(items)),
-                                list_command=list_command(count.rule)))
+                                list_command=list_command(count.rule),
+                                fix_command=fix_all_command(count.rule) or ""))
     return tuple(groups)
 
 
@@ -733,6 +755,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
+        register = open_requests(session)
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -741,7 +764,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
                   job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
-                  still_open=still_open, still_open_more=still_more)
+                  still_open=still_open, still_open_more=still_more, requests=register)
 
 
 # --------------------------------------------------------------------------- rendering

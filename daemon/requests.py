@@ -154,11 +154,16 @@ def open_request(ledger: Ledger, kind: str, person: str, *, received: date | Non
 
 def list_requests(ledger: Ledger, *, include_closed: bool = False) -> list[RequestView]:
     """Open requests (all with include_closed), the soonest due first."""
+    with ledger.sessions() as session:
+        return list(open_requests(session, include_closed=include_closed))
+
+
+def open_requests(session: Session, *, include_closed: bool = False) -> tuple[RequestView, ...]:
+    """The same inside a session (the morning email's)."""
     query = select(Request).order_by(Request.due_at, Request.id)
     if not include_closed:
         query = query.where(Request.status == OPEN)
-    with ledger.sessions() as session:
-        return [_view(row) for row in session.scalars(query)]
+    return tuple(_view(row) for row in session.scalars(query))
 
 
 def extend_request(ledger: Ledger, request_id: str, reason: str, *,
