@@ -115,6 +115,11 @@ def _item(rule: str, finding_id: int, source: Source, holding: Holding,
     action = ACTIONS.get((rule, source.kind, holding.record_type), "keep")
     by_hand = _by_hand(rule, source, holding.record_type, holding.external_id,
                        holding.evidence, shop_urls)
+    if source.kind == "woocommerce" and holding.status in STAFF_ROLES:
+        # The role as last synced; apply reads it live again before any write.
+        by_hand = (f"a staff account (role {holding.status}): privacy-ledger does not delete "
+                   "staff accounts; remove it in WordPress (Users) by hand, reassigning what "
+                   "it owns")
     reason = by_hand or f"{holding.record_type} {_WHY.get(action, '')}"
     step = Step(source.name, source.kind, holding.record_type, holding.external_id,
                 action if by_hand is None else "keep", reason)

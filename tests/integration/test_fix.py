@@ -182,3 +182,23 @@ def test_a_bulk_fix_killed_with_sigkill_completes_on_rerun_writing_each_record_o
     done = [s for s in steps(synced) if s["status"] in ("deleted", "already gone")]
     assert sorted(str(s["external_id"]) for s in done) == sorted(targets)
     assert trail.verify(synced).ok
+
+
+def test_an_inactive_shop_manager_is_never_deleted(
+        running: RunningEstate, config: Path, synced: Ledger) -> None:
+    shop = running.estate.shops["allmyink"]
+    old = datetime.now(UTC) - timedelta(days=4 * 365)
+    staff = shop.add_customer(email="old.manager@example.com", role="shop_manager",
+                              date_created=old, last_active=old)
+    settings = load_settings(config)
+    sync_configured(synced, settings, full=True)
+    run_audit(synced, settings.retention)
+    assert ("woo:allmyink", str(staff)) in open_of(synced, "inactive-account")
+    writes = shop.writes
+    result = cli(config, "fix", "--rule", "inactive-account", "--apply", "--yes")
+    assert "staff account (role shop_manager)" in result.output
+    assert staff in shop.customers
+    assert ("woo:allmyink", str(staff)) in open_of(synced, "inactive-account")
+    assert shop.writes - writes == len([s for s in steps(synced) if s["status"] == "deleted"
+                                        and s["source"] == "woo:allmyink"])
+    assert trail.verify(synced).ok
