@@ -6,6 +6,7 @@ record and the erasure date; `ack` with a reason records that they came back by 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select, text
 
@@ -71,3 +72,33 @@ def test_an_erased_person_put_back_by_a_guest_checkout_is_a_finding_until_acknow
     (held,) = current_findings(synced, rules=[RULE])
     assert held.status == "acknowledged"
     assert trail.verify(synced).ok
+
+
+def test_erase_and_export_attach_to_the_persons_open_request_through_click(
+        running: RunningEstate, tmp_path: Path, sqlite_url: str) -> None:  # noqa: F811
+    from click.testing import CliRunner
+
+    from daemon.cli import main
+
+    config = running.write_config(tmp_path / "config", ledger_url=sqlite_url)
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, ["--config", str(config), *args])
+        return result.exit_code, result.output
+
+    p = person(running.estate, everywhere)
+    code, out = cli("request", "open", "erasure", p.email,
+                    "--received", datetime.now(UTC).date().isoformat())
+    assert code == 0, out
+    request_id = out.split()[1]
+    code, out = cli("erase", p.email, "--apply", "--yes")
+    assert code == 0, out
+    assert f"request {request_id}: due" in out
+    code, out = cli("export", p.email, "--out", str(tmp_path / "copy"))
+    assert code == 0, out
+    access_id = out.split("request ")[1].split(":")[0]
+    assert access_id != request_id
+    code, out = cli("request", "list")
+    assert request_id in out and access_id in out
+    # open + attach for the erasure; open + attach for the access request made by export.
+    assert "2 trail entries" in out
