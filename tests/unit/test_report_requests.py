@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from daemon import report
+from daemon.audit import run_audit
+from daemon.config import RetentionSettings
 from daemon.ledger import Ledger
 from daemon.requests import open_request
 from tests.unit.test_report import NOW, Estate, estate, flat  # noqa: F401  (fixture)
@@ -18,7 +20,10 @@ def test_open_requests_are_listed_soonest_first_with_days_left(
                          now=NOW)
     soon = open_request(ledger, "erasure", "p-soon", received=date(2025, 2, 8), now=NOW)
     late = open_request(ledger, "access", "p-late", received=date(2025, 1, 20), now=NOW)
-    digest = report.build_digest(ledger, now=NOW)
+    run_audit(ledger, RetentionSettings(), now=NOW, rules=["request-overdue"])
+    digest = report.build_digest(ledger, now=NOW + timedelta(seconds=1))
+    (overdue,) = [g for g in digest.new_by_rule if g.rule == "request-overdue"]
+    assert overdue.severity == "high" and overdue.total == 1 and overdue.fix_command == ""
     assert [r.id for r in digest.due_soon] == [late.id, soon.id]
     assert [r.id for r in digest.due_later] == [later.id]
     text = flat(report.render(digest).text)
@@ -29,6 +34,7 @@ def test_open_requests_are_listed_soonest_first_with_days_left(
     html = report.render(digest).html
     assert "Open requests" in html and "OVERDUE by 12 days" in html
     assert "p-late" not in text and "p-late" not in html
+    assert "Requests past their due day" in text
 
 
 def test_each_rule_says_the_command_that_fixes_all_of_it_and_each_finding_its_own(
