@@ -36,7 +36,7 @@ from daemon import trail
 from daemon.access import MODULES, Systems, safe_text
 from daemon.audit import resolve_source, rules_for
 from daemon.erasure import STAFF_ROLES, Step, StepOutcome, apply_step, record_step
-from daemon.fix_words import ACTIONS, ANONYMISE, CLEAR_NOTE, DELETE
+from daemon.fix_words import ACTIONS, ANONYMISE, CLEAR_NOTE, DELETE, FIXABLE_RULES
 from daemon.ledger import Finding, Holding, Ledger, Source
 from vocabulary import utcnow
 
@@ -126,6 +126,16 @@ def _item(rule: str, finding_id: int, source: Source, holding: Holding,
     return FixItem(finding_id, rule, step, by_hand)
 
 
+# Findings `fix` cannot write but whose plan says plainly what to do and where.
+_SAID = frozenset({"network-data-past-retention"})
+
+
+def _fixable(rule: str) -> None:
+    if rule not in FIXABLE_RULES and rule not in _SAID:
+        raise FixError(f"{rule} has no fix privacy-ledger can write: it is fixed by what "
+                       f"`privacy-ledger audit --rule {rule}` says to do")
+
+
 def _held(now: datetime) -> Any:
     return and_(Finding.acknowledged_at.is_not(None),
                 or_(Finding.ack_until.is_(None), Finding.ack_until > now))
@@ -136,6 +146,7 @@ def plan_one(ledger: Ledger, rule: str, source: str, external_id: str, *,
              now: datetime | None = None, actor: str = "cli") -> FixPlan:
     """The fix of one finding; FixError when it is resolved, acknowledged or unknown."""
     spec = rules_for([rule])[0]
+    _fixable(spec.id)
     moment = now or utcnow()
     with ledger.sessions() as session:
         found_source = resolve_source(session, source)
@@ -168,6 +179,7 @@ def plan_rule(ledger: Ledger, rule: str, *, source: str | None = None,
               actor: str = "cli") -> FixPlan:
     """The fix of every current finding of a rule (of one source), acknowledged ones left."""
     spec = rules_for([rule])[0]
+    _fixable(spec.id)
     moment = now or utcnow()
     with ledger.sessions() as session:
         query = (select(Finding, Holding, Source)

@@ -41,6 +41,7 @@ KINDS = ("access", "erasure")
 OPEN, CLOSED = "open", "closed"
 # The morning email lists these first.
 DUE_SOON = timedelta(days=7)
+_CHUNK = 5000
 
 
 class RegisterError(Exception):
@@ -259,9 +260,11 @@ def stamp_subjects(session: Session) -> int:
     key = person_key(session)
     rows = session.execute(select(Subject.id, Subject.email)
                            .where(Subject.person_ref.is_(None))).all()
-    for ident, email in rows:
-        session.execute(update(Subject).where(Subject.id == ident)
-                        .values(person_ref=keyed_ref(key, email)))
+    # One executemany per chunk (an UPDATE by primary key), not a statement per subject.
+    for start in range(0, len(rows), _CHUNK):
+        session.execute(update(Subject), [
+            {"id": ident, "person_ref": keyed_ref(key, email)}
+            for ident, email in rows[start:start + _CHUNK]])
     return len(rows)
 
 

@@ -202,3 +202,12 @@ def test_an_inactive_shop_manager_is_never_deleted(
     assert shop.writes - writes == len([s for s in steps(synced) if s["status"] == "deleted"
                                         and s["source"] == "woo:allmyink"])
     assert trail.verify(synced).ok
+
+
+def test_a_rule_without_a_fix_says_so(config: Path, synced: Ledger) -> None:
+    result = cli(config, "fix", "--rule", "sync-stale")
+    assert result.exit_code == 1 and "sync-stale has no fix" in result.output
+    unknown = cli(config, "fix", "--rule", "no-such-rule")
+    assert unknown.exit_code == 1 and "unknown rule 'no-such-rule'" in unknown.output
+    usage = cli(config, "fix", "inactive-account", "woo:allmyink")
+    assert usage.exit_code == 2 and "RULE SOURCE EXTERNAL_ID" in usage.output
