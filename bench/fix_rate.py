@@ -59,7 +59,9 @@ def one_run(rate: float, orders: int) -> tuple[float, int]:
                 started = time.perf_counter()
                 result = apply_fix(ledger, systems, plan, settings.retention, rate=rate)
                 elapsed = time.perf_counter() - started
-            assert result.complete, [o.error for o in result.outcomes if not o.ok]
+            if not result.complete:
+                raise SystemExit(f"the fix did not complete: "
+                                 f"{[o.error for o in result.outcomes if not o.ok]}")
             writes = shop.writes - before
         finally:
             ledger.close()
