@@ -56,10 +56,19 @@ def test_an_erased_person_put_back_by_a_guest_checkout_is_a_finding_until_acknow
     shop_name = "allmyink"
     order = estate.shops[shop_name].add_order(
         status="processing", billing={"email": p.email.upper(), "first_name": "Back"})
+    chimp = estate.mailchimp
+    audience = chimp.sources()[0].split(":", 1)[1]
+    # A plugin syncing the buyer back into the newsletter audience.
+    member = chimp.add_member(audience, p.email, status="transactional")
     sync(synced, settings)
     audit = run_audit(synced, settings.retention, rules=[RULE])
-    assert audit.new == 1
-    (finding,) = current_findings(synced, rules=[RULE])
+    assert audit.new == 2
+    found = current_findings(synced, rules=[RULE])
+    (again,) = [f for f in found if f.source == f"mailchimp:{audience}"]
+    assert again.external_id == member
+    label = chimp.audiences[audience].name
+    assert again.detail is not None and again.detail.startswith(f"re-imported into {label} ")
+    (finding,) = [f for f in found if f.source != f"mailchimp:{audience}"]
     days = (finding.first_detected - erased_at).days
     assert finding.severity == "high"
     assert (finding.source, finding.record_type, finding.external_id) == (
@@ -69,8 +78,8 @@ def test_an_erased_person_put_back_by_a_guest_checkout_is_a_finding_until_acknow
     acknowledge(synced, RULE, f"woo:{shop_name}", str(order),
                 reason="placed a new order of their own accord")
     run_audit(synced, settings.retention, rules=[RULE])
-    (held,) = current_findings(synced, rules=[RULE])
-    assert held.status == "acknowledged"
+    statuses = {f.source: f.status for f in current_findings(synced, rules=[RULE])}
+    assert statuses == {f"woo:{shop_name}": "acknowledged", f"mailchimp:{audience}": "open"}
     assert trail.verify(synced).ok
 
 

@@ -211,3 +211,20 @@ def test_a_rule_without_a_fix_says_so(config: Path, synced: Ledger) -> None:
     assert unknown.exit_code == 1 and "unknown rule 'no-such-rule'" in unknown.output
     usage = cli(config, "fix", "inactive-account", "woo:allmyink")
     assert usage.exit_code == 2 and "RULE SOURCE EXTERNAL_ID" in usage.output
+
+
+def test_a_record_fixed_upstream_before_its_write_is_recorded_without_writing(
+        running: RunningEstate, config: Path, synced: Ledger) -> None:
+    """What a rerun after a kill between a write and its ledger update meets: the record is
+    already in the fixed state, so the step is recorded and the finding resolved, no write."""
+    (source, order), *_ = [(s, i) for s, i in open_of(synced, UNPAID) if s and i]
+    shop = running.estate.shops[source[4:]]
+    shop.delete_order(int(order))
+    writes = shop.writes
+    result = cli(config, "fix", UNPAID, source, order, "--apply", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "already gone" in result.output and shop.writes == writes
+    (step,) = steps(synced)
+    assert step["status"] == "already gone" and step["findings_resolved"] == 1
+    assert (source, order) not in open_of(synced, UNPAID)
+    assert trail.verify(synced).ok
