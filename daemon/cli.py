@@ -59,7 +59,7 @@ class App:
 
     @property
     def settings_with_secrets(self) -> Settings:
-        """The config with every secret read: for sync, run, check, export, erase and
+        """The config with every secret read: for sync, run, check, export, erase, fix --apply and
         report --send."""
         if self._with_secrets is None:
             self._with_secrets = self._read_secrets("all", unread_references(self.settings))
@@ -964,7 +964,8 @@ def fix(app: App, target: tuple[str, ...], rule_id: str | None, source_name: str
                                "[--source NAME] for all of a rule")
     if source_name is not None and rule_id is None:
         raise click.UsageError("--source goes with --rule")
-    settings = app.settings_with_secrets
+    # The plan reads only the ledger: secrets are read when the plan is applied.
+    settings = app.settings
     shop_urls = {shop.name: shop.url.rstrip("/") for shop in settings.woocommerce}
     ledger = app.ledger()
     try:
@@ -984,7 +985,7 @@ def fix(app: App, target: tuple[str, ...], rule_id: str | None, source_name: str
                                          "cannot be undone.", default=False):
             click.echo("Cancelled: nothing was changed.")
             sys.exit(1)
-        with open_systems(settings) as systems:
+        with open_systems(app.settings_with_secrets) as systems:
             result = apply_fix(ledger, systems, plan, settings.retention,
                                rate=settings.fix.writes_per_second)
     except (FixError, AuditError) as exc:
