@@ -79,7 +79,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from daemon import requests, trail
+from daemon import fix_words, requests, trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
 from vocabulary import format_duration, utcnow
 
@@ -809,6 +809,9 @@ def format_findings(findings: Sequence[FindingView], *, result: AuditResult | No
                          f"{rule.finds if rule else ''}")
             if rule:
                 lines.append(f"    {rule.reason}")
+            fix_all = fix_words.fix_all_command(finding.rule)
+            if fix_all:
+                lines.append(f"    fix all of them: {fix_all}")
         record = " ".join(part for part in (finding.source, finding.record_type,
                                             finding.external_id) if part)
         who = f" {finding.email}" if finding.email else ""
@@ -823,4 +826,7 @@ def format_findings(findings: Sequence[FindingView], *, result: AuditResult | No
             lines.append(f"  {'':<13}acknowledged{until}: {finding.ack_reason}")
         else:
             lines.append(f"  {'':<13}→ {finding.action}")
+            command = fix_words.fix_command(finding.rule, finding.source, finding.external_id)
+            if command:
+                lines.append(f"  {'':<13}  {command}")
     return lines
