@@ -32,12 +32,9 @@ subjects table beside it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
-import secrets
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -50,8 +47,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connectors.base import Record, normalise_email
 from connectors.http import APIError
@@ -63,10 +58,10 @@ from daemon.ledger import (
     EmailForm,
     Holding,
     Ledger,
-    LedgerKey,
     Source,
     Subject,
 )
+from daemon.requests import keyed_ref, person_key
 from vocabulary import Category, source_kind, utcnow
 
 if TYPE_CHECKING:
@@ -75,7 +70,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("daemon.access")
 
 TEMPLATES = Path(__file__).with_name("templates")
-PERSON_KEY = "person-ref"
+
+
 class RequestError(Exception):
     """A request that cannot be carried out as asked (not an email, nowhere to write); the
     message names the value and what to do."""
@@ -104,23 +100,11 @@ def require_email(value: str) -> str:
 # -- naming the person in the trail ----------------------------------------------------------
 
 
-def _person_key(ledger: Ledger) -> bytes:
-    """The ledger's key for person references, made on first use (race-safe)."""
-    with ledger.session() as session:
-        value = session.scalar(select(LedgerKey.value).where(LedgerKey.name == PERSON_KEY))
-        if value is None:
-            make = pg_insert if ledger.dialect == "postgresql" else sqlite_insert
-            session.execute(make(LedgerKey).values(
-                name=PERSON_KEY, value=secrets.token_hex(32), created_at=utcnow(),
-            ).on_conflict_do_nothing(index_elements=["name"]))
-            value = session.scalar(select(LedgerKey.value).where(LedgerKey.name == PERSON_KEY))
-    return bytes.fromhex(str(value))
-
-
 def person_ref(ledger: Ledger, email: str) -> str:
     """The person's reference in audit_log: a keyed hash of the normalised email."""
-    digest = hmac.new(_person_key(ledger), require_email(email).encode(), hashlib.sha256)
-    return "p-" + digest.hexdigest()[:32]
+    with ledger.session() as session:
+        key = person_key(session)
+    return keyed_ref(key, require_email(email))
 
 
 def entries_about(ledger: Ledger, email: str) -> list[AuditLogEntry]:

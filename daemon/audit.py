@@ -79,7 +79,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from daemon import trail
+from daemon import fix_words, requests, trail
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
 from vocabulary import (
     COMMENT,
@@ -468,6 +468,18 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "Art. 5(2) accountability: without a recent sync the ledger cannot show what is "
          "held there.",
          "check the credentials and reachability of {source}: {last_sync}", _sync_stale),
+    Rule("erased-person-reappeared", "high", None,
+         "a person erased before is held again (re-imported, re-created)",
+         "Art. 17 right to erasure: an erased person put back by a plugin or an import is an "
+         "erasure undone.",
+         "erase {record} again, or `ack` it with the reason if the person came back by their "
+         "own choice (a new order)", requests.reappeared_query),
+    Rule("request-overdue", "high", None,
+         "an access or erasure request not answered by its due day",
+         "Art. 12(3): a request must be answered within one month (three when extended "
+         "within the first).",
+         "answer it now and close it (`privacy-ledger request list`)",
+         requests.overdue_query),
 )}
 RULE_IDS: tuple[str, ...] = tuple(RULES)
 
@@ -548,6 +560,8 @@ def run_audit(ledger: Ledger, policy: RetentionSettings, *, now: datetime | None
     c = _current
     with ledger.session() as session:
         _lock(session)
+        # Subjects get their keyed hash first: erased-person-reappeared joins on it.
+        requests.stamp_subjects(session)
         connection = session.connection()
         # A run that failed on SQLite may leave its scratch table on the pooled connection.
         c.drop(connection, checkfirst=True)
@@ -878,6 +892,9 @@ def format_findings(findings: Sequence[FindingView], *, result: AuditResult | No
                          f"{rule.finds if rule else ''}")
             if rule:
                 lines.append(f"    {rule.reason}")
+            fix_all = fix_words.fix_all_command(finding.rule)
+            if fix_all:
+                lines.append(f"    fix all of them: {fix_all}")
         record = " ".join(part for part in (finding.source, finding.record_type,
                                             finding.external_id) if part)
         who = f" {finding.email}" if finding.email else ""
@@ -892,4 +909,7 @@ def format_findings(findings: Sequence[FindingView], *, result: AuditResult | No
             lines.append(f"  {'':<13}acknowledged{until}: {finding.ack_reason}")
         else:
             lines.append(f"  {'':<13}→ {finding.action}")
+            command = fix_words.fix_command(finding.rule, finding.source, finding.external_id)
+            if command:
+                lines.append(f"  {'':<13}  {command}")
     return lines

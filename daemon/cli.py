@@ -59,7 +59,7 @@ class App:
 
     @property
     def settings_with_secrets(self) -> Settings:
-        """The config with every secret read: for sync, run, check, export, erase and
+        """The config with every secret read: for sync, run, check, export, erase, fix --apply and
         report --send."""
         if self._with_secrets is None:
             self._with_secrets = self._read_secrets("all", unread_references(self.settings))
@@ -682,13 +682,15 @@ def export(app: App, email: str, out: Path) -> None:
     """Answer an access request: look EMAIL up live in every shop, Stripe and Mailchimp and
     write what is held (a JSON file, and a page the person can read). Exits 1 when a system
     did not answer: the copy is then not complete."""
-    from daemon.access import RequestError, run_export, summary_lines
+    from daemon.access import RequestError, person_ref, run_export, summary_lines
+    from daemon.requests import attach
 
     settings = app.settings_with_secrets
     ledger = app.ledger()
     try:
         blind = _blind_spot_lines(app, ledger)
         result = run_export(ledger, settings, email, out)
+        registered = attach(ledger, "access", person_ref(ledger, email), result.request_id)
     except RequestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -698,6 +700,8 @@ def export(app: App, email: str, out: Path) -> None:
     click.echo(f"wrote {result.html_path}")
     for line in summary_lines(result.answers):
         click.echo(line)
+    click.echo(f"request {registered.id}: due {registered.due.isoformat()} "
+               "(`privacy-ledger request close " + registered.id + "` once sent)")
     if not result.complete:
         missing = ", ".join(a.source for a in result.answers if not a.answered)
         click.echo(f"INCOMPLETE: {missing} did not answer, so this copy is NOT everything held "
@@ -722,6 +726,7 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
     half-way is completed by the next. Exits 1 unless verified complete."""
     from daemon.access import RequestError, open_systems
     from daemon.erasure import apply_plan, make_plan, plan_lines, result_lines
+    from daemon.requests import attach
 
     settings = app.settings_with_secrets
     ledger = app.ledger()
@@ -750,12 +755,14 @@ def erase(app: App, email: str, do_apply: bool, yes: bool) -> None:
                 click.echo("Cancelled: nothing was changed.")
                 sys.exit(1)
             result = apply_plan(ledger, systems, plan, settings.retention)
+        registered = attach(ledger, "erasure", plan.person, plan.request_id)
     except RequestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         ledger.close()
     for line in result_lines(result):
         click.echo(_escaped(line))
+    click.echo(f"request {registered.id}: due {registered.due.isoformat()}")
     if not result.complete:
         sys.exit(1)
 
@@ -823,4 +830,170 @@ def verify_log(app: App, person: str | None, expect_hash: str | None,
     if person is not None and not entries:
         click.echo(f"no entry about {person}")
     if not result.ok:
+        sys.exit(1)
+
+
+@main.group()
+def request() -> None:
+    """The register of access and erasure requests: due one calendar month after receipt,
+    extendable once by two months within the first. The register names people by keyed
+    hash only."""
+
+
+@request.command("open")
+@click.argument("kind", type=click.Choice(["access", "erasure"]))
+@click.argument("email", callback=_email)
+@click.option("--received", metavar="DATE",
+              help="The day the request arrived (YYYY-MM-DD); absent: today.")
+@click.pass_obj
+def request_open(app: App, kind: str, email: str, received: str | None) -> None:
+    """Register a request: KIND (access or erasure) and the person's EMAIL."""
+    from daemon.access import person_ref
+    from daemon.requests import RegisterError, open_request, parse_received
+    from vocabulary import utcnow
+
+    ledger = app.ledger()
+    try:
+        day = parse_received(received, utcnow())
+        opened = open_request(ledger, kind, person_ref(ledger, email), received=day)
+    except RegisterError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    click.echo(f"request {opened.id} opened: {kind} of {email}, received "
+               f"{opened.received.isoformat()}, due {opened.due.isoformat()}")
+
+
+def _request_line(view: Any, today: Any, trail_entries: int) -> str:
+    left = view.days_left(today)
+    if view.status != "open":
+        state = f"closed {view.closed.isoformat() if view.closed else ''}"
+    elif left < 0:
+        state = f"OVERDUE by {-left} day(s)"
+    else:
+        state = f"{left} day(s) left"
+    extended = " (extended)" if view.extended else ""
+    return (f"  {view.id}  {view.kind:<8} received {view.received.isoformat()}  due "
+            f"{view.due.isoformat()}{extended}  {state}  {view.person}  "
+            f"{trail_entries} trail entr{'y' if trail_entries == 1 else 'ies'}")
+
+
+@request.command("list")
+@click.option("--all", "include_closed", is_flag=True, help="Closed requests too.")
+@click.pass_obj
+def request_list(app: App, include_closed: bool) -> None:
+    """The open requests, the soonest due first, with the days left."""
+    from daemon.requests import list_requests, trail_count
+    from vocabulary import utcnow
+
+    ledger = app.ledger(keyed=False)
+    try:
+        views = list_requests(ledger, include_closed=include_closed)
+        lines = [_request_line(v, utcnow().date(), trail_count(ledger, v.id)) for v in views]
+    finally:
+        ledger.close()
+    if not views:
+        click.echo("no open request" if not include_closed else "no request")
+    for line in lines:
+        click.echo(line)
+
+
+@request.command("extend")
+@click.argument("request_id", metavar="ID")
+@click.option("--reason", required=True,
+              help="Why the request is complex (tell the person within the first month).")
+@click.pass_obj
+def request_extend(app: App, request_id: str, reason: str) -> None:
+    """Extend a request by two months (once, within its first month)."""
+    from daemon.requests import RegisterError, extend_request
+
+    ledger = app.ledger()
+    try:
+        view = extend_request(ledger, request_id, reason)
+    except RegisterError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    click.echo(f"request {view.id} extended: due {view.due.isoformat()}. Tell the person, "
+               "with the reason, before the first month ends.")
+
+
+@request.command("close")
+@click.argument("request_id", metavar="ID")
+@click.pass_obj
+def request_close(app: App, request_id: str) -> None:
+    """Close a request once it is answered."""
+    from daemon.requests import RegisterError, close_request
+
+    ledger = app.ledger()
+    try:
+        view = close_request(ledger, request_id)
+    except RegisterError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    late = " (after its due day)" if view.closed and view.closed > view.due else ""
+    click.echo(f"request {view.id} closed{late}")
+
+
+@main.command()
+@click.argument("target", nargs=-1, metavar="[RULE SOURCE EXTERNAL_ID]")
+@click.option("--rule", "rule_id", metavar="RULE",
+              help="Fix every current finding of this rule (acknowledged ones are left).")
+@click.option("--source", "source_name", metavar="NAME",
+              help="With --rule: only this source's findings.")
+@click.option("--record-type", metavar="TYPE",
+              help="customer, order, …: only when the source has two records with this id.")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Carry the plan out. Without it only the plan is shown: nothing changes.")
+@click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
+@click.pass_obj
+def fix(app: App, target: tuple[str, ...], rule_id: str | None, source_name: str | None,
+        record_type: str | None, do_apply: bool, yes: bool) -> None:
+    """Fix findings: one (RULE SOURCE EXTERNAL_ID) or all of --rule RULE. Plans first; with
+    --apply writes upstream (throttled: [fix] writes_per_second), records each step in the
+    audit trail, resolves the finding and reads each record back. Safe to run again after
+    a stop: nothing is written twice. Exits 1 unless every write is verified."""
+    from daemon.access import open_systems
+    from daemon.audit import AuditError
+    from daemon.fix import FixError, apply_fix, plan_lines, plan_one, plan_rule, result_lines
+
+    if (rule_id is None) == (len(target) == 0) or (target and len(target) != 3):
+        raise click.UsageError("give RULE SOURCE EXTERNAL_ID for one finding, or --rule RULE "
+                               "[--source NAME] for all of a rule")
+    if source_name is not None and rule_id is None:
+        raise click.UsageError("--source goes with --rule")
+    # The plan reads only the ledger: secrets are read when the plan is applied.
+    settings = app.settings
+    # Each source's configured address, where its system has one (a shop, a site).
+    shop_urls = {unit.name: section.url.rstrip("/") for _, section, unit in settings.units()
+                 if isinstance(getattr(section, "url", None), str)}
+    ledger = app.ledger()
+    try:
+        if rule_id is not None:
+            plan = plan_rule(ledger, rule_id, source=source_name, shop_urls=shop_urls)
+        else:
+            plan = plan_one(ledger, *target, record_type=record_type, shop_urls=shop_urls)
+        for line in plan_lines(plan):
+            click.echo(_escaped(line))
+        if not plan.writes:
+            return
+        if not do_apply:
+            click.echo("Nothing was changed: this is the plan only. Run again with --apply "
+                       "to carry it out.")
+            return
+        if not yes and not click.confirm(f"Apply {len(plan.writes)} write(s)? Deletions "
+                                         "cannot be undone.", default=False):
+            click.echo("Cancelled: nothing was changed.")
+            sys.exit(1)
+        with open_systems(app.settings_with_secrets) as systems:
+            result = apply_fix(ledger, systems, plan, settings.retention,
+                               rate=settings.fix.writes_per_second)
+    except (FixError, AuditError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    for line in result_lines(result):
+        click.echo(_escaped(line))
+    if not result.complete:
         sys.exit(1)

@@ -167,6 +167,15 @@ def _address(value: str) -> str:
     return address
 
 
+class FixSettings(_Section):
+    """`privacy-ledger fix`: how gently bulk fixes write to a live shop."""
+
+    writes_per_second: float = Field(
+        default=2.0, gt=0, le=20,
+        description="Most writes per second to one system during a bulk fix (a live shop "
+                    "must not slow down).", examples=[2.0])
+
+
 class ReportSettings(_Section):
     """The nightly email: who gets it and how much it lists."""
 
@@ -375,6 +384,8 @@ class _Settings(_Section):
     schedule: ScheduleSettings = Field(
         default_factory=ScheduleSettings,
         description="When the daemon (privacy-ledger run) syncs, audits and emails.")
+    fix: FixSettings = Field(default_factory=FixSettings,
+                             description="`privacy-ledger fix`: bulk fixes' write rate.")
 
     @field_validator(*(system.section for system in SYSTEMS if system.many), check_fields=False)
     @classmethod

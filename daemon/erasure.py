@@ -82,6 +82,7 @@ from daemon.access import (
 )
 from daemon.ledger import EmailForm, Finding, Holding, Ledger, Subject
 from daemon.mail import purge_mail
+from daemon.requests import remember_erasure
 from daemon.sync import mark_gone, upsert_records
 from vocabulary import utcnow
 
@@ -182,7 +183,8 @@ def make_plan(ledger: Ledger, systems: Systems, retention: RetentionSettings, em
     return plan
 
 
-def _system(step: Step) -> System:
+def system_of(step: Step) -> System:
+    """The system a step's record belongs to."""
     system = system_for(step.kind)
     if system is None:
         raise ValueError(f"{step.source}: no system {step.kind!r} is known to privacy-ledger")
@@ -202,6 +204,8 @@ class StepOutcome:
     # deleted, anonymised, already gone, failed.
     status: str
     error: str | None = None
+    # Findings of the record resolved in the ledger by this step.
+    settled: int = 0
 
     @property
     def ok(self) -> bool:
@@ -247,10 +251,9 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
     outcomes: list[StepOutcome] = []
     resolved = 0
     for step in plan.changes:
-        outcome, settled = _apply_step(ledger, systems, plan, step, retention, actor,
-                                       now or utcnow())
+        outcome = _apply_step(ledger, systems, plan, step, retention, actor, now or utcnow())
         outcomes.append(outcome)
-        resolved += settled
+        resolved += outcome.settled
     # A fresh lookup by every form asked before, and each changed record read back by its
     # id: a write that did not happen is seen even where the lookup cannot see the record.
     verification = look_up(systems, plan.email, ledger=ledger, forms=plan.lookup.forms)
@@ -271,6 +274,9 @@ def apply_plan(ledger: Ledger, systems: Systems, plan: Plan, retention: Retentio
         withdrawn, deleted = purge_mail(session, (plan.email, *plan.lookup.forms))
         if done_well:
             forgotten = _forget_subject(session, plan.email)
+            # Only the keyed hash and the date: a later sync seeing the person is a finding.
+            # The wall clock, as syncs stamp first_seen with it: the two must compare.
+            remember_erasure(session, plan.person, utcnow())
         trail.append(session, actor, "erasure.done", {
             "request": plan.request_id, "person": plan.person, "verified": done_well,
             "steps": {status: sum(1 for o in outcomes if o.status == status)
@@ -299,7 +305,7 @@ def _read_back(systems: Systems, plan: Plan) -> tuple[list[Found], list[tuple[St
             unconfirmed.append((step, "the source is not connected"))
             continue
         try:
-            data = _system(step).fetch(connector, step.record_type, step.external_id)
+            data = system_of(step).fetch(connector, step.record_type, step.external_id)
         except (APIError, ValueError) as exc:
             unconfirmed.append((step, exc.message if isinstance(exc, APIError) else str(exc)))
             continue
@@ -313,34 +319,54 @@ def _read_back(systems: Systems, plan: Plan) -> tuple[list[Found], list[tuple[St
 
 def _apply_step(ledger: Ledger, systems: Systems, plan: Plan, step: Step,
                 retention: RetentionSettings, actor: str,
-                now: datetime) -> tuple[StepOutcome, int]:
+                now: datetime) -> StepOutcome:
+    detail = {"request": plan.request_id, "person": plan.person}
+    return apply_step(ledger, systems, step, retention, actor=actor, now=now,
+                      entry="erasure.step", detail=detail)
+
+
+def apply_step(ledger: Ledger, systems: Systems, step: Step, retention: RetentionSettings, *,
+               actor: str, now: datetime, entry: str, detail: dict[str, Any],
+               data: dict[str, Any] | None = None) -> StepOutcome:
+    """One write upstream, then its ledger update and its trail entry `entry` (erasures
+    and fixes alike). `data`: the record as just read (an anonymisation reads it afresh
+    when None). A refused write is recorded as failed, and nothing else changes."""
     connector = systems.connectors.get(step.source)
-    detail = {"request": plan.request_id, "person": plan.person, "source": step.source,
-              "record_type": step.record_type, "external_id": step.trail_id,
-              "action": step.action}
+    detail = {**detail, "source": step.source, "record_type": step.record_type,
+              "external_id": step.trail_id, "action": step.action}
     status: str
     after: dict[str, Any] | None = None
     try:
         if connector is None:
             raise APIError(step.source, "the source is not connected")
-        # No data given: an anonymisation reads the order afresh, never from the plan.
-        status, after = _system(step).erase(connector, step.action, step.record_type,
-                                            step.external_id, None)
+        status, after = system_of(step).erase(connector, step.action, step.record_type,
+                                            step.external_id, data)
     except (APIError, ValueError) as exc:
         message = exc.message if isinstance(exc, APIError) else str(exc)
-        trail.record(ledger, actor, "erasure.step",
+        trail.record(ledger, actor, entry,
                      {**detail, "status": _FAILED, "error": safe_text(message)})
-        log.warning("erasure.step_failed", source=step.source, record_type=step.record_type,
+        log.warning(f"{entry}_failed", source=step.source, record_type=step.record_type,
                     external_id=step.trail_id, action=step.action, error=safe_text(message))
-        return StepOutcome(step, _FAILED, message), 0
+        return StepOutcome(step, _FAILED, message)
+    return record_step(ledger, step, status, after, retention, actor=actor, now=now,
+                       entry=entry, detail=detail)
+
+
+def record_step(ledger: Ledger, step: Step, status: str, after: dict[str, Any] | None,
+                retention: RetentionSettings, *, actor: str, now: datetime, entry: str,
+                detail: dict[str, Any]) -> StepOutcome:
+    """A step done upstream (or found done already) reflected in the ledger, its findings
+    settled, and its trail entry, in one transaction."""
+    detail = {**detail, "source": step.source, "record_type": step.record_type,
+              "external_id": step.trail_id, "action": step.action}
     with ledger.session() as session:
         holding_ids = _reflect(ledger, session, step, after, now)
         settled = settle_findings(session, holding_ids, retention, now)
-        trail.append(session, actor, "erasure.step",
-                     {**detail, "status": status, "findings_resolved": settled})
-    log.info("erasure.step", source=step.source, record_type=step.record_type,
+        trail.append(session, actor, entry, {**detail, "status": status,
+                                              "findings_resolved": settled})
+    log.info(entry, source=step.source, record_type=step.record_type,
              external_id=step.trail_id, action=step.action, status=status)
-    return StepOutcome(step, status), settled
+    return StepOutcome(step, status, settled=settled)
 
 
 def _reflect(ledger: Ledger, session: Session, step: Step, after: dict[str, Any] | None,

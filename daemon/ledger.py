@@ -74,6 +74,8 @@ class Subject(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The person's keyed hash (daemon/requests.py), stamped by the audit: matches erasures.
+    person_ref: Mapped[str | None] = mapped_column(String(40), index=True)
 
 
 class EmailForm(Base):
@@ -217,6 +219,34 @@ class LedgerKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class Request(Base):
+    """An access or erasure request: the person by keyed hash only (daemon/requests.py)."""
+
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_person_status", "person", "status"),)
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    person: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+    # open, closed.
+    status: Mapped[str] = mapped_column(String(20))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Erasure(Base):
+    """Who was erased: the keyed hash of the normalised email and the date, nothing else."""
+
+    __tablename__ = "erasures"
+
+    person: Mapped[str] = mapped_column(String(40), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def categories_text(categories: Sequence[str] | frozenset[str]) -> str:
     """The stored form of a category set: sorted, comma-wrapped."""
     return "," + ",".join(sorted(str(c) for c in categories)) + "," if categories else ","
@@ -290,7 +320,7 @@ def make_engine(url: str) -> Engine:
 
 
 # The newest migration's revision (a test checks it against daemon/migrations).
-SCHEMA_REVISION = "0005_source_label"
+SCHEMA_REVISION = "0007_requests"
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -30,6 +30,7 @@ from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from daemon import audit, trail
+from daemon.fix_words import fix_all_command, fix_command
 from daemon.ledger import (
     AuditLogEntry,
     Finding,
@@ -41,6 +42,7 @@ from daemon.ledger import (
     SyncRun,
 )
 from daemon.mail import RenderedEmail
+from daemon.requests import DUE_SOON, RequestView, open_requests
 from vocabulary import SYSTEM_NAMES, Category, Link, system_name, utcnow
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ RULE_TITLES: dict[str, str] = {
     "comment-kept-in-spam-or-trash": "Comments left in spam and trash",
     "inactive-site-account": "Inactive WordPress accounts",
     "sync-stale": "Systems the ledger cannot see",
+    "erased-person-reappeared": "Erased people held again",
+    "request-overdue": "Requests past their due day",
 }
 
 
@@ -152,6 +156,8 @@ class FindingItem:
     links: tuple[Link, ...] = ()
     title: str = ""
     severity: str = ""
+    # `privacy-ledger fix …` for this one finding; empty when its rule has no fix.
+    fix_command: str = ""
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,8 @@ class RuleGroup:
     items: tuple[FindingItem, ...]
     more: int
     list_command: str
+    # The one command that fixes every finding of the rule; empty when it has no fix.
+    fix_command: str = ""
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,20 @@ class Digest:
     # On a day with nothing new: the oldest open findings, and how many more are open.
     still_open: tuple[FindingItem, ...] = field(default=())
     still_open_more: int = 0
+    # Open access and erasure requests, the soonest due first (daemon/requests.py).
+    requests: tuple[RequestView, ...] = field(default=())
+
+    def days_left(self, request: RequestView) -> int:
+        return request.days_left(self.generated_at.date())
+
+    @property
+    def due_soon(self) -> tuple[RequestView, ...]:
+        """Requests due within 7 days (or overdue): the email lists them first."""
+        return tuple(r for r in self.requests if self.days_left(r) <= DUE_SOON.days)
+
+    @property
+    def due_later(self) -> tuple[RequestView, ...]:
+        return tuple(r for r in self.requests if self.days_left(r) > DUE_SOON.days)
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -458,7 +480,8 @@ def _finding_item(row: Any, last_success: dict[str, datetime | None],
                                 last_success.get(name)), 300),
         links=links_for(places, source or "", label, record_type or "", external_id or "",
                         parent),
-        title=text.title, severity=text.severity)
+        title=text.title, severity=text.severity,
+        fix_command=shown(fix_command(rule, source, external_id) or "", 300))
 
 
 def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
@@ -481,7 +504,8 @@ def _new_groups(session: Session, counts: Sequence[RuleCount], now: datetime,
                                 reason=rule_text(count.rule, count.severity).reason,
                                 total=count.new, items=tuple(items),
                                 more=max(0, count.new - len(items)),
-                                list_command=list_command(count.rule)))
+                                list_command=list_command(count.rule),
+                                fix_command=fix_all_command(count.rule) or ""))
     return tuple(groups)
 
 
@@ -693,6 +717,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
+        register = open_requests(session)
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -701,7 +726,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
                   job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
-                  still_open=still_open, still_open_more=still_more)
+                  still_open=still_open, still_open_more=still_more, requests=register)
 
 
 # --------------------------------------------------------------------------- rendering

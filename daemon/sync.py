@@ -113,8 +113,11 @@ class _Driver:
         self.max_values = (connection.connection.dbapi_connection.getlimit(
             sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if self.sqlite else 65_535)
         assignments = ", ".join(f"{name} = {m}" for name in (*_COMPARED, "last_seen"))
+        # A holding back after being gone is held anew from now: first_seen starts its
+        # current stint, so that the audit tells a person put back after an erasure.
         self.update_holdings = (
-            f"UPDATE holdings SET {assignments}, gone_at = NULL WHERE id = {m}")  # noqa: S608
+            f"UPDATE holdings SET {assignments}, first_seen = CASE WHEN gone_at IS NULL "  # noqa: S608
+            f"THEN first_seen ELSE {m} END, gone_at = NULL WHERE id = {m}")
 
     def time(self, value: datetime | None) -> Any:
         """A time as stored: SQLite keeps SQLAlchemy's naive-UTC text, PostgreSQL an aware
@@ -369,7 +372,7 @@ def _upsert(driver: _Driver, source_id: int, latest: dict[tuple[str, str], Recor
         if old is None:
             inserts.append((source_id, *key, *values, stamp, stamp, None))
         elif old[1] is not None or old[2:] != values:
-            updates.append((*values, stamp, old[0]))
+            updates.append((*values, stamp, stamp, old[0]))
         else:
             unchanged.append(old[0])
     driver.insert_many(driver.insert_holdings, inserts)

@@ -48,6 +48,11 @@ MEMBER = "member"
 COMMENT = "comment"
 USER = "user"
 
+# WordPress roles of accounts that run a site or a shop (a shop's customers are WordPress
+# users too): never deleted by an erasure or a fix.
+STAFF_ROLES = frozenset({"administrator", "shop_manager", "editor"})
+ACCOUNTS = frozenset({CUSTOMER, USER})
+
 
 @dataclass(frozen=True)
 class SystemName:

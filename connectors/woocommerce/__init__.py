@@ -1258,7 +1258,8 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
     as the shop holds it afterwards, for an anonymised order). Idempotent: a record already
     gone (404, 410) counts as done."""
     path = _item_path(record_type, external_id)
-    what = f"{'delete' if action == 'delete' else 'anonymise'} {record_type} {external_id}"
+    verb = {"delete": "delete", "clear-note": "clear the customer note of"}.get(action, "anonymise")
+    what = f"{verb} {record_type} {external_id}"
     if action == "delete":
         response = connector.client.request("DELETE", path, {"force": "true"},
                                             ok=(401, 403, 404, 410))
@@ -1270,6 +1271,12 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
             current), ok=(400, 401, 403, 404, 410))
         if response.status_code == 400 and _invalid_id(response):
             # update_item answers an id that no longer exists 400 "Invalid ID.".
+            return "already gone", None
+    elif action == "clear-note" and record_type == ORDER:
+        # The customer's checkout note: the one free-text field of an order the API writes.
+        response = connector.client.request("PUT", path, json_body={"customer_note": ""},
+                                            ok=(400, 401, 403, 404, 410))
+        if response.status_code == 400 and _invalid_id(response):
             return "already gone", None
     else:
         raise ValueError(f"{connector.source}: cannot {action} a {record_type}")
@@ -1294,4 +1301,4 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
                             status=response.status_code)
     if action == "delete":
         return "deleted", None
-    return "anonymised", after
+    return ("note cleared" if action == "clear-note" else "anonymised"), after

@@ -70,6 +70,10 @@ def test_audit_prints_a_summary_grouped_by_rule_with_what_to_do(config: Path) ->
     assert "2 finding(s): 2 new, 0 open, 0 acknowledged." in result.output
     assert "[high] card-number-exposed (1)" in result.output
     assert "→ delete order 1234 in allmyink permanently (empty the trash)" in result.output
+    # The command that fixes it, and the one that fixes all of the rule.
+    assert "privacy-ledger fix unpaid-order-past-retention woo:allmyink 1234" in result.output
+    assert "fix all of them: privacy-ledger fix --rule unpaid-order-past-retention" \
+        in result.output
 
 
 def test_audit_runs_only_the_rule_asked_for(config: Path) -> None:

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # The daemon's modules that route through the registry. The audit's rules and the demo are
 # about particular systems' data by design (a rule on WooCommerce orders names them).
 ROUTED = ("sources.py", "check.py", "access.py", "erasure.py", "report.py", "sync.py",
-          "service.py", "cli.py", "config.py", "mail.py", "terminal.py")
+          "service.py", "cli.py", "config.py", "mail.py", "terminal.py", "fix.py",
+          "fix_words.py", "requests.py")
 
 
 def test_every_registered_system_has_its_config_section_and_its_name() -> None:
