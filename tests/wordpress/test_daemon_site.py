@@ -135,10 +135,21 @@ def test_a_site_syncs_audits_exports_and_erases_end_to_end(
     assert staff and not {ident for rule, ident in found
                           if rule == "inactive-site-account"} & staff
 
+    # The spam comment fixed from the command line: deleted for good, the finding resolved.
+    fixed = _cli(site_config, "fix", "comment-kept-in-spam-or-trash", "wp:blog",
+                 str(person["spam"]), "--apply", "--yes")
+    assert fixed.exit_code == 0, fixed.output
+    gone = requests.get(f"{wordpress.rest}/comments/{person['spam']}", auth=wordpress.admin,
+                        params={"context": "edit"}, timeout=30)
+    assert gone.status_code == 404
+    again = json.loads(_cli(site_config, "audit", "--json").output)
+    assert ("comment-kept-in-spam-or-trash", str(person["spam"])) not in {
+        (f["rule"], f["external_id"]) for f in again}
+
     where = _cli(site_config, "where", PERSON, "--json")
     assert where.exit_code == 0, where.output
-    assert {(h["source"], h["record_type"]) for h in json.loads(where.output)} == {
-        ("wp:blog", "comment"), ("wp:blog", "user")}
+    assert {(h["source"], h["record_type"]) for h in json.loads(where.output)
+            if h["gone_at"] is None} == {("wp:blog", "comment"), ("wp:blog", "user")}
 
     out = tmp_path / "export"
     exported = _cli(site_config, "export", PERSON, "--out", str(out))
