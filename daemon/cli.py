@@ -621,7 +621,8 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--rule") from None
     ledger = app.ledger()
     try:
-        result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli")
+        result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli",
+                           declared=app.settings.policy)
         findings = current_findings(ledger, now=result.at, rules=rules,
                                     sources=source_names or None)
         blind = _blind_spot_lines(app, ledger)

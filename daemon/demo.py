@@ -59,7 +59,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
     yield (f"Sandbox estate (seed {seed}): {len(spec.shops)} WooCommerce shops, Stripe and "
            f"Mailchimp, {people} people, on 127.0.0.1.")
     with RunningEstate(estate) as running:
-        config = running.write_config(out)
+        config = running.write_config(out, policy=True)
         settings = load_settings(config)
         ledger = open_ledger(settings.ledger)
         try:
@@ -68,7 +68,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
                        f"{result.seen:>6,} records"
                        + (f"  ({result.error})" if result.error else ""))
             yield from summary(ledger)
-            result = run_audit(ledger, settings.retention)
+            result = run_audit(ledger, settings.retention, declared=settings.policy)
             yield from findings_summary(ledger, result)
             email = render_digest(ledger, settings)
             html_path, text_path = out / "digest.html", out / "digest.txt"

@@ -29,6 +29,7 @@ from sqlalchemy.pool import NullPool
 from connectors import mailchimp, stripe, woocommerce
 from connectors.base import Connector, StopWaiting
 from connectors.http import APIError
+from daemon import shopstate
 from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError
 from daemon.sync import (
@@ -377,8 +378,12 @@ def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
         kind = "woocommerce" if name.startswith("woo:") else name
         return [record_failure(ledger, name, kind, f"cannot connect: {exc}", full=full)]
     with opened(connector):
-        return [sync_source(ledger, connector, full=full, progress=progress,
-                            should_stop=should_stop, batch_size=settings.ledger.batch_size)]
+        result = sync_source(ledger, connector, full=full, progress=progress,
+                             should_stop=should_stop, batch_size=settings.ledger.batch_size)
+        if isinstance(connector, woocommerce.WooCommerceConnector) and result.ok:
+            # What the shop runs and how it cleans up, for the promise rules.
+            shopstate.refresh(ledger, connector)
+        return [result]
 
 
 def _sync_mailchimp(ledger: Ledger, settings: Settings, *, full: bool,

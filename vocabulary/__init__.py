@@ -96,3 +96,15 @@ def format_duration(period: timedelta) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# WooCommerce's own clean-up periods (Settings → Accounts & Privacy → Personal data
+# retention: relative_date_selector options, all off by default) and its erasure options,
+# as the connector reads them and the promise rules compare them.
+WOO_RETENTION_OPTIONS = ("woocommerce_delete_inactive_accounts",
+                         "woocommerce_trash_pending_orders", "woocommerce_trash_failed_orders",
+                         "woocommerce_trash_cancelled_orders",
+                         "woocommerce_anonymize_completed_orders",
+                         "woocommerce_anonymize_refunded_orders")
+WOO_ERASURE_OPTIONS = ("woocommerce_erasure_request_removes_order_data",
+                       "woocommerce_erasure_request_removes_download_data")
