@@ -380,6 +380,7 @@ def format_side_by_side(rows: list[ShopSetting]) -> list[str]:
         lines.append(f"  {label:<{width}}  {policy_value:<8}" + "".join(cells))
     unreadable = sorted({f"{row.shop}: {row.verdict.removeprefix('not readable: ')}"
                          for row in rows if row.verdict.startswith("not readable")})
+    lines = [line.rstrip() for line in lines]
     lines.append("  ! off, or longer than the policy   ? not readable")
     lines.extend(f"  ? {line}" for line in unreadable)
     return lines

@@ -30,7 +30,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
-from daemon import audit, trail
+from daemon import audit, policy, trail
 from daemon.ledger import (
     AuditLogEntry,
     Finding,
@@ -45,7 +45,7 @@ from daemon.mail import RenderedEmail
 from vocabulary import Category, utcnow
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from daemon.config import RetentionSettings, Settings
 
 DIGEST_KIND = "digest"
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -247,6 +247,8 @@ class Digest:
     # On a day with nothing new: the oldest open findings, and how many more are open.
     still_open: tuple[FindingItem, ...] = field(default=())
     still_open_more: int = 0
+    # Each shop's own clean-up next to [retention] (daemon/policy.py), when [policy] is set.
+    shops: tuple[policy.ShopSetting, ...] = field(default=())
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -703,7 +705,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                  cap_per_rule: int = DEFAULT_CAP, timezone: str = "UTC",
                  stale_after: timedelta = DEFAULT_STALE_AFTER,
                  configured_sources: Sequence[str] = (),
-                 places: AdminPlaces | None = None) -> Digest:
+                 places: AdminPlaces | None = None,
+                 retention: RetentionSettings | None = None) -> Digest:
     """Everything the morning email says, from the ledger. `since` defaults to when the
     previous digest was queued (or 24 hours ago); `configured_sources` names sources from the
     config so that one never synced still shows; `places` are the configured addresses the
@@ -731,6 +734,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         jobs = _job_problems(session, since)
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
+        shops = tuple(policy.side_by_side(session, retention)) if retention else ()
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -739,7 +743,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
                   job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
-                  still_open=still_open, still_open_more=still_more)
+                  still_open=still_open, still_open_more=still_more, shops=shops)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -887,4 +891,5 @@ def digest_for(ledger: Ledger, settings: Settings | None = None,
         stale_after=settings.retention.sync_stale,
         cap_per_rule=report.max_per_rule if report else DEFAULT_CAP,
         configured_sources=settings.source_names, places=admin_places(settings),
+        retention=settings.retention if settings.policy is not None else None,
     )
