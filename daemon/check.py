@@ -154,6 +154,42 @@ def delivery_gaps(settings: Settings) -> list[CheckResult]:
     return gaps
 
 
+def _shop_state(section: Any) -> CheckResult:
+    """What the promise rules read from one shop: its plugins, settings and clean-up."""
+    name = f"woo:{section.name} policy"
+    connector = woocommerce.connect(section.to_connector(**_ONCE))
+    try:
+        state = woocommerce.read_shop_state(connector)
+    except APIError as exc:
+        return CheckResult(name, False, exc.message)
+    finally:
+        connector.close()
+    refused = [f"{part.part}: {part.detail}" for part in state.parts if not part.ok]
+    if refused:
+        return CheckResult(name, False, "; ".join(refused))
+    return CheckResult(name, True, f"{len(state.plugins)} active plugins, the erasure and "
+                                   "clean-up settings readable")
+
+
+def policy_checks(settings: Settings) -> Iterator[CheckResult]:
+    """[policy]: whether it is there (without it nothing is claimed, so nothing is checked),
+    and for each shop whether the key may read what the promise rules compare."""
+    declared = settings.policy
+    if declared is None:
+        yield CheckResult("policy", True, "[policy] is missing: nothing is declared, so the "
+                                          "audit checks no promise; add [policy] with the "
+                                          "categories and processors your privacy policy "
+                                          "names")
+        return
+    yield CheckResult("policy", True, f"{len(declared.categories)} categories and "
+                                      f"{len(declared.processors)} processors declared")
+    for shop in settings.woocommerce:
+        try:
+            yield _shop_state(shop)
+        except (ValueError, OSError) as exc:
+            yield CheckResult(f"woo:{shop.name} policy", False, str(exc))
+
+
 def run_checks(settings: Settings) -> Iterator[CheckResult]:
     """Every check, in order, as it completes."""
     yield _attempt("ledger", lambda: _probe_ledger(settings.ledger.database_url))
@@ -168,3 +204,4 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
     yield from delivery_gaps(settings)
+    yield from policy_checks(settings)
