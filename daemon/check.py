@@ -156,7 +156,7 @@ def delivery_gaps(settings: Settings) -> list[CheckResult]:
 
 def _shop_state(section: Any) -> CheckResult:
     """What the promise rules read from one shop: its plugins, settings and clean-up."""
-    name = f"woo:{section.name} policy"
+    name = f"policy:woo:{section.name}"
     connector = woocommerce.connect(section.to_connector(**_ONCE))
     try:
         state = woocommerce.read_shop_state(connector)
@@ -181,13 +181,18 @@ def policy_checks(settings: Settings) -> Iterator[CheckResult]:
                                           "categories and processors your privacy policy "
                                           "names")
         return
-    yield CheckResult("policy", True, f"{len(declared.categories)} categories and "
-                                      f"{len(declared.processors)} processors declared")
+    if not declared.categories and not declared.systems and not declared.processors:
+        yield CheckResult("policy", True, "[policy] declares nothing: every category held "
+                                          "and every processor will be a finding; list the "
+                                          "categories and processors your policy names")
+    else:
+        yield CheckResult("policy", True, f"{len(declared.categories)} categories and "
+                                          f"{len(declared.processors)} processors declared")
     for shop in settings.woocommerce:
         try:
             yield _shop_state(shop)
         except (ValueError, OSError) as exc:
-            yield CheckResult(f"woo:{shop.name} policy", False, str(exc))
+            yield CheckResult(f"policy:woo:{shop.name}", False, str(exc))
 
 
 def run_checks(settings: Settings) -> Iterator[CheckResult]:

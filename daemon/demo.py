@@ -89,6 +89,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
         yield "Look next (the ledger, no upstream needed):"
         yield f"  {command} where {shlex.quote(sample)}"
         yield f"  {command} audit"
+        yield f"  {command} ropa --out {shlex.quote(_shown_path(out / 'ropa'))}"
         if serve is None:
             yield ("The sandbox has stopped, so sync, export and erase have nothing to talk "
                    "to now: run the demo with --serve to keep it answering and try them.")

@@ -68,21 +68,29 @@ class CleanupTask:
     record_type: str
     status: str | None
     parameter: str
+    # The records past its period, as the finding names them.
+    late: str
 
 
 CLEANUP_TASKS: tuple[CleanupTask, ...] = (
     CleanupTask("woocommerce_delete_inactive_accounts", "Retain inactive accounts",
-                "deletes accounts", CUSTOMER, None, "inactive_accounts"),
+                "deletes accounts", CUSTOMER, None, "inactive_accounts",
+                "accounts inactive for longer"),
     CleanupTask("woocommerce_trash_pending_orders", "Retain pending orders",
-                "trashes pending orders", ORDER, "pending", "pending_orders"),
+                "trashes pending orders", ORDER, "pending", "pending_orders",
+                "pending orders older than that"),
     CleanupTask("woocommerce_trash_failed_orders", "Retain failed orders",
-                "trashes failed orders", ORDER, "failed", "failed_orders"),
+                "trashes failed orders", ORDER, "failed", "failed_orders",
+                "failed orders older than that"),
     CleanupTask("woocommerce_trash_cancelled_orders", "Retain cancelled orders",
-                "trashes cancelled orders", ORDER, "cancelled", "cancelled_orders"),
+                "trashes cancelled orders", ORDER, "cancelled", "cancelled_orders",
+                "cancelled orders older than that"),
     CleanupTask("woocommerce_anonymize_completed_orders", "Retain completed orders",
-                "anonymises completed orders", ORDER, "completed", "completed_orders"),
+                "anonymises completed orders", ORDER, "completed", "completed_orders",
+                "completed orders older than that, not anonymised,"),
     CleanupTask("woocommerce_anonymize_refunded_orders", "Retain refunded orders",
-                "anonymises refunded orders", ORDER, "refunded", "refunded_orders"),
+                "anonymises refunded orders", ORDER, "refunded", "refunded_orders",
+                "refunded orders older than that, not anonymised,"),
 )
 ERASURE_LABELS = {
     "woocommerce_erasure_request_removes_order_data": "Erasure requests remove order data",
@@ -294,8 +302,7 @@ def shop_cleanup_not_running(ctx: Promises, now: datetime, dialect: str | None) 
     late = union_all(*parts).subquery("late")
     words = case(*((late.c.option == task.option, _text(
         f"the shop's own clean-up is not running: it {task.does} after ")
-        + func.coalesce(late.c.value, "") + _text(f", yet {task.record_type}s past that are "
-                                                   "still there: "))
+        + func.coalesce(late.c.value, "") + _text(f", yet {task.late} are still there: "))
         for task in CLEANUP_TASKS), else_=_text(""))
     oldest = func.substr(cast(func.min(late.c.at), String), 1, 10)
     return (select((_text("option:") + cast(late.c.source_id, String) + _text(":")

@@ -202,8 +202,8 @@ def test_a_key_that_may_not_read_settings_says_which_permission_and_the_rest_run
     assert _by_rule(ledger, "shop-cleanup-off") == []
     assert not any(f.source == "woo:allmyink" for f in _by_rule(ledger, "plugin-unclassified"))
     assert result.per_rule["category-not-declared"].current > 0
-    assert not checks["woo:papercraft policy"].ok
-    assert "manage_options" in checks["woo:papercraft policy"].detail
-    assert "system_status" in checks["woo:allmyink policy"].detail
-    assert "manage_woocommerce" in checks["woo:allmyink policy"].detail
+    assert not checks["policy:woo:papercraft"].ok
+    assert "manage_options" in checks["policy:woo:papercraft"].detail
+    assert "system_status" in checks["policy:woo:allmyink"].detail
+    assert "manage_woocommerce" in checks["policy:woo:allmyink"].detail
     json.dumps([c.detail for c in checks.values()])
