@@ -674,12 +674,13 @@ def ropa(app: App, out: Path) -> None:
 
 def _shop_lines(app: App, ledger: Any) -> list[str]:
     """The shops' own clean-up side by side (when [policy] is set and shops were read)."""
-    from daemon.policy import format_side_by_side, side_by_side
+    from daemon.policy import format_side_by_side, side_by_side, unread_parts
 
     if app.settings.policy is None:
         return []
     with ledger.sessions() as session:
-        return format_side_by_side(side_by_side(session, app.settings.retention))
+        return format_side_by_side(side_by_side(session, app.settings.retention),
+                                   unread_parts(session))
 
 
 @main.command()

@@ -23,7 +23,7 @@ claimed, so every promise rule finds nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -365,10 +365,23 @@ def side_by_side(session: Any, retention: RetentionSettings) -> list[ShopSetting
     return found
 
 
-def format_side_by_side(rows: list[ShopSetting]) -> list[str]:
+def unread_parts(session: Any) -> list[str]:
+    """What a shop's key could not read at its last sync, and why (the permission)."""
+    from daemon.ledger import ShopRead
+
+    rows = session.execute(
+        select(Source.name, ShopRead.part, ShopRead.detail)
+        .join(Source, Source.id == ShopRead.source_id)
+        .where(ShopRead.ok.is_(False), Source.gone_at.is_(None))
+        .order_by(Source.name, ShopRead.part)).all()
+    return [f"{name.removeprefix('woo:')}: {part} {detail or 'not readable'}"
+            for name, part, detail in rows]
+
+
+def format_side_by_side(rows: list[ShopSetting], unread: Sequence[str] = ()) -> list[str]:
     """The shops side by side, one line per setting, for the terminal and the text email."""
     if not rows:
-        return []
+        return [f"Not readable: {line}" for line in unread]
     shops = sorted({row.shop for row in rows})
     by = {(row.shop, row.label): row for row in rows}
     labels = list(dict.fromkeys(row.label for row in rows))
@@ -385,11 +398,9 @@ def format_side_by_side(rows: list[ShopSetting]) -> list[str]:
                 else " ?")
             cells.append(f"  {cell:<22}")
         lines.append(f"  {label:<{width}}  {policy_value:<8}" + "".join(cells))
-    unreadable = sorted({f"{row.shop}: {row.verdict.removeprefix('not readable: ')}"
-                         for row in rows if row.verdict.startswith("not readable")})
     lines = [line.rstrip() for line in lines]
     lines.append("  ! off, or longer than the policy   ? not readable")
-    lines.extend(f"  ? {line}" for line in unreadable)
+    lines.extend(f"  ? {line}" for line in unread)
     return lines
 
 

@@ -249,6 +249,8 @@ class Digest:
     still_open_more: int = 0
     # Each shop's own clean-up next to [retention] (daemon/policy.py), when [policy] is set.
     shops: tuple[policy.ShopSetting, ...] = field(default=())
+    # What a shop's key could not read (plugins, settings, clean-up), with the permission.
+    shops_unread: tuple[str, ...] = field(default=())
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -735,6 +737,7 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
         shops = tuple(policy.side_by_side(session, retention)) if retention else ()
+        unread = tuple(policy.unread_parts(session)) if retention else ()
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -743,7 +746,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
                   job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
-                  still_open=still_open, still_open_more=still_more, shops=shops)
+                  still_open=still_open, still_open_more=still_more, shops=shops,
+                  shops_unread=unread)
 
 
 # --------------------------------------------------------------------------- rendering

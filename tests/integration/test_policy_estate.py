@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from sqlalchemy import select
 from daemon.audit import current_findings, run_audit
 from daemon.config import Settings, load_settings
 from daemon.ledger import Holding, Ledger, Source, categories_of
-from daemon.policy import CLEANUP_GRACE, side_by_side
+from daemon.policy import CLEANUP_GRACE, format_side_by_side, side_by_side, unread_parts
 from daemon.report import render_digest
 from daemon.ropa import write_documents
 from daemon.sources import sync_configured
@@ -206,4 +205,12 @@ def test_a_key_that_may_not_read_settings_says_which_permission_and_the_rest_run
     assert "manage_options" in checks["policy:woo:papercraft"].detail
     assert "system_status" in checks["policy:woo:allmyink"].detail
     assert "manage_woocommerce" in checks["policy:woo:allmyink"].detail
-    json.dumps([c.detail for c in checks.values()])
+    # The email says what could not be read, and the audit's own lines do too.
+    text = render_digest(ledger, settings, now=NOW).text
+    assert "Not readable: allmyink: plugins not readable" in text
+    with ledger.sessions() as session:
+        lines = format_side_by_side(side_by_side(session, settings.retention),
+                                    unread_parts(session))
+    assert any(line.startswith("  ? allmyink: plugins") and "manage_woocommerce" in line
+               for line in lines)
+    assert any("papercraft: retention" in line and "manage_options" in line for line in lines)
