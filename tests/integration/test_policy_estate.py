@@ -214,3 +214,18 @@ def test_a_key_that_may_not_read_settings_says_which_permission_and_the_rest_run
     assert any(line.startswith("  ? allmyink: plugins") and "manage_woocommerce" in line
                for line in lines)
     assert any("papercraft: retention" in line and "manage_options" in line for line in lines)
+
+
+def test_a_configured_system_whose_processor_is_not_named_is_found_too(
+        estate_run: tuple[Estate, Ledger, Settings]) -> None:
+    _, ledger, settings = estate_run
+    assert settings.policy is not None
+    only_wordpress = settings.policy.model_copy(update={"processors": ["WordPress"]})
+    run_audit(ledger, settings.retention, now=NOW + timedelta(minutes=1),
+              rules=["processor-not-named"], declared=only_wordpress)
+    found = _by_rule(ledger, "processor-not-named")
+    systems = {f.source for f in found if "holds personal data here" in (f.detail or "")}
+    assert "stripe" in systems and any(s.startswith("mailchimp:") for s in systems)
+    assert not any(s.startswith("woo:") for s in systems)
+    # The shops' Stripe and Mailchimp plugins now send to processors the policy omits.
+    assert any("WooCommerce Stripe Gateway" in (f.detail or "") for f in found)
