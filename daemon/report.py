@@ -737,7 +737,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
         shops = tuple(policy.side_by_side(session, retention)) if retention else ()
-        unread = tuple(policy.unread_parts(session)) if retention else ()
+        unread = tuple(shown(line, 400) for line in policy.unread_parts(session)) \
+            if retention else ()
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),

@@ -110,6 +110,12 @@ def activities(ledger: Ledger, retention: RetentionSettings,
     return found
 
 
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet will not run as a formula (a plugin's name is upstream text)."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") \
+        else value
+
+
 def ropa_csv(items: list[Activity]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -118,9 +124,10 @@ def ropa_csv(items: list[Activity]) -> str:
     for item in items:
         settings = "; ".join(f"{s.label}: {s.shop_value}" for s in item.shop_settings)
         for category, records, declared in item.categories or (("", 0, True),):
-            writer.writerow([item.label, item.source, item.purpose, category, records,
-                             "yes" if declared else "NO", "; ".join(item.processors),
-                             "; ".join(item.retention), settings, item.erasure])
+            writer.writerow([_cell(value) for value in (
+                item.label, item.source, item.purpose, category, records,
+                "yes" if declared else "NO", "; ".join(item.processors),
+                "; ".join(item.retention), settings, item.erasure)])
     return out.getvalue()
 
 

@@ -4,6 +4,9 @@ and stored here, so that the audit compares them with [policy] from the ledger a
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import structlog
 from sqlalchemy import delete, select
 
@@ -14,6 +17,16 @@ from daemon.ledger import Ledger, ShopOption, ShopPlugin, ShopRead, Source
 from vocabulary import WOOCOMMERCE, utcnow
 
 log = structlog.get_logger("daemon.shopstate")
+# Bidi overrides and isolates, which could reorder what the owner reads.
+_BIDI = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                "\u2066\u2067\u2068\u2069"), "\ufffd")
+
+
+def _plain(value: str, limit: int) -> str:
+    """The shop's own words made safe to store and show: controls and bidi overrides
+    replaced, whitespace collapsed, length capped."""
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in value.translate(_BIDI))
+    return re.sub(r"\s+", " ", text).strip()[:limit]
 
 
 def store(ledger: Ledger, source_name: str, state: ShopState) -> None:
@@ -28,9 +41,11 @@ def store(ledger: Ledger, source_name: str, state: ShopState) -> None:
             if plugin.plugin in seen:
                 continue
             seen.add(plugin.plugin)
-            session.add(ShopPlugin(source_id=source.id, plugin=plugin.plugin[:300],
-                                   slug=slug_of(plugin.plugin)[:200], name=plugin.name[:300],
-                                   version=(plugin.version or "")[:60] or None, read_at=now))
+            session.add(ShopPlugin(source_id=source.id, plugin=_plain(plugin.plugin, 300),
+                                   slug=_plain(slug_of(plugin.plugin), 200),
+                                   name=_plain(plugin.name, 300),
+                                   version=_plain(plugin.version or "", 60) or None,
+                                   read_at=now))
         session.execute(delete(ShopOption).where(ShopOption.source_id == source.id))
         for option in state.options:
             session.add(ShopOption(source_id=source.id, option=option.option,
@@ -40,7 +55,7 @@ def store(ledger: Ledger, source_name: str, state: ShopState) -> None:
         session.execute(delete(ShopRead).where(ShopRead.source_id == source.id))
         for part in state.parts:
             session.add(ShopRead(source_id=source.id, part=part.part, ok=part.ok,
-                                 detail=part.detail, read_at=now))
+                                 detail=_plain(part.detail or "", 1000) or None, read_at=now))
 
 
 def refresh(ledger: Ledger, connector: WooCommerceConnector) -> None:
