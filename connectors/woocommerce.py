@@ -1409,9 +1409,10 @@ def _read_retention(connector: WooCommerceConnector) -> tuple[list[ShopOptionVal
         client.close()
     if response.status_code != 200 or not isinstance(data, dict):
         reason = _refusal(connector, response, "the manage_options capability (an "
-                                               "administrator's key) to read them through GET "
-                                               "/wc-admin/options; /wc/v3/settings does not "
-                                               "expose them")
+                                               "administrator's key) on a site whose "
+                                               "environment type is production, to read them "
+                                               "through GET /wc-admin/options; "
+                                               "/wc/v3/settings does not expose them")
         return ([ShopOptionValue(o, False, None, None) for o in RETENTION_OPTIONS],
                 ShopPart("retention", False, reason))
     options = []

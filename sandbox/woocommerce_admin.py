@@ -17,10 +17,13 @@ plugins/woocommerce/):
   (includes/admin/settings/class-wc-settings-accounts.php) and are left out; asking for one
   by id answers 404 rest_setting_setting_invalid "Invalid setting.". Same permission as
   system_status ('settings' 'read').
-- wc-admin/options: src/Admin/API/Options.php — `{option: get_option(option)}`; options not
-  in its short list need manage_options (an administrator), else 401/403
-  woocommerce_rest_cannot_view "Sorry, you cannot view these options.". Consumer keys
-  authenticate there too (WC_REST_Authentication::is_request_to_rest_api accepts `wc-`).
+- wc-admin/options: src/Admin/API/Options.php (deprecated since 6.2, still registered) —
+  `{option: get_option(option)}` for `options=a,b`; an option not in its short list needs
+  manage_options (an administrator) on a production site, else 401/403
+  woocommerce_rest_cannot_view "Sorry, you cannot view these options."; on a site whose
+  wp_get_environment_type() is not "production" such options are refused to everyone, with
+  a longer message. Consumer keys authenticate there too
+  (WC_REST_Authentication::is_request_to_rest_api accepts `wc-`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class ShopAdmin:
         self.options: dict[str, Any] = {sid: default for sid, _, _, default in ACCOUNT_SETTINGS}
         self.role = "administrator"
         self.wp_cron = True
+        # wp_get_environment_type(): Options.php refuses unlisted options off production.
+        self.environment = "production"
 
     def _manager(self) -> bool:
         return self.role in ("administrator", "shop_manager")
@@ -127,8 +132,13 @@ class ShopAdmin:
 
     def wc_admin_options(self, names: list[str]) -> Reply:
         for name in names:
-            allowed = self.role == "administrator" or (
-                name in SHOP_MANAGER_OPTIONS and self._manager())
+            listed = name in SHOP_MANAGER_OPTIONS
+            if not listed and self.environment != "production":
+                return _error(403, "woocommerce_rest_cannot_view",
+                              "Sorry, you cannot view these options, please remember to update "
+                              "the option permissions in Options API to allow viewing these "
+                              "options in non-production environments.")
+            allowed = self.role == "administrator" or (listed and self._manager())
             if not allowed:
                 return _error(403, "woocommerce_rest_cannot_view",
                               "Sorry, you cannot view these options.")

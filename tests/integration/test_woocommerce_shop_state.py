@@ -116,3 +116,12 @@ def test_the_rest_settings_api_leaves_the_retention_options_out_as_woocommerce_d
 ])
 def test_a_relative_period_is_read_as_woocommerce_parses_it(value, expected) -> None:
     assert relative_period(value) == expected
+
+
+def test_a_site_that_is_not_production_refuses_the_clean_up_options_to_everyone(shop) -> None:
+    twin, server = shop
+    twin.admin.environment = "staging"
+    parts = {part.part: part for part in _state(twin, server).parts}
+    assert parts["plugins"].ok and parts["settings"].ok and not parts["retention"].ok
+    assert "non-production environments" in parts["retention"].detail
+    assert "production" in parts["retention"].detail.split(":")[-1]
