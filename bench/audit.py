@@ -304,6 +304,12 @@ def measure_promises(name: str, ledger: Ledger, runs: int, baseline: float) -> N
     print(f"  {name} promise findings: {per_rule}")
     print(f"{name}: median of {runs} promise audits: {median:.2f}s "
           f"({median / baseline:.2f}x the full retention audit)")
+    alone = []
+    for index, rule in enumerate(promises):
+        result = run_audit(ledger, POLICY, now=NOW + timedelta(days=20 + index), rules=[rule],
+                           actor="bench", declared=declared)
+        alone.append(f"{rule} {result.seconds:.2f}s")
+    print(f"  {name} each promise rule alone: {', '.join(alone)}")
 
 
 def main() -> None:

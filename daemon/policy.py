@@ -277,29 +277,32 @@ def shop_cleanup_not_running(ctx: Promises, now: datetime, dialect: str | None) 
         return _nothing()
     grace = int(CLEANUP_GRACE.total_seconds())
     moment = int(now.timestamp())
-    parts = []
+    # One pass over the shops' holdings: each record is mapped to the clean-up task that
+    # would handle it, and joined to that task's setting in its shop.
+    branches = []
     for task in CLEANUP_TASKS:
         if task.record_type == CUSTOMER:
             # delete_inactive_accounts: 0 < wc_last_active < cutoff (class-wc-privacy.php).
-            when = Holding.last_activity_at
-            which = [Holding.last_activity_at.is_not(None),
-                     Holding.status.in_(("customer", "subscriber"))]
+            which = and_(Holding.record_type == CUSTOMER, Holding.last_activity_at.is_not(None),
+                         Holding.status.in_(("customer", "subscriber")))
         else:
-            # The order tasks count from the order's creation date.
-            when = func.coalesce(Holding.created_at, Holding.first_seen)
-            which = [Holding.status == task.status]
-        parts.append(
-            select(ShopOption.source_id.label("source_id"), ShopOption.option.label("option"),
+            which = and_(Holding.record_type == ORDER, Holding.status == task.status)
+        branches.append((which, _text(task.option)))
+    option = case(*branches, else_=null())
+    # The order tasks count from the order's creation date, the accounts from last activity.
+    when = case((Holding.record_type == CUSTOMER, Holding.last_activity_at),
+                else_=func.coalesce(Holding.created_at, Holding.first_seen))
+    late = (select(ShopOption.source_id.label("source_id"), ShopOption.option.label("option"),
                    ShopOption.value.label("value"), when.label("at"))
             .select_from(Holding)
             .join(Source, Source.id == Holding.source_id)
             .join(ShopOption, and_(ShopOption.source_id == Holding.source_id,
-                                   ShopOption.option == task.option))
+                                   ShopOption.option == option))
             .where(*_live_holdings(), Source.kind == WOOCOMMERCE,
-                   Holding.record_type == task.record_type, Holding.anonymised == false(),
-                   ShopOption.period_seconds.is_not(None), *which,
-                   _epoch(when, dialect) < moment - ShopOption.period_seconds - grace))
-    late = union_all(*parts).subquery("late")
+                   Holding.record_type.in_((CUSTOMER, ORDER)), Holding.anonymised == false(),
+                   ShopOption.period_seconds.is_not(None),
+                   _epoch(when, dialect) < moment - ShopOption.period_seconds - grace)
+            .subquery("late"))
     words = case(*((late.c.option == task.option, _text(
         f"the shop's own clean-up is not running: it {task.does} after ")
         + func.coalesce(late.c.value, "") + _text(f", yet {task.late} are still there: "))
