@@ -33,9 +33,17 @@ from sqlalchemy import create_engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.audit import run_audit  # noqa: E402
-from daemon.config import RetentionSettings  # noqa: E402
-from daemon.ledger import Holding, Ledger, Source, Subject, SyncRun  # noqa: E402
+from daemon.audit import RULES, run_audit  # noqa: E402
+from daemon.config import PolicySettings, RetentionSettings  # noqa: E402
+from daemon.ledger import (  # noqa: E402
+    Holding,
+    Ledger,
+    ShopOption,
+    ShopPlugin,
+    Source,
+    Subject,
+    SyncRun,
+)
 
 NOW = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 SHOPS = ("woo:alpha", "woo:beta", "woo:gamma")
@@ -258,8 +266,50 @@ def measure(name: str, url: str, runs: int) -> None:
                              for rule, counts in result.per_rule.items())
         print(f"  {name} findings by rule: {per_rule}")
         print(f"{name}: median of {runs} full audits: {statistics.median(times):.2f}s")
+        measure_promises(name, ledger, runs, statistics.median(times))
     finally:
         ledger.close()
+
+
+def _shop_setup(ledger: Ledger) -> None:
+    """Every shop runs the clean-up of the demo's allmyink and one plugin of each kind."""
+    with ledger.session() as session:
+        shops = session.scalars(select(Source.id).where(Source.kind == "woocommerce")).all()
+        for source_id in shops:
+            for option, days in (("woocommerce_trash_pending_orders", 30),
+                                 ("woocommerce_anonymize_completed_orders", 6 * 365),
+                                 ("woocommerce_delete_inactive_accounts", 730)):
+                session.add(ShopOption(source_id=source_id, option=option, readable=True,
+                                       period_seconds=days * 86400, value=f"{days} days",
+                                       read_at=NOW))
+            for plugin in ("facebook-for-woocommerce", "allmyink-label-printer"):
+                session.add(ShopPlugin(source_id=source_id, plugin=f"{plugin}/{plugin}.php",
+                                       slug=plugin, name=plugin, version="1", read_at=NOW))
+
+
+def measure_promises(name: str, ledger: Ledger, runs: int, baseline: float) -> None:
+    """The five promise rules alone (the seed policy), against the full retention audit."""
+    _shop_setup(ledger)
+    declared = PolicySettings(categories=["name", "billing_address", "delivery_address",
+                                          "email", "phone", "payment_method_type"],
+                              processors=["WordPress", "Stripe", "Mailchimp"])
+    promises = [rule for rule, spec in RULES.items() if spec.reads == "policy"]
+    times = []
+    for index in range(runs):
+        result = run_audit(ledger, POLICY, now=NOW + timedelta(days=10 + index),
+                           rules=promises, actor="bench", declared=declared)
+        times.append(result.seconds)
+    per_rule = ", ".join(f"{rule} {counts.current:,}" for rule, counts in result.per_rule.items())
+    median = statistics.median(times)
+    print(f"  {name} promise findings: {per_rule}")
+    print(f"{name}: median of {runs} promise audits: {median:.2f}s "
+          f"({median / baseline:.2f}x the full retention audit)")
+    alone = []
+    for index, rule in enumerate(promises):
+        result = run_audit(ledger, POLICY, now=NOW + timedelta(days=20 + index), rules=[rule],
+                           actor="bench", declared=declared)
+        alone.append(f"{rule} {result.seconds:.2f}s")
+    print(f"  {name} each promise rule alone: {', '.join(alone)}")
 
 
 def main() -> None:

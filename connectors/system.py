@@ -127,6 +127,9 @@ class System:
     label: Callable[[Any], str]
     # (section) → where the owner acts on a record of this section's sources.
     links: Callable[[Any], LinkMaker] = field(default=lambda section: no_links)
+    # (connector) → what the site itself runs and how it cleans up (a shop's active plugins
+    # and own retention settings), read after each successful sync; None: nothing to read.
+    read_site_state: Callable[[Any], Any] | None = None
     # What the config example says of the section.
     description: str = ""
 

@@ -80,7 +80,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from daemon import fix_words, requests, trail
+from daemon import policy as promises
 from daemon.ledger import Finding, Holding, Ledger, Source, Subject, SyncRun, UTCDateTime
+from daemon.policy import Promises
 from vocabulary import (
     COMMENT,
     CUSTOMER,
@@ -98,7 +100,7 @@ from vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from daemon.config import RetentionSettings
+    from daemon.config import PolicySettings, RetentionSettings
 
 SEVERITIES = ("high", "medium", "low")
 STATUSES = ("new", "open", "acknowledged")
@@ -387,6 +389,8 @@ class Rule:
     # Owner's words; {record} is e.g. "order 1234 in allmyink" or "the Stripe customer cus_1".
     action: str
     build: Callable[[Any, datetime, str | None], Select[Any]] = field(repr=False)
+    # "retention": the build reads [retention]; "policy": it reads policy.Promises.
+    reads: str = "retention"
 
     def query(self, policy: RetentionSettings, now: datetime,
               dialect: str | None = None) -> Select[Any]:
@@ -397,6 +401,10 @@ class Rule:
 
     def period(self, policy: RetentionSettings) -> timedelta | None:
         return _period(policy, self.parameter) if self.parameter else None
+
+    def argument(self, policy: RetentionSettings, declared: PolicySettings | None) -> Any:
+        """What the rule's query is built from."""
+        return Promises(policy, declared) if self.reads == "policy" else policy
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -480,6 +488,37 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "within the first).",
          "answer it now and close it (`privacy-ledger request list`)",
          requests.overdue_query),
+    # The promises of [policy] (daemon/policy.py): none without the section.
+    Rule("category-not-declared", "medium", None,
+         "a category of personal data held that the privacy policy does not declare",
+         "Art. 13(1)(c) and 5(1)(a) transparency: people must be told what is collected.",
+         "declare it in the published policy and in [policy] categories, or stop collecting "
+         "it in {source}", promises.category_not_declared, reads="policy"),
+    Rule("processor-not-named", "high", None,
+         "personal data sent to a processor the privacy policy does not name",
+         "Art. 13(1)(e) and 28: the recipients of personal data must be named, and each "
+         "processor bound by a contract.",
+         "name the processor in the published policy and in [policy] processors, or stop "
+         "sending it data from {source}", promises.processor_not_named, reads="policy"),
+    Rule("plugin-unclassified", "low", None,
+         "an active plugin the plugin catalogue does not know",
+         "Art. 30 records of processing: every recipient of personal data must be known.",
+         "find out whether this plugin of {source} sends personal data and to whom (its "
+         "documentation), and add it to daemon/data/plugins.toml",
+         promises.plugin_unclassified, reads="policy"),
+    Rule("shop-cleanup-off", "medium", None,
+         "a shop's own clean-up setting that is off or longer than the policy's period",
+         "Art. 5(1)(e) storage limitation: the shop keeps records longer than the policy "
+         "says.",
+         "set it in {source}'s WooCommerce → Settings → Accounts & Privacy → Personal data "
+         "retention to the policy's period", promises.shop_cleanup_off, reads="policy"),
+    Rule("shop-cleanup-not-running", "high", None,
+         "a shop's own clean-up is set, yet records past its period are still there",
+         "Art. 5(1)(e) storage limitation and 5(2) accountability: the clean-up the policy "
+         "relies on silently stopped.",
+         "make WP-Cron run on {source} (a real cron job calling wp-cron.php, or `wp cron "
+         "event run --due-now`), then check WooCommerce → Status → Scheduled Actions for "
+         "woocommerce_cleanup_personal_data", promises.shop_cleanup_not_running, reads="policy"),
 )}
 RULE_IDS: tuple[str, ...] = tuple(RULES)
 
@@ -547,14 +586,17 @@ def _lock(session: Session) -> None:
 
 
 def run_audit(ledger: Ledger, policy: RetentionSettings, *, now: datetime | None = None,
-              rules: Iterable[str] | None = None, actor: str = "daemon") -> AuditResult:
+              rules: Iterable[str] | None = None, actor: str = "daemon",
+              declared: PolicySettings | None = None) -> AuditResult:
     """Run the rules (all, or these ids) and bring the findings up to date, in one
-    transaction, with one audit_log entry of counts per rule."""
+    transaction, with one audit_log entry of counts per rule. `declared`: the [policy]
+    section (None: the promise rules find nothing)."""
     started = time.perf_counter()
     selected = rules_for(rules)
     # Full precision: two audits never share a moment, so "new" (first == last) stays exact.
     moment = (now or utcnow()).astimezone(UTC)
-    queries = [(rule, rule.query(policy, moment, ledger.dialect)) for rule in selected]
+    queries = [(rule, rule.build(rule.argument(policy, declared), moment, ledger.dialect))
+               for rule in selected]
     rule_ids = [rule.id for rule in selected]
     f = Finding.__table__
     c = _current

@@ -151,6 +151,49 @@ def delivery_gaps(settings: Settings) -> list[CheckResult]:
     return gaps
 
 
+def _site_state(unit: Unit, read: Callable[[Any], Any]) -> CheckResult:
+    """What the promise rules read from one shop: its plugins, settings and clean-up."""
+    name = f"policy:{unit.name}"
+    opening = unit.open(**_ONCE)
+    try:
+        state = read(opening.connectors[0])
+    except APIError as exc:
+        return CheckResult(name, False, exc.message)
+    finally:
+        opening.close()
+    refused = [f"{part.part}: {part.detail}" for part in state.parts if not part.ok]
+    if refused:
+        return CheckResult(name, False, "; ".join(refused))
+    return CheckResult(name, True, f"{len(state.plugins)} active plugins, the erasure and "
+                                   "clean-up settings readable")
+
+
+def policy_checks(settings: Settings) -> Iterator[CheckResult]:
+    """[policy]: whether it is there (without it nothing is claimed, so nothing is checked),
+    and for each shop whether the key may read what the promise rules compare."""
+    declared = settings.policy
+    if declared is None:
+        yield CheckResult("policy", True, "[policy] is missing: nothing is declared, so the "
+                                          "audit checks no promise; add [policy] with the "
+                                          "categories and processors your privacy policy "
+                                          "names")
+        return
+    if not declared.categories and not declared.systems and not declared.processors:
+        yield CheckResult("policy", True, "[policy] declares nothing: every category held "
+                                          "and every processor will be a finding; list the "
+                                          "categories and processors your policy names")
+    else:
+        yield CheckResult("policy", True, f"{len(declared.categories)} categories and "
+                                          f"{len(declared.processors)} processors declared")
+    for system, _, unit in settings.units():
+        if system.read_site_state is None:
+            continue
+        try:
+            yield _site_state(unit, system.read_site_state)
+        except (ValueError, OSError) as exc:
+            yield CheckResult(f"policy:{unit.name}", False, str(exc))
+
+
 def run_checks(settings: Settings) -> Iterator[CheckResult]:
     """Every check, in order, as it completes."""
     yield _attempt("ledger", lambda: _probe_ledger(settings.ledger.database_url))
@@ -159,3 +202,4 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
     if settings.smtp is not None:
         yield _attempt("smtp", lambda: _probe_smtp(settings.smtp))
     yield from delivery_gaps(settings)
+    yield from policy_checks(settings)

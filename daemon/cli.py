@@ -620,10 +620,12 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--rule") from None
     ledger = app.ledger()
     try:
-        result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli")
+        result = run_audit(ledger, app.settings.retention, rules=rules, actor="cli",
+                           declared=app.settings.policy)
         findings = current_findings(ledger, now=result.at, rules=rules,
                                     sources=source_names or None)
         blind = _blind_spot_lines(app, ledger)
+        shops = _shop_lines(app, ledger)
     except UnknownSourceError as exc:
         raise click.BadParameter(str(exc), param_hint="--source") from None
     finally:
@@ -635,6 +637,49 @@ def audit(app: App, as_json: bool, rule_ids: tuple[str, ...],
         return
     for line in format_findings(findings, result=result, zone=ZoneInfo(app.settings.timezone)):
         click.echo(_escaped(line))
+    if shops:
+        click.echo("")
+    for line in shops:
+        click.echo(_escaped(line))
+
+
+@main.command()
+@click.option("--out", "out", required=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for ropa.html, ropa.csv, what-we-hold.html and what-we-hold.txt "
+                   "(created if needed; those files are replaced, each in one step).")
+@click.pass_obj
+def ropa(app: App, out: Path) -> None:
+    """Write the record of processing activities (Art. 30) and the "what we hold" table,
+    generated from the ledger and compared with [policy]."""
+    from daemon.files import RefusedPath
+    from daemon.ropa import write_documents
+
+    if app.settings.policy is None:
+        click.echo(f"{app.config_path}: no [policy] section: nothing is declared, so every "
+                   "category held is marked as a difference", err=True)
+    ledger = app.ledger()
+    try:
+        paths = write_documents(ledger, app.settings.retention, app.settings.policy, out)
+    except RefusedPath as exc:
+        raise click.ClickException(f"cannot write {exc.path}: {exc.reason}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {out}: {exc.strerror}") from None
+    finally:
+        ledger.close()
+    for path in paths:
+        click.echo(_escaped(str(path)))
+
+
+def _shop_lines(app: App, ledger: Any) -> list[str]:
+    """The shops' own clean-up side by side (when [policy] is set and shops were read)."""
+    from daemon.policy import format_side_by_side, side_by_side, unread_parts
+
+    if app.settings.policy is None:
+        return []
+    with ledger.sessions() as session:
+        return format_side_by_side(side_by_side(session, app.settings.retention),
+                                   unread_parts(session))
 
 
 @main.command()

@@ -46,7 +46,8 @@ from connectors.stripe.system import StripeSettings
 from connectors.system import LinkMaker, System, Unit
 from connectors.woocommerce.system import WooCommerceSettings
 from connectors.wordpress.system import WordPressSettings
-from vocabulary import format_duration
+from daemon import catalogue
+from vocabulary import Category, format_duration
 
 __all__ = ["ConfigError", "MailchimpSettings", "ReadSecrets", "SecretNotRead", "SecretSources",
            "Settings", "Size", "StripeSettings", "UnreadSecret", "WooCommerceSettings",
@@ -155,6 +156,95 @@ class RetentionSettings(_Section):
         default=timedelta(days=2),
         description="A source with no successful sync for this long leaves the ledger blind.",
         examples=["2d"])
+
+
+_SYSTEMS = tuple(system.kind for system in SYSTEMS)
+
+
+def _categories(values: list[str], where: str) -> list[str]:
+    known = [str(c) for c in Category]
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValueError(f"{where}{', '.join(repr(u) for u in unknown)}: not a category; the "
+                         f"categories are: {', '.join(known)}")
+    return sorted(set(values), key=known.index)
+
+
+def _systems(values: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = [key for key in values if key not in _SYSTEMS]
+    if unknown:
+        raise ValueError(f"{', '.join(repr(u) for u in unknown)}: not a system; {what} are "
+                         f"keyed by: {', '.join(_SYSTEMS)}")
+    return values
+
+
+class PolicySettings(_Section):
+    """What the published privacy policy promises: the categories of personal data it says
+    are collected (for every system, and more per system), the processors it names, the
+    purposes per system (for the record of processing), and its address. The audit checks
+    the ledger and the shops against it; without this section nothing is claimed, so nothing
+    is checked (`check` says so)."""
+
+    url: str | None = Field(default=None,
+                            description="Address of the published privacy policy (shown in "
+                                        "the record of processing).",
+                            examples=["https://allmyink.example/privacy-policy"])
+    categories: list[str] = Field(
+        default_factory=list,
+        description="Categories the policy says are collected, in every system: name, email, "
+                    "phone, billing_address, delivery_address, payment_method_type, "
+                    "card_last4, ip_address, user_agent, order_history, marketing_consent, "
+                    "account, free_text, location.",
+        examples=[["name", "billing_address", "delivery_address", "email", "phone",
+                   "payment_method_type"]])
+    systems: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="More categories declared for one system only, by system (woocommerce, "
+                    "stripe, mailchimp, wordpress).",
+        examples=[{"mailchimp": ["marketing_consent"]}])
+    processors: list[str] = Field(
+        default_factory=list,
+        description="The processors the policy names (WordPress, Stripe, Mailchimp, and "
+                    "those of the plugin catalogue: Meta, Google, PayPal, Klaviyo, "
+                    "Automattic).",
+        examples=[["WordPress", "Stripe", "Mailchimp"]])
+    purposes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Why each system holds personal data, in the policy's words, by system "
+                    "(for the record of processing activities).",
+        examples=[{"woocommerce": "to take and deliver orders", "stripe": "to take payments",
+                   "mailchimp": "to send the newsletter to those who asked for it"}])
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str]) -> list[str]:
+        return _categories(value, "")
+
+    @field_validator("systems")
+    @classmethod
+    def _known_systems(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        _systems(value, "per-system categories")
+        return {system: _categories(items, f"{system}: ") for system, items in value.items()}
+
+    @field_validator("purposes")
+    @classmethod
+    def _known_purposes(cls, value: dict[str, str]) -> dict[str, str]:
+        return _systems(value, "purposes")
+
+    @field_validator("processors")
+    @classmethod
+    def _known_processors(cls, value: list[str]) -> list[str]:
+        known = catalogue.known_processors()
+        by_word = {name.lower(): name for name in known}
+        unknown = [v for v in value if v.strip().lower() not in by_word]
+        if unknown:
+            raise ValueError(f"{', '.join(repr(u) for u in unknown)}: not a processor this "
+                             f"version knows; the processors are: {', '.join(known)}")
+        return sorted({by_word[v.strip().lower()] for v in value})
+
+    def declared(self, system: str) -> list[str]:
+        """The categories declared for one system (every system's and its own)."""
+        return sorted({*self.categories, *self.systems.get(system, [])})
 
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
@@ -374,6 +464,9 @@ class _Settings(_Section):
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    policy: PolicySettings | None = Field(
+        default=None, description="What the published privacy policy promises; absent: "
+                                  "nothing is claimed, so the promises are not checked.")
     timezone: str = Field(default="Europe/London",
                           description="Local time zone for schedules and the email.",
                           examples=["Europe/London"])
@@ -566,6 +659,8 @@ def _toml_value(value: Any) -> str:
         return _toml_value(_period_text(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

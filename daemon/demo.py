@@ -60,7 +60,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
     yield (f"Sandbox estate (seed {seed}): {len(spec.shops)} WooCommerce shops, Stripe and "
            f"Mailchimp, {people} people, on 127.0.0.1.")
     with RunningEstate(estate) as running:
-        config = running.write_config(out)
+        config = running.write_config(out, policy=True)
         settings = load_settings(config)
         ledger = open_ledger(settings.ledger)
         try:
@@ -69,7 +69,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
                        f"{result.seen:>6,} records"
                        + (f"  ({result.error})" if result.error else ""))
             yield from summary(ledger)
-            result = run_audit(ledger, settings.retention)
+            result = run_audit(ledger, settings.retention, declared=settings.policy)
             yield from findings_summary(ledger, result)
             email = render_digest(ledger, settings)
             html_path, text_path = out / "digest.html", out / "digest.txt"
@@ -90,6 +90,7 @@ def run_demo(out: Path, *, people: int = 300, seed: int = 7,
         yield "Look next (the ledger, no upstream needed):"
         yield f"  {command} where {shlex.quote(sample)}"
         yield f"  {command} audit"
+        yield f"  {command} ropa --out {shlex.quote(_shown_path(out / 'ropa'))}"
         if serve is None:
             yield ("The sandbox has stopped, so sync, export and erase have nothing to talk "
                    "to now: run the demo with --serve to keep it answering and try them.")

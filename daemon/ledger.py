@@ -247,6 +247,51 @@ class Erasure(Base):
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class ShopPlugin(Base):
+    """A plugin active on a shop when it was last read (system_status): the promise rules
+    match it against the plugin catalogue. Only the shop's own words, no personal data."""
+
+    __tablename__ = "shop_plugins"
+    __table_args__ = (UniqueConstraint("source_id", "plugin", name="uq_shop_plugin"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
+    # The plugin's path (facebook-for-woocommerce/facebook-for-woocommerce.php) and slug.
+    plugin: Mapped[str] = mapped_column(String(300))
+    slug: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
+    version: Mapped[str | None] = mapped_column(String(60))
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ShopOption(Base):
+    """One of a shop's own privacy settings as last read: a clean-up period (seconds; NULL
+    when off) or a yes/no; `readable` false when the shop's API would not give it."""
+
+    __tablename__ = "shop_options"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"), primary_key=True)
+    option: Mapped[str] = mapped_column(String(100), primary_key=True)
+    readable: Mapped[bool] = mapped_column(Boolean)
+    period_seconds: Mapped[int | None] = mapped_column(Integer)
+    # The setting as the shop shows it ("24 months", "yes", "off").
+    value: Mapped[str | None] = mapped_column(String(100))
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ShopRead(Base):
+    """Whether the last read of one part of a shop (plugins, settings, retention) worked,
+    and if not why (which permission the key lacks)."""
+
+    __tablename__ = "shop_reads"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"), primary_key=True)
+    part: Mapped[str] = mapped_column(String(40), primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str | None] = mapped_column(Text)
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def categories_text(categories: Sequence[str] | frozenset[str]) -> str:
     """The stored form of a category set: sorted, comma-wrapped."""
     return "," + ",".join(sorted(str(c) for c in categories)) + "," if categories else ","
@@ -321,6 +366,8 @@ def make_engine(url: str) -> Engine:
 
 # The newest migration's revision (a test checks it against daemon/migrations).
 SCHEMA_REVISION = "0007_requests"
+
+
 
 
 def schema_revision(engine: Engine) -> str | None:

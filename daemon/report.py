@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
-from daemon import audit, trail
+from daemon import audit, policy, trail
 from daemon.fix_words import fix_all_command, fix_command
 from daemon.ledger import (
     AuditLogEntry,
@@ -46,7 +46,7 @@ from daemon.requests import DUE_SOON, RequestView, open_requests
 from vocabulary import SYSTEM_NAMES, Category, Link, system_name, utcnow
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from daemon.config import RetentionSettings, Settings
 
 DIGEST_KIND = "digest"
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -263,6 +263,10 @@ class Digest:
     @property
     def due_later(self) -> tuple[RequestView, ...]:
         return tuple(r for r in self.requests if self.days_left(r) > DUE_SOON.days)
+    # Each shop's own clean-up next to [retention] (daemon/policy.py), when [policy] is set.
+    shops: tuple[policy.ShopSetting, ...] = field(default=())
+    # What a shop's key could not read (plugins, settings, clean-up), with the permission.
+    shops_unread: tuple[str, ...] = field(default=())
 
     @property
     def sync_problems(self) -> tuple[SyncHealth, ...]:
@@ -689,7 +693,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                  cap_per_rule: int = DEFAULT_CAP, timezone: str = "UTC",
                  stale_after: timedelta = DEFAULT_STALE_AFTER,
                  configured_sources: Sequence[str] = (),
-                 places: AdminPlaces | None = None) -> Digest:
+                 places: AdminPlaces | None = None,
+                 retention: RetentionSettings | None = None) -> Digest:
     """Everything the morning email says, from the ledger. `since` defaults to when the
     previous digest was queued (or 24 hours ago); `configured_sources` names sources from the
     config so that one never synced still shows; `places` are the configured addresses the
@@ -718,6 +723,9 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
         open_systems = _open_systems(session, now)
         trail_head = trail.head(session)
         register = open_requests(session)
+        shops = tuple(policy.side_by_side(session, retention)) if retention else ()
+        unread = tuple(shown(line, 400) for line in policy.unread_parts(session)) \
+            if retention else ()
     headline = Headline(people=people, systems=systems,
                         open=sum(c.open for c in counts), new=sum(c.new for c in counts),
                         resolved=sum(c.resolved for c in counts),
@@ -726,7 +734,8 @@ def build_digest(ledger: Ledger, *, now: datetime | None = None, since: datetime
                   categories=categories, matrix=matrix, new_by_rule=groups, rule_counts=counts,
                   sync=health, delivery_problems=delivery, open_systems=open_systems,
                   job_problems=jobs, trail_head=trail_head, blind=blind, previous=previous,
-                  still_open=still_open, still_open_more=still_more, requests=register)
+                  still_open=still_open, still_open_more=still_more, requests=register,
+                  shops=shops, shops_unread=unread)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -874,4 +883,5 @@ def digest_for(ledger: Ledger, settings: Settings | None = None,
         stale_after=settings.retention.sync_stale,
         cap_per_rule=report.max_per_rule if report else DEFAULT_CAP,
         configured_sources=settings.source_names, places=admin_places(settings),
+        retention=settings.retention if settings.policy is not None else None,
     )

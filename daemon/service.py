@@ -257,7 +257,8 @@ def nightly(ledger: Ledger, settings: Settings, *, now: datetime | None = None) 
 
     # Never waits on a sync: the audit reads what is committed, and says who was syncing.
     still = syncing_sources(ledger)
-    result = audit.run_audit(ledger, settings.retention, now=now, actor=ACTOR)
+    result = audit.run_audit(ledger, settings.retention, now=now, actor=ACTOR,
+                             declared=settings.policy)
     done: dict[str, Any] = {"new": result.new, "ongoing": result.ongoing,
                             "resolved": result.resolved}
     if still:

@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from connectors.base import Connector, StopWaiting
 from connectors.http import APIError
+from daemon import shopstate
 from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError
 from daemon.sync import (
@@ -361,8 +362,9 @@ def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
     """One configured unit: every source it opens synced; every configured one it cannot
     read a failed run with the reason (a refused key fails every source the ledger knows of
     it)."""
-    unit = next((unit for _, _, unit in settings.units() if unit.name == name), None)
-    if unit is None:
+    system, unit = next(((system, unit) for system, _, unit in settings.units()
+                         if unit.name == name), (None, None))
+    if system is None or unit is None:
         return []
 
     def failed(error: str) -> list[SyncResult]:
@@ -386,9 +388,12 @@ def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
         for connector in opening.connectors:
             if should_stop is not None and should_stop():
                 continue
-            results.append(sync_source(ledger, connector, full=full, progress=progress,
-                                       should_stop=should_stop,
-                                       batch_size=settings.ledger.batch_size))
+            result = sync_source(ledger, connector, full=full, progress=progress,
+                                 should_stop=should_stop, batch_size=settings.ledger.batch_size)
+            results.append(result)
+            if result.ok and system.read_site_state is not None:
+                # What the shop runs and how it cleans up, for the promise rules.
+                shopstate.refresh(ledger, connector, system.read_site_state)
         if opening.listed_all and unit.family:
             retire_sources(ledger, unit.family, [c.source for c in opening.connectors])
         return results

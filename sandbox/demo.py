@@ -20,6 +20,23 @@ def _write_secret(directory: Path, name: str, value: str) -> Path:
     return path
 
 
+# The seed privacy policy's promises: "name, billing and delivery addresses, email address,
+# and telephone numbers … payment method"; browser and connection details "non-personal";
+# processors WordPress, Stripe and Mailchimp.
+SEED_POLICY = (
+    "[policy]",
+    'url = "https://allmyink.example/privacy-policy"',
+    'categories = ["name", "billing_address", "delivery_address", "email", "phone", '
+    '"payment_method_type"]',
+    'processors = ["WordPress", "Stripe", "Mailchimp"]',
+    "",
+    "[policy.purposes]",
+    'woocommerce = "to take, deliver and account for orders"',
+    'stripe = "to take payments"',
+    'mailchimp = "to send the newsletter to those who asked for it"',
+)
+
+
 class RunningEstate:
     """Starts every twin of an estate on loopback; writes a config (secrets in files, 0600)
     that points privacy-ledger at them."""
@@ -44,7 +61,8 @@ class RunningEstate:
         return self.servers[source].url
 
     def write_config(self, directory: Path, *, ledger_url: str | None = None,
-                     batch_size: int | None = None, extra: str = "") -> Path:
+                     batch_size: int | None = None, extra: str = "",
+                     policy: bool = False) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         secrets = directory / "secrets"
         secrets.mkdir(mode=0o700, exist_ok=True)
@@ -72,6 +90,8 @@ class RunningEstate:
             lines += ["", "[[wordpress]]", f'name = "{site}"',
                       f'url = "{self.url("wp:" + site)}"', f'user = "{twin.admin_user}"',
                       f'app_password = "file:{password}"']
+        if policy:
+            lines += ["", *SEED_POLICY]
         path = directory / "config.toml"
         path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
         return path

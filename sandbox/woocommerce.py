@@ -32,8 +32,10 @@ from urllib.parse import quote, unquote, unquote_plus, urlencode
 from zoneinfo import ZoneInfo
 
 from sandbox.server import Reply, Twin
+from sandbox.woocommerce_admin import ShopAdmin
 
 API = "/wp-json/wc/v3"
+WC_ADMIN = "/wp-json/wc-admin"
 ORDER_STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded",
                   "failed", "trash")
 ROLES = ("all", "administrator", "editor", "author", "contributor", "subscriber", "customer",
@@ -197,6 +199,8 @@ class WooCommerceTwin(Twin):
         self.paging_fault: str | None = None
         self.paging_fault_pages = 200
         self.shop = shop
+        # Its plugins, options and the key's user's role (sandbox/woocommerce_admin.py).
+        self.admin = ShopAdmin()
         self.consumer_key = consumer_key or f"ck_sandbox_{shop}"
         self.consumer_secret = consumer_secret or f"cs_sandbox_{shop}"
         self.permissions = permissions
@@ -490,6 +494,17 @@ class WooCommerceTwin(Twin):
     def handle(self, method: str, path: str, query: dict[str, list[str]],
                headers: dict[str, str], body: bytes) -> Reply:
         params = _php_params(query)
+        if path.startswith(WC_ADMIN + "/") and method == "GET":
+            user, failure = self._authenticate(method, headers.get("host", "127.0.0.1"),
+                                               path, params, headers)
+            if failure is not None:
+                return failure
+            if path == WC_ADMIN + "/options" and user:
+                return self.admin.wc_admin_options(_parse_list(params.get("options", "")))
+            return _error(401 if not user else 404, "rest_no_route" if user else
+                          "woocommerce_rest_cannot_view", "No route was found matching the "
+                          "URL and request method." if user else "Sorry, you cannot view "
+                          "these options.")
         if not (path == API or path.startswith(API + "/")):
             return _error(404, "rest_no_route",
                           "No route was found matching the URL and request method.")
@@ -512,6 +527,8 @@ class WooCommerceTwin(Twin):
                     return _error(403, "woocommerce_rest_cannot_view",
                                   "Sorry, you cannot list resources.")
                 return self._list(parts[0], params, collection, user)
+            if parts[0] in ("system_status", "settings") and method == "GET":
+                return self._shop_admin(parts, params, collection, user)
             if parts[0] in ("customers", "orders") and len(parts) == 2 and parts[1].isdigit():
                 return self._item(method, parts[0], int(parts[1]), params, body, collection,
                                   user)
@@ -521,6 +538,21 @@ class WooCommerceTwin(Twin):
                           params=invalid.errors)
         return _error(404, "rest_no_route",
                       "No route was found matching the URL and request method.")
+
+    def _shop_admin(self, parts: list[str], params: dict[str, Any], collection: str,
+                    user: bool) -> Reply:
+        """system_status and settings/<group>[/<id>] (sandbox/woocommerce_admin.py)."""
+        if not user:
+            return _error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
+        if parts[0] in self.forbidden:
+            return _error(403, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
+        if parts[0] == "system_status" and len(parts) == 1:
+            return self.admin.system_status(collection, _parse_list(params.get("_fields", "")))
+        if parts[0] == "settings" and len(parts) in (2, 3):
+            return self.admin.settings(parts[1], parts[2] if len(parts) == 3 else None,
+                                       collection.rsplit("/", 1)[0] + "/settings")
+        return _error(404, "rest_no_route", "No route was found matching the URL and request "
+                                            "method.")
 
     # -- authentication (class-wc-rest-authentication.php) ------------------------------------
 

@@ -67,14 +67,16 @@ class SystemName:
     bare: bool = False
     # Its sources are one account to the owner (a Mailchimp account's audiences).
     one_account: bool = False
+    # The processor a privacy policy names for it (a shop runs on WordPress).
+    processor: str = ""
 
 
 # In the order the email lists them.
 SYSTEM_NAMES = (
-    SystemName(WOOCOMMERCE, "woo", "WooCommerce", bare=True),
-    SystemName(STRIPE, "stripe", "Stripe"),
-    SystemName(MAILCHIMP, "mailchimp", "Mailchimp", one_account=True),
-    SystemName(WORDPRESS, "wp", "WordPress"),
+    SystemName(WOOCOMMERCE, "woo", "WooCommerce", bare=True, processor="WordPress"),
+    SystemName(STRIPE, "stripe", "Stripe", processor="Stripe"),
+    SystemName(MAILCHIMP, "mailchimp", "Mailchimp", one_account=True, processor="Mailchimp"),
+    SystemName(WORDPRESS, "wp", "WordPress", processor="WordPress"),
 )
 
 
@@ -157,3 +159,15 @@ def period_words(period: timedelta) -> str:
             return f"{count} {unit}{'s' if count != 1 else ''}"
     hours = int(period.total_seconds() // 3600)
     return f"{hours} hour{'s' if hours != 1 else ''}"
+
+
+# WooCommerce's own clean-up periods (Settings → Accounts & Privacy → Personal data
+# retention: relative_date_selector options, all off by default) and its erasure options,
+# as the connector reads them and the promise rules compare them.
+WOO_RETENTION_OPTIONS = ("woocommerce_delete_inactive_accounts",
+                         "woocommerce_trash_pending_orders", "woocommerce_trash_failed_orders",
+                         "woocommerce_trash_cancelled_orders",
+                         "woocommerce_anonymize_completed_orders",
+                         "woocommerce_anonymize_refunded_orders")
+WOO_ERASURE_OPTIONS = ("woocommerce_erasure_request_removes_order_data",
+                       "woocommerce_erasure_request_removes_download_data")

@@ -67,7 +67,7 @@ from connectors.http import (
     looks_like_html,
     require_api_answer,
 )
-from vocabulary import CUSTOMER, ORDER, utcnow
+from vocabulary import CUSTOMER, ORDER, WOO_ERASURE_OPTIONS, WOO_RETENTION_OPTIONS, utcnow
 
 log = structlog.get_logger("connectors.woocommerce")
 
@@ -806,9 +806,15 @@ class WooCommerceConnector:
         if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
             log.warning("woocommerce.plain_http", source=self.source,
                         detail="customer data crosses the network unencrypted; use https")
-        self.client = HttpClient(
+        self.client = self.http_client(API_PATH)
+
+    def http_client(self, api_path: str) -> HttpClient:
+        """A client for one of the shop's REST namespaces (/wp-json/wc/v3, /wp-json/wc-admin),
+        with this shop's credentials, retries and limits."""
+        settings = self.settings
+        return HttpClient(
             self.source,
-            settings.url.rstrip("/") + API_PATH,
+            settings.url.rstrip("/") + api_path,
             auth=None if self.oauth else (settings.consumer_key, settings.consumer_secret),
             timeout=settings.timeout,
             retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
@@ -1302,3 +1308,132 @@ def erase(connector: WooCommerceConnector, action: str, record_type: str, extern
     if action == "delete":
         return "deleted", None
     return ("note cleared" if action == "clear-note" else "anonymised"), after
+
+
+# -- the shop itself: active plugins and its own privacy settings ---------------------------
+
+RETENTION_OPTIONS = WOO_RETENTION_OPTIONS
+ERASURE_OPTIONS = WOO_ERASURE_OPTIONS
+# strtotime("-N unit") in seconds (months and years as the vocabulary counts them).
+_UNIT_SECONDS = {"days": 86400, "weeks": 7 * 86400, "months": 30 * 86400,
+                 "years": 365 * 86400}
+WC_ADMIN_PATH = "/wp-json/wc-admin"
+
+
+@dataclass(frozen=True)
+class ActivePlugin:
+    plugin: str
+    name: str
+    version: str | None
+
+
+@dataclass(frozen=True)
+class ShopOptionValue:
+    """One setting: `period_seconds` None when a clean-up is off; `value` in the shop's words
+    ("24 months", "off", "yes"); `readable` False when the API would not give it."""
+
+    option: str
+    readable: bool
+    period_seconds: int | None
+    value: str | None
+
+
+@dataclass(frozen=True)
+class ShopPart:
+    """Whether reading one part (plugins, settings, retention) worked, and if not why."""
+
+    part: str
+    ok: bool
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class ShopState:
+    plugins: tuple[ActivePlugin, ...]
+    options: tuple[ShopOptionValue, ...]
+    parts: tuple[ShopPart, ...]
+
+
+def relative_period(value: object) -> tuple[int | None, str]:
+    """wc_parse_relative_date_option: {"number", "unit"} → (seconds or None when off, words)."""
+    if not isinstance(value, dict):
+        return None, "off"
+    try:
+        number = int(str(value.get("number") or "0").strip() or 0)
+    except ValueError:
+        return None, "off"
+    unit = str(value.get("unit") or "days")
+    if number <= 0 or unit not in _UNIT_SECONDS:
+        return None, "off"
+    return number * _UNIT_SECONDS[unit], f"{number} {unit}"
+
+
+def _refusal(connector: WooCommerceConnector, response: requests.Response,
+             permission: str) -> str:
+    said = connector._describe_error(response) or f"HTTP {response.status_code}"
+    return f"not readable ({said}): the key's user needs {permission}"
+
+
+def _read_plugins(connector: WooCommerceConnector) -> tuple[list[ActivePlugin], ShopPart]:
+    data, response = connector.client.get_json(
+        "system_status", {"_fields": "active_plugins"}, ok=(401, 403, 404))
+    if response.status_code != 200:
+        return [], ShopPart("plugins", False, _refusal(
+            connector, response, "the manage_woocommerce capability (an administrator or shop "
+                                 "manager) to read GET /wc/v3/system_status"))
+    found = []
+    items = data.get("active_plugins") if isinstance(data, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("plugin"), str):
+            found.append(ActivePlugin(item["plugin"], str(item.get("name") or item["plugin"]),
+                                      str(item["version"]) if item.get("version") else None))
+    return found, ShopPart("plugins", True, f"{len(found)} active plugins")
+
+
+def _read_erasure(connector: WooCommerceConnector) -> tuple[list[ShopOptionValue], ShopPart]:
+    data, response = connector.client.get_json("settings/account", ok=(401, 403, 404))
+    if response.status_code != 200 or not isinstance(data, list):
+        reason = _refusal(connector, response, "the manage_woocommerce capability to read GET "
+                                               "/wc/v3/settings/account")
+        return ([ShopOptionValue(o, False, None, None) for o in ERASURE_OPTIONS],
+                ShopPart("settings", False, reason))
+    values = {item.get("id"): item.get("value") for item in data if isinstance(item, dict)}
+    options = [ShopOptionValue(o, o in values, None,
+                               str(values[o]) if o in values else None)
+               for o in ERASURE_OPTIONS]
+    return options, ShopPart("settings", True, "settings/account read")
+
+
+def _read_retention(connector: WooCommerceConnector) -> tuple[list[ShopOptionValue], ShopPart]:
+    """The six clean-up periods. The REST settings API leaves them out (their type,
+    relative_date_selector, fails is_setting_type_valid), so they are read through wc-admin's
+    options endpoint, which needs an administrator's key (manage_options)."""
+    client = connector.http_client(WC_ADMIN_PATH)
+    try:
+        data, response = client.get_json("options", {"options": ",".join(RETENTION_OPTIONS)},
+                                          ok=(401, 403, 404))
+    finally:
+        client.close()
+    if response.status_code != 200 or not isinstance(data, dict):
+        reason = _refusal(connector, response, "the manage_options capability (an "
+                                               "administrator's key) on a site whose "
+                                               "environment type is production, to read them "
+                                               "through GET /wc-admin/options; "
+                                               "/wc/v3/settings does not expose them")
+        return ([ShopOptionValue(o, False, None, None) for o in RETENTION_OPTIONS],
+                ShopPart("retention", False, reason))
+    options = []
+    for option in RETENTION_OPTIONS:
+        seconds, words = relative_period(data.get(option))
+        options.append(ShopOptionValue(option, True, seconds, words))
+    return options, ShopPart("retention", True, "clean-up settings read")
+
+
+def read_shop_state(connector: WooCommerceConnector) -> ShopState:
+    """The shop's active plugins and its own privacy settings. A part the key may not read
+    is reported in `parts` (with the permission it needs); the others are still read."""
+    plugins, plugin_part = _read_plugins(connector)
+    erasure, erasure_part = _read_erasure(connector)
+    retention, retention_part = _read_retention(connector)
+    return ShopState(tuple(plugins), tuple(retention + erasure),
+                     (plugin_part, erasure_part, retention_part))

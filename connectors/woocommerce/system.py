@@ -201,5 +201,5 @@ SYSTEM = System(
     },
     erase=connector.erase, fetch=connector.fetch,
     label=lambda opened: f"WooCommerce shop “{opened.settings.name}” ({opened.settings.url})",
-    links=_links,
+    links=_links, read_site_state=connector.read_shop_state,
 )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sandbox import woocommerce_admin as admin
 from sandbox.estate import (
     AGENTS,
     CARD_IN_NOTE,
@@ -63,7 +64,50 @@ def seeded(spec: EstateSpec, people: list[Person], planted: list[Planted], shop:
     orders under six months, active accounts), so the audit finds what was planted."""
     twin = WooCommerceTwin(shop, consumer_key, consumer_secret, now)
     _Seeder(twin, spec, people, planted).run()
+    _shop_setup(twin)
     return twin
+
+
+# The demo estate's shops run different plugins and clean-up settings: allmyink set its
+# clean-up (which stopped running: its old orders are still there) and added Meta's plugin
+# and one of its own; papercraft never turned the clean-up on and takes PayPal.
+_PLUGINS = {
+    "allmyink": (
+        ("woocommerce-gateway-stripe/woocommerce-gateway-stripe.php",
+         "WooCommerce Stripe Gateway", "9.8.1", "Stripe"),
+        ("mailchimp-for-woocommerce/mailchimp-woocommerce.php", "Mailchimp for WooCommerce",
+         "5.4", "Mailchimp"),
+        ("facebook-for-woocommerce/facebook-for-woocommerce.php", "Facebook for WooCommerce",
+         "3.5.7", "Facebook"),
+        ("allmyink-label-printer/allmyink-label-printer.php", "Allmyink Label Printer",
+         "1.2.0", "Allmyink Ltd"),
+    ),
+    "papercraft": (
+        ("woocommerce-gateway-stripe/woocommerce-gateway-stripe.php",
+         "WooCommerce Stripe Gateway", "9.8.1", "Stripe"),
+        ("mailchimp-for-woocommerce/mailchimp-woocommerce.php", "Mailchimp for WooCommerce",
+         "5.4", "Mailchimp"),
+        ("woocommerce-paypal-payments/woocommerce-paypal-payments.php",
+         "WooCommerce PayPal Payments", "3.1.2", "PayPal"),
+    ),
+}
+_CLEANUP = {
+    "allmyink": {
+        "woocommerce_delete_inactive_accounts": admin.period(24, "months"),
+        "woocommerce_trash_pending_orders": admin.period(30, "days"),
+        "woocommerce_trash_failed_orders": admin.period(30, "days"),
+        "woocommerce_trash_cancelled_orders": admin.period(3, "months"),
+        "woocommerce_anonymize_completed_orders": admin.period(6, "years"),
+        "woocommerce_anonymize_refunded_orders": admin.period(6, "years"),
+        "woocommerce_erasure_request_removes_order_data": "yes",
+    },
+}
+
+
+def _shop_setup(twin: WooCommerceTwin) -> None:
+    for path, name, version, author in _PLUGINS.get(twin.shop, ()):
+        twin.admin.plugins.append(admin.plugin(path, name, version, author))
+    twin.admin.options.update(_CLEANUP.get(twin.shop, {}))
 
 
 def bulk(customers: int, orders: int, seed: int = 7, *, shop: str = "bulk",

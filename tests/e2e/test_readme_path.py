@@ -189,7 +189,10 @@ def test_the_readme_systemd_install_path_works_with_the_installed_command(
         "ledger": ("OK", f"not created yet: the first `run` creates it in {state}"),
         "woo:allmyink": rows["woo:allmyink"], "stripe": rows["stripe"],
         "mailchimp": rows["mailchimp"], "wp:blog": rows["wp:blog"],
-        "smtp": ("OK", "connected (nothing sent)")}
+        "smtp": ("OK", "connected (nothing sent)"),
+        # The README's config carries [policy] with nothing declared yet: check says so.
+        "policy": rows["policy"], "policy:woo:allmyink": rows["policy:woo:allmyink"]}
+    assert rows["policy"][1].startswith("[policy] declares nothing")
     assert all(result == "OK" for result, _ in rows.values()), rows
     assert tree(state) == {}, "check wrote into the state directory"
 

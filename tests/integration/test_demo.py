@@ -44,7 +44,7 @@ def test_demo_serve_keeps_the_sandbox_answering_until_ctrl_c(tmp_path: Path) -> 
             pytest.fail("the demo ended before serving:\n" + "\n".join(lines))
         hints = _hints(lines)
         verbs = [shlex.split(hint)[3] for hint in hints]
-        assert verbs == ["where", "audit", "sync", "export", "erase"], hints
+        assert verbs == ["where", "audit", "ropa", "sync", "export", "erase"], hints
         for hint in hints:
             done = _run_hint(hint, tmp_path)
             assert done.returncode == 0, f"{hint}\n{done.stdout}\n{done.stderr}"
@@ -67,7 +67,7 @@ def test_demo_without_serve_offers_only_what_works_without_the_sandbox(tmp_path:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     hints = _hints(lines)
-    assert [shlex.split(hint)[3] for hint in hints] == ["where", "audit"]
+    assert [shlex.split(hint)[3] for hint in hints] == ["where", "audit", "ropa"]
     assert any("run the demo with --serve" in line for line in lines)
     for hint in hints:
         ran = _run_hint(hint, tmp_path)

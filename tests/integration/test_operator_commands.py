@@ -267,9 +267,13 @@ def test_check_fails_without_report_and_smtp_and_run_warns_at_start(
     assert table["smtp"] == ("FAIL", "[smtp] is missing: no email could be delivered; add "
                                      "[smtp] with host (and port, security, username, "
                                      "password as needed)")
+    # Without [policy] nothing is claimed: check says so, and it is no failure.
+    assert table["policy"][0] == "OK"
+    assert table["policy"][1].startswith("[policy] is missing: nothing is declared")
     # Every audience a sync reads has a row of its own.
     assert {name: result for name, (result, _) in table.items()
-            if name not in ("report", "smtp") and not name.startswith("mailchimp:")} == {
+            if name not in ("report", "smtp", "policy")
+            and not name.startswith("mailchimp:")} == {
         "config": "OK", "ledger": "OK", "woo:allmyink": "OK", "stripe": "OK",
         "mailchimp": "OK"}
     assert {result for name, (result, _) in table.items()

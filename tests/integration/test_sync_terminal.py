@@ -235,7 +235,7 @@ def test_check_json_is_one_document_with_ok_and_detail_per_check(
     assert names[:2] == ["config", "ledger"]
     # Every audience a sync reads has a row of its own after the account's.
     assert {n for n in names if not n.startswith("mailchimp:")} == {
-        "config", "ledger", *SOURCES, "mailchimp", "smtp"}
+        "config", "ledger", *SOURCES, "mailchimp", "smtp", "policy"}
     assert all(c["ok"] is True and c["detail"] for c in checks), checks
     running.estate.stripe.faults.inject("status", times=5, status=401)
     failed = piped(config, "check", "--json")

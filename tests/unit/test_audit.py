@@ -609,7 +609,10 @@ def test_every_rule_names_a_gdpr_principle_a_severity_and_a_policy_parameter() -
         "network-data-past-retention", "processor-copy-orphaned", "stripe-customer-inactive",
         "mailchimp-contact-retained", "card-number-exposed",
         "comment-network-data-past-retention", "comment-kept-in-spam-or-trash",
-        "inactive-site-account", "sync-stale", "erased-person-reappeared", "request-overdue"]
+        "inactive-site-account", "sync-stale", "erased-person-reappeared", "request-overdue",
+        # The promises of [policy] (daemon/policy.py).
+        "category-not-declared", "processor-not-named", "plugin-unclassified",
+        "shop-cleanup-off", "shop-cleanup-not-running"]
     for rule in RULES.values():
         assert rule.reason.startswith("Art. ")
         assert rule.severity in audit.SEVERITIES

@@ -3,7 +3,7 @@ of who was erased (a keyed hash and a date, nothing else), and each subject's ke
 that the audit can match a returning person in SQL
 
 Revision ID: 0007_requests
-Revises: 0005_source_label
+Revises: 0006_policy
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007_requests'
-down_revision = '0005_source_label'
+down_revision = '0006_policy'
 branch_labels = None
 depends_on = None
 
