@@ -35,6 +35,7 @@ from connectors import http
 from connectors import mailchimp as mailchimp_connector
 from connectors import stripe as stripe_connector
 from connectors import woocommerce as woocommerce_connector
+from daemon import quiet
 from vocabulary import format_duration, parse_duration
 
 
@@ -259,8 +260,25 @@ class WooCommerceSettings(_Section):
                                     examples=["credential:allmyink-secret"])
     per_page: int = Field(default=100, ge=1, le=100, description="Records per page (≤ 100).",
                           examples=[100])
-    concurrency: int = Field(default=4, ge=1, le=16,
-                             description="Pages fetched at once from this shop.", examples=[4])
+    concurrency: int = Field(default=8, ge=1, le=16,
+                             description="Most pages fetched at once from this shop. With "
+                                         "adaptive, the ceiling: it starts at one and rises "
+                                         "while the shop answers as fast.", examples=[8])
+    adaptive: bool = Field(default=True,
+                           description="Raise the pages in flight while the shop's response "
+                                       "times stay flat and lower them when they rise or on "
+                                       "429/503 (delay-based AIMD, one worker left for the "
+                                       "shop's customers); false: always `concurrency`.",
+                           examples=[True])
+    max_requests_per_second: float | None = Field(
+        default=None, gt=0, le=1000,
+        description="Requests a second to this shop at most (unset: no bound beyond the "
+                    "adaptive limit).", examples=[10])
+    quiet_hours: str | None = Field(
+        default=None,
+        description="Local time window (HH:MM-HH:MM, may cross midnight) the weekly full "
+                    "pull waits for, so that it reads the whole shop when customers are few "
+                    "(incremental syncs run at any time).", examples=["01:00-06:00"])
     timeout: Period = Field(default=timedelta(seconds=30),
                             description="How long to wait for one answer.", examples=["30s"])
     overlap: Period = Field(default=timedelta(minutes=10),
@@ -281,6 +299,13 @@ class WooCommerceSettings(_Section):
                              "(max 63)")
         return value
 
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            quiet.parse_window(value)
+        return value
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -294,7 +319,8 @@ class WooCommerceSettings(_Section):
             name=self.name, url=self.url,
             consumer_key=self.consumer_key.get_secret_value(),
             consumer_secret=self.consumer_secret.get_secret_value(),
-            per_page=self.per_page, concurrency=self.concurrency,
+            per_page=self.per_page, concurrency=self.concurrency, adaptive=self.adaptive,
+            max_requests_per_second=self.max_requests_per_second,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
             max_response_size=self.max_response_size,
         ), **overrides)

@@ -411,6 +411,8 @@ class Daemon:
             log.info("job.skipped", reason="already done for this tick",
                      last_started=last.isoformat())
             return "skipped"
+        if full and self._wait_for_quiet_hours(name) == "stopped":
+            return "stopped"
         # Read once: a reload's new limit applies to the syncs that start after it.
         slots = self._sync_slots
         while not slots.acquire(timeout=1.0):
@@ -429,6 +431,24 @@ class Daemon:
             return "skipped"
         return "ok" if all(r.ok for r in results) else (
             "stopped" if any(r.error == STOPPED for r in results) else "failed")
+
+    def _wait_for_quiet_hours(self, name: str) -> str:
+        """A shop's full pull waits for its quiet hours (no parallel_syncs slot is held
+        meanwhile); "stopped" when the daemon is asked to stop while waiting."""
+        from daemon import quiet
+
+        shop = next((s for s in self.settings.woocommerce if f"woo:{s.name}" == name), None)
+        if shop is None or shop.quiet_hours is None:
+            return "ok"
+        window = quiet.parse_window(shop.quiet_hours)
+        wait = quiet.seconds_until_quiet(utcnow(), window, self.zone)
+        if wait > 0:
+            log.info("sync.waiting_for_quiet_hours", quiet_hours=shop.quiet_hours,
+                     wait_s=round(wait))
+            self.notifier.status(f"{name}: full pull waits for quiet hours {shop.quiet_hours}")
+            if self.stopping.wait(wait):
+                return "stopped"
+        return "ok"
 
     def pause(self, seconds: float) -> None:
         """How connectors wait (backoff, Retry-After, pacing) in the daemon: cut short by a
