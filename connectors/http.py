@@ -486,7 +486,8 @@ class HttpClient:
         with self.limiter.slot() as slot:
             response = self._send_now(method, url, params, json_body, data)
             slot.done(response.status_code,
-                      retry_after_seconds(response.headers.get("Retry-After")))
+                      retry_after_seconds(response.headers.get("Retry-After")),
+                      len(response.content))
             return response
 
     def _send_now(self, method: str, url: str, params: dict[str, Any], json_body: Any,

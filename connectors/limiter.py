@@ -4,10 +4,10 @@ Adaptive mode is delay-based AIMD (the additive-increase / multiplicative-decrea
 Netflix's concurrency-limits `AIMDLimit`, driven by latency as TCP Vegas is):
 
 - start at `initial` (1) requests in flight; after each window (as many answers as the limit)
-  whose median latency stays within `tolerance` of the no-load latency (the lowest seen),
-  raise the limit by one, up to `maximum`;
+  whose median latency stays within `tolerance` of the long-term latency (a moving average of
+  the windows', as Netflix's Gradient2 keeps), raise the limit by one, up to `maximum`;
 - when a window's median latency rises past that, the shop is queueing our requests: its
-  capacity is about limit × no-load ÷ latency (Little's law), and the limit drops to that
+  capacity is about limit × long-term ÷ latency (Little's law), and the limit drops to that
   capacity less `headroom` (one worker left for the shop's own customers), never by less
   than one;
 - a 429 or 503 halves the limit at once and holds every request to the source for its
@@ -74,9 +74,6 @@ class LimiterSettings:
     tolerance: float = 1.15
     headroom: int = 1
     probe_every: int = 50
-    # The no-load latency estimate creeps up this much a window, so that a shop that got
-    # slower for good is not taken as overloaded for ever.
-    baseline_drift: float = 0.01
 
 
 class Limiter:
@@ -96,6 +93,9 @@ class Limiter:
         self.limit = max(settings.minimum, min(settings.maximum, start))
         self.in_flight = 0
         self.peak = 0
+        # The usual latency of an answer per size class, and the last window's median ratio
+        # to it.
+        self._usual: dict[int, float] = {}
         self.baseline: float | None = None
         self.backoffs = 0
         self._window: list[float] = []
@@ -105,6 +105,8 @@ class Limiter:
         self._settled = False
         self._hold_until = 0.0
         self._hold_for = 0.0
+        self._changed_at = float("-inf")
+        self._busiest = 0
         self._holds = 0
         self._served = threading.local()
         self._cond = threading.Condition()
@@ -133,13 +135,15 @@ class Limiter:
                 self._cond.wait(0.5)
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
+            self._busiest = max(self._busiest, self.in_flight)
         if self.bucket is not None:
             self.bucket.take()
         return self.clock()
 
     def release(self, started: float, status: int | None, *,
-                retry_after: float | None = None) -> None:
-        """One request done: `status` None for a transport failure (not a latency sample)."""
+                retry_after: float | None = None, size: int = 0) -> None:
+        """One request done: `status` None for a transport failure (not a latency sample);
+        `size` the answer's bytes."""
         latency = self.clock() - started
         with self._cond:
             self.in_flight -= 1
@@ -147,8 +151,9 @@ class Limiter:
                 self._hold(retry_after)
             if status in THROTTLED:
                 self._throttle()
-            elif status is not None and status < 500:
-                self._sample(latency)
+            elif status is not None and status < 500 and started >= self._changed_at:
+                # Requests sent before the limit last fell say nothing of the new limit.
+                self._sample(latency, size)
             self._cond.notify_all()
 
     @contextmanager
@@ -158,7 +163,7 @@ class Limiter:
         try:
             yield slot
         finally:
-            self.release(started, slot.status, retry_after=slot.retry_after)
+            self.release(started, slot.status, retry_after=slot.retry_after, size=slot.size)
 
     # -- the algorithm (called under the lock) ------------------------------------------------
     def _hold(self, retry_after: float) -> None:
@@ -174,24 +179,35 @@ class Limiter:
             self._throttled = True
             self._set(max(self.settings.minimum, self.limit // 2), settled=True)
 
-    def _sample(self, latency: float) -> None:
+    def _sample(self, latency: float, size: int) -> None:
         if not self.settings.adaptive:
             return
-        self._window.append(latency)
+        # Latency is compared within a size class (powers of two of the answer's bytes): a
+        # shop takes longer to build a full page than the last, short one.
+        self._window.append((latency, size.bit_length()))
         if len(self._window) < self.limit:
             return
-        median = statistics.median(self._window)
-        self._window = []
+        window, self._window = self._window, []
+        # Raised only when the limit was used: a reader slower than the shop is no signal.
+        saturated, self._busiest = self._busiest >= self.limit, self.in_flight
+        ratios = [latency / self._usual.setdefault(kind, latency) for latency, kind in window]
+        ratio = statistics.median(ratios)
         throttled, self._throttled = self._throttled, False
-        lowest = min(median, self.baseline * (1 + self.settings.baseline_drift)) \
-            if self.baseline is not None else median
-        self.baseline = lowest
+        rising = ratio > self.settings.tolerance and self.limit > self.settings.minimum
+        # The usual latency follows slowly while latency rises (a shop that got slower for
+        # good), faster otherwise (as Netflix's Gradient2 keeps a long-term average).
+        weight = 0.05 if rising else 0.2
+        for latency, kind in window:
+            self._usual[kind] += weight * (latency - self._usual[kind])
+        self.baseline = ratio
         if throttled:
             self._set(self.limit, settled=True)
-        elif median > lowest * self.settings.tolerance:
-            capacity = round(self.limit * lowest / median)
+        elif rising:
+            capacity = round(self.limit / ratio)
             self._set(max(self.settings.minimum,
                           min(self.limit - 1, capacity - self.settings.headroom)), settled=True)
+        elif not saturated:
+            self.history.append(self.limit)
         elif not self._settled or self._steady + 1 >= self.settings.probe_every:
             # Slow start, or a probe: one step up a window until latency rises.
             self._set(min(self.settings.maximum, self.limit + 1), settled=False)
@@ -202,6 +218,8 @@ class Limiter:
     def _set(self, limit: int, *, settled: bool) -> None:
         if limit < self.limit:
             self.backoffs += 1
+            self._changed_at = self.clock()
+            self._window = []
         self.limit = limit
         self._settled = settled
         self._steady = 0
@@ -209,13 +227,15 @@ class Limiter:
 
 
 class _Slot:
-    """What the request holding a slot reports back: its HTTP status (None: no answer) and
-    the Retry-After it was given."""
+    """What the request holding a slot reports back: its HTTP status (None: no answer), the
+    Retry-After it was given and its size."""
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.retry_after: float | None = None
+        self.size = 0
 
-    def done(self, status: int, retry_after: float | None = None) -> None:
+    def done(self, status: int, retry_after: float | None = None, size: int = 0) -> None:
         self.status = status
         self.retry_after = retry_after
+        self.size = size

@@ -31,8 +31,11 @@ def answer(limiter: Limiter, clock: Clock, latency: float, status: int = 200,
 
 
 def window(limiter: Limiter, clock: Clock, latency: float) -> None:
-    for _ in range(limiter.limit):
-        answer(limiter, clock, latency)
+    """As many requests as the limit, all in flight at once, each answered in `latency`."""
+    started = [limiter.acquire() for _ in range(limiter.limit)]
+    clock.now += latency
+    for moment in started:
+        limiter.release(moment, 200, size=40_000)
 
 
 def make(**options: object) -> tuple[Limiter, Clock]:
@@ -57,6 +60,7 @@ def test_backs_off_to_the_shops_capacity_less_headroom_when_latency_rises() -> N
     window(limiter, clock, 0.125)
     assert limiter.limit == 3
     assert limiter.backoffs == 1
+    clock.now += 0.01
     # Settled: flat windows keep it there until the next probe.
     for _ in range(10):
         window(limiter, clock, 0.1)
@@ -69,6 +73,7 @@ def test_probes_again_after_probe_every_windows() -> None:
         window(limiter, clock, 0.1)
     window(limiter, clock, 0.125)
     assert limiter.limit == 3
+    clock.now += 0.01
     for _ in range(5):
         window(limiter, clock, 0.1)
     assert limiter.limit == 4
@@ -90,9 +95,17 @@ def test_a_429_halves_the_limit_and_holds_every_request_for_its_retry_after() ->
 def test_a_503_backs_off_too_and_transport_failures_are_no_sample() -> None:
     limiter, clock = make(maximum=8, initial=4)
     answer(limiter, clock, 30.0, status=None)  # type: ignore[arg-type]
-    assert limiter.limit == 4 and limiter.baseline is None
+    assert limiter.limit == 4 and limiter.baseline is None and limiter.history == [4]
     answer(limiter, clock, 0.1, status=503)
     assert limiter.limit == 2
+
+
+def test_a_reader_slower_than_the_shop_does_not_raise_the_limit() -> None:
+    limiter, clock = make(maximum=8, initial=3)
+    for _ in range(6):
+        # One request at a time, though three are allowed: no evidence that more would do.
+        answer(limiter, clock, 0.1)
+    assert limiter.limit == 3
 
 
 def test_fixed_mode_keeps_its_limit_whatever_the_latency() -> None:
