@@ -1,7 +1,8 @@
 """The loopback HTTP server the twins share: real HTTP/1.1 with keep-alive on 127.0.0.1,
-fault injection (latency, finite capacity: W workers and a service time per page, status codes with Retry-After, HTML pages served with 200, dropped
+fault injection (latency, status codes with Retry-After, HTML pages served with 200, dropped
 connections, truncated JSON, hangs, bodies trickled a few bytes at a time, oversized bodies,
-gzip bombs, redirects to another host that answers an empty listing), request and connection
+gzip bombs, redirects to another host that answers an empty listing), finite capacity (W
+workers, a service time per page, requests beyond W queued), request and connection
 counting, and a small control API under `/__twin__/` so that a twin running in another
 process can be steered.
 
