@@ -73,7 +73,7 @@ class LimiterSettings:
     # A window's median latency this many times the no-load latency means queueing.
     tolerance: float = 1.15
     headroom: int = 1
-    probe_every: int = 50
+    probe_every: int = 200
 
 
 class Limiter:

@@ -391,11 +391,11 @@ class Daemon:
         finally:
             self._finished(spec.id, outcome)
 
-    def _sync_job(self, name: str, full: bool) -> None:
+    def _sync_job(self, name: str, full: bool, *, claimed: bool = False) -> None:
         self._run(JobSpec(f"{'full' if full else 'sync'}:{name}", f"sync:{name}",
-                          lambda: self._sync(name, full)), source=name)
+                          lambda: self._sync(name, full, claimed=claimed)), source=name)
 
-    def _sync(self, name: str, full: bool) -> str:
+    def _sync(self, name: str, full: bool, *, claimed: bool = False) -> str:
         from daemon.sources import BUSY, sync_configured
 
         now = utcnow()
@@ -407,7 +407,9 @@ class Daemon:
         else:
             since = now - self.settings.schedule.sync_interval * TICK_FRACTION
             last = last_sync_started(self.ledger, name, ("incremental", "full"))
-        if last is not None and last >= since:
+        # Claimed: the claim is this round's record; a source taken over from a daemon that
+        # died mid-sync is synced again, though that daemon's run started this tick.
+        if not claimed and last is not None and last >= since:
             log.info("job.skipped", reason="already done for this tick",
                      last_started=last.isoformat())
             return "skipped"
@@ -514,10 +516,52 @@ class Daemon:
         self.scheduler.add_job(self._nightly_job, args=(True,), id="startup:nightly",
                                name="startup:nightly", misfire_grace_time=None)
 
+    def _claimed_round(self) -> None:
+        """One round shared with every daemon on this PostgreSQL ledger: parallel_syncs
+        workers claim sources one at a time (daemon/claims.py) until every source of the
+        round is done, by this daemon or another; a claim whose lease ran out is taken over."""
+        from daemon.claims import Claims, cycle_of
+
+        plan = self.settings.schedule
+        fulls = dict(self._startup_syncs())
+        names = list(fulls)
+        cycle = cycle_of(utcnow(), plan.sync_interval)
+        claims = Claims(self.ledger, lease=plan.claim_lease)
+        log.info("round.shared", cycle=cycle, holder=claims.holder, sources=len(names))
+
+        def work() -> None:
+            while not self.stopping.is_set():
+                name = claims.claim_next(names, cycle)
+                if name is None:
+                    if claims.unfinished(names, cycle) == 0:
+                        return
+                    # Held by other daemons: wait for them to finish or their lease to end.
+                    self.stopping.wait(min(5.0, max(0.5, plan.claim_lease.total_seconds() / 4)))
+                    continue
+                job = f"{'full' if fulls[name] else 'sync'}:{name}"
+                with claims.holding(name, cycle):
+                    self._isolated(job, lambda name=name: self._sync_job(
+                        name, fulls[name], claimed=True))
+
+        workers = [threading.Thread(target=contextvars.copy_context().run,
+                                    args=(self._isolated, "round", work),
+                                    name=f"round {index}", daemon=True)
+                   for index in range(plan.parallel_syncs)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(0.5)
+
     def _startup(self) -> None:
         """`run --once`: every source synced side by side (parallel_syncs at a time, each
         within schedule.source_timeout), then the nightly audit if the last one was
-        missed."""
+        missed. On PostgreSQL the round is shared with the other daemons of the ledger."""
+        if self.ledger.dialect == "postgresql":
+            self._claimed_round()
+            if not self.stopping.is_set():
+                self._isolated(NIGHTLY, lambda: self._nightly_job(True))
+            return
         threads = [threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._isolated, f"{'full' if full else 'sync'}:{name}",
