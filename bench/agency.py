@@ -140,15 +140,17 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     processes = [subprocess.Popen([str(program), "--config", str(config), "run", "--once"],  # noqa: S603
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=(folder / f"d{daemons}-{n}.err").open("wb"))
+                                  cwd=ROOT, env=env, stderr=subprocess.STDOUT,
+                                  stdout=(folder / f"d{daemons}-{n}.err").open("wb"))
                  for n in range(daemons)]
     rss = []
-    for process in processes:
+    for n, process in enumerate(processes):
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
-            raise RuntimeError(f"a daemon exited {process.returncode}; see {folder}")
+            said = "\n".join(line for line in (folder / f"d{daemons}-{n}.err").read_text(
+                errors="replace").splitlines() if '"error"' in line)[-3000:]
+            raise RuntimeError(f"a daemon exited {process.returncode}:\n{said}")
         rss.append(usage.ru_maxrss / 1024)
     wall = time.perf_counter() - started
     after = fleet.requests()
