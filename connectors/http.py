@@ -27,6 +27,8 @@ import structlog
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from connectors.limiter import Limiter
+
 log = structlog.get_logger("connectors.http")
 
 RETRIABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -328,8 +330,11 @@ class HttpClient:
         signer: Signer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_response_size: int | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.source = source
+        # Pages in flight and pace for this source (connectors/limiter.py); None: ungated.
+        self.limiter = limiter
         self.base_url = base_url.rstrip("/")
         # The whole of one attempt: connect, headers and body.
         self.timeout = timeout
@@ -393,6 +398,8 @@ class HttpClient:
         accepted = set(ok)
         last: RetriableAPIError | None = None
         for attempt in range(self.retry.attempts):
+            # A Retry-After the limiter holds every request of the source for (not only this).
+            held = False
             try:
                 response = self._follow(method, url, dict(params or {}), json_body, data)
             except RetriableAPIError as exc:
@@ -414,10 +421,12 @@ class HttpClient:
                         status=response.status_code,
                     )
                 wait = hinted if hinted is not None else self._backoff(attempt)
+                held = hinted is not None and self.limiter is not None
             if attempt + 1 < self.retry.attempts:
                 log.warning("upstream.retry", source=self.source, attempt=attempt + 1,
                             wait_s=round(wait, 2), error=last.message)
-                self.sleep(wait)
+                if not held:
+                    self.sleep(wait)
         message = last.message if last else "no attempt was made"
         raise RetriableAPIError(
             self.source, f"{message} (gave up after {self.retry.attempts} attempts)",
@@ -472,6 +481,17 @@ class HttpClient:
         """One request, its body read whole within the deadline and the size limit.
         Transport failures become RetriableAPIError (FatalAPIError when retrying cannot
         help); no raw exception of the HTTP stack leaves here."""
+        if self.limiter is None:
+            return self._send_now(method, url, params, json_body, data)
+        with self.limiter.slot() as slot:
+            response = self._send_now(method, url, params, json_body, data)
+            slot.done(response.status_code,
+                      retry_after_seconds(response.headers.get("Retry-After")),
+                      len(response.content))
+            return response
+
+    def _send_now(self, method: str, url: str, params: dict[str, Any], json_body: Any,
+                  data: Mapping[str, Any] | None) -> requests.Response:
         where = strip_query(url)
         deadline = _Deadline(self.timeout)
         _current.deadline = deadline

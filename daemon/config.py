@@ -414,7 +414,15 @@ class ScheduleSettings(_Section):
                     "committed batch), so a source that hangs never holds up the others.",
         examples=["2h"])
 
-    @field_validator("sync_interval", "outbox_interval", "misfire_grace", "source_timeout")
+    claim_lease: Period = Field(
+        default=timedelta(minutes=2),
+        description="Several daemons on one PostgreSQL ledger share its sources, each claimed "
+                    "by one daemon a round; a daemon renews its claim every third of this. "
+                    "A claim not renewed for this long (its daemon died) is taken over.",
+        examples=["2min"])
+
+    @field_validator("sync_interval", "outbox_interval", "misfire_grace", "source_timeout",
+                     "claim_lease")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):

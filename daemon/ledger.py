@@ -105,6 +105,21 @@ class Source(Base):
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class SourceClaim(Base):
+    """Which daemon syncs a source in a cycle, when several share one ledger: a claim
+    taken with FOR UPDATE SKIP LOCKED, held by a lease the holder renews; a lease run out
+    (its daemon died) lets another daemon take the source over in the same cycle."""
+
+    __tablename__ = "source_claims"
+
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cycle: Mapped[str | None] = mapped_column(String(64))
+    holder: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Holding(Base):
     __tablename__ = "holdings"
     __table_args__ = (
@@ -365,7 +380,7 @@ def make_engine(url: str) -> Engine:
 
 
 # The newest migration's revision (a test checks it against daemon/migrations).
-SCHEMA_REVISION = "0007_requests"
+SCHEMA_REVISION = "0008_claims"
 
 
 

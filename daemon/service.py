@@ -394,11 +394,11 @@ class Daemon:
         finally:
             self._finished(spec.id, outcome)
 
-    def _sync_job(self, name: str, full: bool) -> None:
+    def _sync_job(self, name: str, full: bool, *, claimed: bool = False) -> None:
         self._run(JobSpec(f"{'full' if full else 'sync'}:{name}", f"sync:{name}",
-                          lambda: self._sync(name, full)), source=name)
+                          lambda: self._sync(name, full, claimed=claimed)), source=name)
 
-    def _sync(self, name: str, full: bool) -> str:
+    def _sync(self, name: str, full: bool, *, claimed: bool = False) -> str:
         from daemon.sources import BUSY, sync_configured
 
         now = utcnow()
@@ -410,10 +410,14 @@ class Daemon:
         else:
             since = now - self.settings.schedule.sync_interval * TICK_FRACTION
             last = last_sync_started(self.ledger, name, ("incremental", "full"))
-        if last is not None and last >= since:
+        # Claimed: the claim is this round's record; a source taken over from a daemon that
+        # died mid-sync is synced again, though that daemon's run started this tick.
+        if not claimed and last is not None and last >= since:
             log.info("job.skipped", reason="already done for this tick",
                      last_started=last.isoformat())
             return "skipped"
+        if full and self._wait_for_quiet_hours(name) == "stopped":
+            return "stopped"
         # Read once: a reload's new limit applies to the syncs that start after it.
         slots = self._sync_slots
         while not slots.acquire(timeout=1.0):
@@ -432,6 +436,26 @@ class Daemon:
             return "skipped"
         return "ok" if all(r.ok for r in results) else (
             "stopped" if any(r.error == STOPPED for r in results) else "failed")
+
+    def _wait_for_quiet_hours(self, name: str) -> str:
+        """A shop's full pull waits for its quiet hours (no parallel_syncs slot is held
+        meanwhile); "stopped" when the daemon is asked to stop while waiting."""
+        from vocabulary import quiet
+
+        # Any system's section may name quiet hours (WooCommerce's do).
+        shop = next((section for _, section, unit in self.settings.units() if unit.name == name),
+                    None)
+        if shop is None or getattr(shop, "quiet_hours", None) is None:
+            return "ok"
+        window = quiet.parse_window(shop.quiet_hours)
+        wait = quiet.seconds_until_quiet(utcnow(), window, self.zone)
+        if wait > 0:
+            log.info("sync.waiting_for_quiet_hours", quiet_hours=shop.quiet_hours,
+                     wait_s=round(wait))
+            self.notifier.status(f"{name}: full pull waits for quiet hours {shop.quiet_hours}")
+            if self.stopping.wait(wait):
+                return "stopped"
+        return "ok"
 
     def pause(self, seconds: float) -> None:
         """How connectors wait (backoff, Retry-After, pacing) in the daemon: cut short by a
@@ -497,10 +521,52 @@ class Daemon:
         self.scheduler.add_job(self._nightly_job, args=(True,), id="startup:nightly",
                                name="startup:nightly", misfire_grace_time=None)
 
+    def _claimed_round(self) -> None:
+        """One round shared with every daemon on this PostgreSQL ledger: parallel_syncs
+        workers claim sources one at a time (daemon/claims.py) until every source of the
+        round is done, by this daemon or another; a claim whose lease ran out is taken over."""
+        from daemon.claims import Claims, cycle_of
+
+        plan = self.settings.schedule
+        fulls = dict(self._startup_syncs())
+        names = list(fulls)
+        cycle = cycle_of(utcnow(), plan.sync_interval)
+        claims = Claims(self.ledger, lease=plan.claim_lease)
+        log.info("round.shared", cycle=cycle, holder=claims.holder, sources=len(names))
+
+        def work() -> None:
+            while not self.stopping.is_set():
+                name = claims.claim_next(names, cycle)
+                if name is None:
+                    if claims.unfinished(names, cycle) == 0:
+                        return
+                    # Held by other daemons: wait for them to finish or their lease to end.
+                    self.stopping.wait(min(5.0, max(0.5, plan.claim_lease.total_seconds() / 4)))
+                    continue
+                job = f"{'full' if fulls[name] else 'sync'}:{name}"
+                with claims.holding(name, cycle):
+                    self._isolated(job, lambda name=name: self._sync_job(
+                        name, fulls[name], claimed=True))
+
+        workers = [threading.Thread(target=contextvars.copy_context().run,
+                                    args=(self._isolated, "round", work),
+                                    name=f"round {index}", daemon=True)
+                   for index in range(plan.parallel_syncs)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(0.5)
+
     def _startup(self) -> None:
         """`run --once`: every source synced side by side (parallel_syncs at a time, each
         within schedule.source_timeout), then the nightly audit if the last one was
-        missed."""
+        missed. On PostgreSQL the round is shared with the other daemons of the ledger."""
+        if self.ledger.dialect == "postgresql":
+            self._claimed_round()
+            if not self.stopping.is_set():
+                self._isolated(NIGHTLY, lambda: self._nightly_job(True))
+            return
         threads = [threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._isolated, f"{'full' if full else 'sync'}:{name}",

@@ -1,7 +1,8 @@
 """The loopback HTTP server the twins share: real HTTP/1.1 with keep-alive on 127.0.0.1,
 fault injection (latency, status codes with Retry-After, HTML pages served with 200, dropped
 connections, truncated JSON, hangs, bodies trickled a few bytes at a time, oversized bodies,
-gzip bombs, redirects to another host that answers an empty listing), request and connection
+gzip bombs, redirects to another host that answers an empty listing), finite capacity (W
+workers, a service time per page, requests beyond W queued), request and connection
 counting, and a small control API under `/__twin__/` so that a twin running in another
 process can be steered.
 
@@ -51,6 +52,36 @@ class Fault:
     method: str | None = None
     # time.monotonic() after which the fault is dropped, used up or not ("a 401 for a while").
     until: float | None = None
+
+
+@dataclass
+class Capacity:
+    """A server with `workers` PHP workers: each request holds one for `base` seconds plus
+    `per_item` for every record its JSON list answers (a bigger page costs more to build);
+    requests beyond `workers` queue for the next free one, as PHP-FPM's listen queue does."""
+
+    workers: int = 4
+    base: float = 0.05
+    per_item: float = 0.0005
+    # A storefront page (a path under this prefix: a shopper browsing) takes `storefront`.
+    storefront_prefix: str = "/shop/"
+    storefront: float = 0.05
+    # Worker-seconds spent on each path prefix (a benchmark's bound and its shopper's share).
+    busy: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.slots = threading.Semaphore(self.workers)
+        self._lock = threading.Lock()
+
+    def service_time(self, path: str, reply: Reply) -> float:
+        if path.startswith(self.storefront_prefix):
+            return self.storefront
+        items = len(reply.body) if isinstance(reply.body, list) else 0
+        return self.base + self.per_item * items
+
+    def spent(self, path: str, seconds: float) -> None:
+        with self._lock:
+            self.busy[path] += seconds
 
 
 class Faults:
@@ -121,6 +152,8 @@ class Twin:
         self.open_connections = 0
         self.max_connections = 0
         self.over_limit = 0
+        # Finite workers (None: every request is answered at once, as before).
+        self.capacity: Capacity | None = None
 
     # -- to implement ---------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, list[str]],
@@ -258,10 +291,22 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         query = parse_qs(parts.query, keep_blank_values=True)
         headers = {k.lower(): v for k, v in self.headers.items()}
+        capacity = twin.capacity
+        if capacity is not None:
+            capacity.slots.acquire()
         try:
-            reply = twin.handle(method, parts.path, query, headers, body)
-        except Exception as exc:  # noqa: BLE001 - a twin bug is a 500, as upstream would be
-            reply = twin.error_reply(500, f"twin error: {type(exc).__name__}: {exc}")
+            try:
+                reply = twin.handle(method, parts.path, query, headers, body)
+            except Exception as exc:  # noqa: BLE001 - a twin bug is a 500, as upstream would be
+                reply = twin.error_reply(500, f"twin error: {type(exc).__name__}: {exc}")
+            if capacity is not None:
+                # The worker stays busy for the page's service time, whatever it computed.
+                seconds = capacity.service_time(parts.path, reply)
+                time.sleep(seconds)
+                capacity.spent(parts.path, seconds)
+        finally:
+            if capacity is not None:
+                capacity.slots.release()
         if fault is not None and fault.kind == "truncate":
             encoded = _encode(reply)
             reply = Reply(reply.status, raw=encoded[: max(1, len(encoded) // 2)],
@@ -284,6 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
             return Reply(200, {"pending": 0})
         if action.startswith("empty/"):
             return twin.empty_reply(urlsplit("/" + action.removeprefix("empty/")).path)
+        if action == "capacity":
+            # {"workers": W, "base": s, "per_item": s} sets finite capacity; {} removes it.
+            twin.capacity = Capacity(**payload) if payload else None
+            return Reply(200, {"capacity": payload})
+        if action == "busy":
+            return Reply(200, dict(twin.capacity.busy) if twin.capacity else {})
         if action == "latency":
             twin.faults.latency = float(payload.get("seconds", 0))
             return Reply(200, {"latency": twin.faults.latency})

@@ -52,6 +52,7 @@ from connectors.http import (
     mask_personal,
     require_api_answer,
 )
+from connectors.limiter import Limiter, LimiterSettings
 from vocabulary import MAILCHIMP, MEMBER, utcnow
 
 log = structlog.get_logger("connectors.mailchimp")
@@ -405,6 +406,10 @@ class MailchimpAccount:
             describe_error=describe_problem,
             sleep=settings.sleep,
             max_response_size=settings.max_response_size,
+            # Mailchimp's ten connections per user, and a 429's Retry-After held by every
+            # thread of the account, through the limiter all connectors share.
+            limiter=Limiter(LimiterSettings(maximum=settings.concurrency, adaptive=False),
+                            sleep=settings.sleep),
         )
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         # Set by connectors(): True when the audience listing saw every audience, so that

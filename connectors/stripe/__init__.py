@@ -47,6 +47,7 @@ from connectors.http import (
     redact,
     require_api_answer,
 )
+from connectors.limiter import Limiter, LimiterSettings
 from vocabulary import utcnow
 
 log = structlog.get_logger("connectors.stripe")
@@ -123,31 +124,18 @@ def connect(settings: Settings) -> StripeConnector:
     return StripeConnector(settings)
 
 
-class TokenBucket:
-    """At most `rate` requests a second on average, bursts up to one second's worth. A request
-    that finds the bucket empty takes a token on credit and sleeps until it is paid back."""
+# Stripe's documented read limits per second (docs: rate limits), live and test mode.
+LIVE_READS_PER_SECOND = 100.0
+TEST_READS_PER_SECOND = 25.0
+# Requests in flight at most: the lists read side by side, each page after page.
+IN_FLIGHT = 4
 
-    def __init__(self, rate: float, sleep: Callable[[float], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.sleep = sleep
-        self.clock = clock
-        self._stamp = clock()
-        self._lock = threading.Lock()
 
-    def take(self) -> None:
-        if self.rate <= 0:
-            return
-        with self._lock:
-            now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self.tokens -= 1.0
-            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
-        if wait > 0:
-            self.sleep(wait)
+def read_rate(settings: Settings) -> float:
+    """The configured pace, never above Stripe's limit for the key's mode."""
+    test_mode = settings.api_key.startswith(("sk_test_", "rk_test_"))
+    ceiling = TEST_READS_PER_SECOND if test_mode else LIVE_READS_PER_SECOND
+    return min(settings.requests_per_second, ceiling)
 
 
 def redact_keys(text: str) -> str:
@@ -349,7 +337,11 @@ class StripeConnector:
         self.settings = settings
         self.source = "stripe"
         self.page_size = max(1, min(100, settings.page_size))
-        self.bucket = TokenBucket(settings.requests_per_second, settings.sleep)
+        # Stripe's read limits (100 a second live, 25 in test mode) through the limiter
+        # every connector's HTTP layer uses; the lists read side by side set the concurrency.
+        self.limiter = Limiter(LimiterSettings(maximum=IN_FLIGHT, adaptive=False,
+                                               rate=read_rate(settings)),
+                               sleep=settings.sleep)
         self.last_request_id: str | None = None
         self.http = HttpClient(
             self.source,
@@ -360,9 +352,9 @@ class StripeConnector:
             retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
             secrets=(settings.api_key,),
             describe_error=describe_error,
-            signer=self._pace,
             sleep=settings.sleep,
             max_response_size=settings.max_response_size,
+            limiter=self.limiter,
         )
 
     def probe(self) -> str:
@@ -598,12 +590,6 @@ class StripeConnector:
         return found
 
     # -- HTTP -----------------------------------------------------------------------------------
-    def _pace(self, method: str, url: str, params: dict[str, Any]
-              ) -> tuple[str, dict[str, Any] | None]:
-        # Called by HttpClient before every attempt, retries included.
-        self.bucket.take()
-        return url, params
-
     def _side_by_side(self, listings: Mapping[str, tuple[str, Mapping[str, Any]]]
                       ) -> Iterator[tuple[str, _Page, bool]]:
         """Several lists read at once, one thread each (a cursor list itself can only be

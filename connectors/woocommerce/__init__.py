@@ -67,6 +67,7 @@ from connectors.http import (
     looks_like_html,
     require_api_answer,
 )
+from connectors.limiter import Limiter, LimiterSettings
 from vocabulary import CUSTOMER, ORDER, WOO_ERASURE_OPTIONS, WOO_RETENTION_OPTIONS, utcnow
 
 log = structlog.get_logger("connectors.woocommerce")
@@ -95,7 +96,10 @@ class Settings:
     consumer_secret: str = field(repr=False)
     per_page: int = 100
     timeout: float = 30.0
-    concurrency: int = 4
+    # Most pages in flight; adaptive: the ceiling the limiter may raise to from one.
+    concurrency: int = 8
+    adaptive: bool = True
+    max_requests_per_second: float | None = None
     overlap: timedelta = timedelta(minutes=10)
     retry_attempts: int = 5
     # Decoded bytes one answer may hold; None: the HTTP layer's default.
@@ -801,6 +805,11 @@ class WooCommerceConnector:
         # Pages overlap by one record, so a page must hold at least two.
         self.per_page = max(2, settings.per_page)
         self.concurrency = max(1, settings.concurrency)
+        # Pages in flight as fast as the shop allows, never slower for its customers.
+        self.limiter = Limiter(LimiterSettings(maximum=self.concurrency,
+                                               adaptive=settings.adaptive,
+                                               rate=settings.max_requests_per_second),
+                               sleep=settings.sleep)
         self.oauth = settings.auth == "oauth" or (settings.auth == "auto"
                                                   and parts.scheme == "http")
         if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
@@ -824,6 +833,7 @@ class WooCommerceConnector:
             signer=self._sign if self.oauth else None,
             sleep=settings.sleep,
             max_response_size=settings.max_response_size,
+            limiter=self.limiter,
         )
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from connectors import http
 from connectors import woocommerce as connector
@@ -25,7 +25,7 @@ from connectors.settings import (
     Size,
 )
 from connectors.system import ANONYMISE, DELETE, KEEP, Opening, RecordType, System, Unit
-from vocabulary import CUSTOMER, ORDER, WOOCOMMERCE, Category, Link, period_words
+from vocabulary import CUSTOMER, ORDER, WOOCOMMERCE, Category, Link, period_words, quiet
 
 # WordPress users who run the shop: deleting one could lock the owner out.
 STAFF_ROLES = frozenset({"administrator", "shop_manager"})
@@ -52,8 +52,25 @@ class WooCommerceSettings(Section):
                                     examples=["credential:allmyink-secret"])
     per_page: int = Field(default=100, ge=1, le=100, description="Records per page (≤ 100).",
                           examples=[100])
-    concurrency: int = Field(default=4, ge=1, le=16,
-                             description="Pages fetched at once from this shop.", examples=[4])
+    concurrency: int = Field(default=8, ge=1, le=16,
+                             description="Most pages fetched at once from this shop. With "
+                                         "adaptive, the ceiling: it starts at one and rises "
+                                         "while the shop answers as fast.", examples=[8])
+    adaptive: bool = Field(default=True,
+                           description="Raise the pages in flight while the shop's response "
+                                       "times stay flat and lower them when they rise or on "
+                                       "429/503 (delay-based AIMD, one worker left for the "
+                                       "shop's customers); false: always `concurrency`.",
+                           examples=[True])
+    max_requests_per_second: float | None = Field(
+        default=None, gt=0, le=1000,
+        description="Requests a second to this shop at most (unset: no bound beyond the "
+                    "adaptive limit).", examples=[10])
+    quiet_hours: str | None = Field(
+        default=None,
+        description="Local time window (HH:MM-HH:MM, may cross midnight) the weekly full "
+                    "pull waits for, so that it reads the whole shop when customers are few "
+                    "(incremental syncs run at any time).", examples=["01:00-06:00"])
     timeout: Period = Field(default=timedelta(seconds=30),
                             description="How long to wait for one answer.", examples=["30s"])
     overlap: Period = Field(default=timedelta(minutes=10),
@@ -63,13 +80,21 @@ class WooCommerceSettings(Section):
     max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
                                     description=MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
 
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            quiet.parse_window(value)
+        return value
+
     def to_connector(self, **overrides: Any) -> connector.Settings:
         """The connector's settings; `overrides` set its other fields (sleep, retries)."""
         return replace(connector.Settings(
             name=self.name, url=self.url,
             consumer_key=self.consumer_key.get_secret_value(),
             consumer_secret=self.consumer_secret.get_secret_value(),
-            per_page=self.per_page, concurrency=self.concurrency,
+            per_page=self.per_page, concurrency=self.concurrency, adaptive=self.adaptive,
+            max_requests_per_second=self.max_requests_per_second,
             timeout=self.timeout.total_seconds(), overlap=self.overlap,
             max_response_size=self.max_response_size,
         ), **overrides)

@@ -635,7 +635,7 @@ def test_check_prints_ok_for_every_source_and_the_mail_server(
     assert codes[0] == 0, checks[0].stdout() + checks[0].stderr()
     audiences = {name for name in rows[0] if name.startswith("mailchimp:")}
     assert set(rows[0]) - audiences == {"config", "ledger", "woo:allmyink", "woo:papercraft",
-                                        "stripe", "mailchimp", "smtp"}
+                                        "stripe", "mailchimp", "smtp", "policy"}
     # Each audience is read as a sync will read it.
     assert audiences == set(estate.estate.mailchimp.sources())
     assert all(row.split()[1] == "OK" for row in rows[0].values()), rows[0]

@@ -12,11 +12,11 @@ import responses
 
 from connectors.base import Batch, Category, Key, Skip
 from connectors.http import FatalAPIError, RetriableAPIError
+from connectors.limiter import TokenBucket
 from connectors.stripe import (
     EVENT_TYPES,
     STRIPE_VERSION,
     Settings,
-    TokenBucket,
     classify_charge,
     classify_customer,
     connect,
@@ -530,7 +530,7 @@ def test_every_attempt_takes_a_token_from_the_connectors_bucket() -> None:
     responses.get(f"{BASE}/v1/charges", json=listing("/v1/charges", []))
     waits: list[float] = []
     connector = make_connector()
-    connector.bucket = TokenBucket(1.0, waits.append, clock=lambda: 0.0)
+    connector.limiter.bucket = TokenBucket(1.0, waits.append, clock=lambda: 0.0)
     list(connector.list_keys())
     # A burst of one, then each of the two further attempts waits its turn.
     assert len(responses.calls) == 3
