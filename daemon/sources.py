@@ -391,8 +391,8 @@ def _sync_now(ledger: Ledger, settings: Settings, name: str, *, full: bool,
             result = sync_source(ledger, connector, full=full, progress=progress,
                                  should_stop=should_stop, batch_size=settings.ledger.batch_size)
             results.append(result)
-            if result.ok and system.read_site_state is not None:
-                # What the shop runs and how it cleans up, for the promise rules.
+            if result.ok and system.read_site_state is not None and settings.policy is not None:
+                # What the shop runs and how it cleans up, for the promise rules of [policy].
                 shopstate.refresh(ledger, connector, system.read_site_state)
         if opening.listed_all and unit.family:
             retire_sources(ledger, unit.family, [c.source for c in opening.connectors])

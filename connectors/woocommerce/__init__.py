@@ -1418,6 +1418,8 @@ def _read_retention(connector: WooCommerceConnector) -> tuple[list[ShopOptionVal
     """The six clean-up periods. The REST settings API leaves them out (their type,
     relative_date_selector, fails is_setting_type_valid), so they are read through wc-admin's
     options endpoint, which needs an administrator's key (manage_options)."""
+    # The sync's idle connections closed first: the shop never sees more than its limit.
+    connector.client.close()
     client = connector.http_client(WC_ADMIN_PATH)
     try:
         data, response = client.get_json("options", {"options": ",".join(RETENTION_OPTIONS)},

@@ -155,8 +155,9 @@ def test_each_system_is_read_within_its_connection_limit_when_sources_run_side_b
     for twin in twins.values():
         twin.faults.latency = 0.02
     settings = settings_for(running, tmp_path, ledger_url)
-    # Small pages, so that every listing has pages to fetch at once.
-    shops = [shop.model_copy(update={"per_page": 5}) for shop in settings.woocommerce]
+    # Small pages, so that every listing has pages to fetch at once; at most 4 at once a shop.
+    shops = [shop.model_copy(update={"per_page": 5, "concurrency": 4})
+             for shop in settings.woocommerce]
     assert settings.mailchimp is not None
     settings = settings.model_copy(update={
         "woocommerce": shops,
