@@ -206,3 +206,9 @@ def _http_url(value: str) -> str:
 ShortName = Annotated[str, AfterValidator(_short_name)]
 # A site's address, without its trailing slash.
 SiteUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def max_response_size_field() -> Any:
+    """The `max_response_size` key every system's section has."""
+    return Field(default=DEFAULT_MAX_RESPONSE_SIZE, description=MAX_RESPONSE_DESCRIPTION,
+                 examples=["64MiB"])

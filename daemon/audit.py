@@ -217,7 +217,9 @@ def _unpaid_order_past_retention(policy: Any, now: datetime, dialect: str | None
         Holding.status.in_(list(UNPAID_STATUSES)), Holding.anonymised == false(), condition)
 
 
-def _network_data_past_retention(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
+def _network_data(policy: Any, now: datetime, kind: str, record_type: str,
+                  what: str) -> Select[Any]:
+    """Records of one kind still holding an IP address or user agent past network_data."""
     period = _period(policy, "network_data")
     ip = Holding.categories.like("%,ip_address,%")
     agent = Holding.categories.like("%,user_agent,%")
@@ -225,24 +227,18 @@ def _network_data_past_retention(policy: Any, now: datetime, dialect: str | None
         (and_(ip, agent), _text("IP address and user agent")),
         (ip, _text("IP address")),
         else_=_text("user agent"),
-    ) + _text(f" still stored, order older than {format_period(period)}")
+    ) + _text(f" still stored, {what} older than {format_period(period)}")
     return _holding_rows(detail).where(
-        Source.kind == WOOCOMMERCE, Holding.record_type == ORDER, or_(ip, agent),
+        Source.kind == kind, Holding.record_type == record_type, or_(ip, agent),
         _age(Holding) < now - period)
+
+
+def _network_data_past_retention(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
+    return _network_data(policy, now, WOOCOMMERCE, ORDER, "order")
 
 
 def _comment_network_data(policy: Any, now: datetime, dialect: str | None) -> Select[Any]:
-    period = _period(policy, "network_data")
-    ip = Holding.categories.like("%,ip_address,%")
-    agent = Holding.categories.like("%,user_agent,%")
-    detail = case(
-        (and_(ip, agent), _text("IP address and user agent")),
-        (ip, _text("IP address")),
-        else_=_text("user agent"),
-    ) + _text(f" still stored, comment older than {format_period(period)}")
-    return _holding_rows(detail).where(
-        Source.kind == WORDPRESS, Holding.record_type == COMMENT, or_(ip, agent),
-        _age(Holding) < now - period)
+    return _network_data(policy, now, WORDPRESS, COMMENT, "comment")
 
 
 # The ledger's own time of a comment's status change (comments have no modified date):

@@ -11,16 +11,15 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from connectors import http
 from connectors import mailchimp as connector
 from connectors.base import Record
 from connectors.settings import (
-    MAX_RESPONSE_DESCRIPTION,
     Period,
     Secret,
     Section,
     Size,
     UnreadSecret,
+    max_response_size_field,
 )
 from connectors.system import DELETE, Opening, RecordType, System, Unit
 from vocabulary import MAILCHIMP, MEMBER, Link, period_words
@@ -50,8 +49,7 @@ class MailchimpSettings(Section):
     overlap: Period = Field(default=timedelta(minutes=10),
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
+    max_response_size: Size = max_response_size_field()
 
     @model_validator(mode="after")
     def _routable(self) -> MailchimpSettings:

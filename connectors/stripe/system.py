@@ -13,16 +13,15 @@ from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
-from connectors import http
 from connectors import stripe as connector
 from connectors.base import Record
 from connectors.settings import (
-    MAX_RESPONSE_DESCRIPTION,
     Period,
     Secret,
     Section,
     Size,
     UnreadSecret,
+    max_response_size_field,
 )
 from connectors.system import DELETE, KEEP, Opening, RecordType, System, Unit
 from vocabulary import CHARGE, CUSTOMER, STRIPE, Link, period_words
@@ -48,8 +47,7 @@ class StripeSettings(Section):
     overlap: Period = Field(default=timedelta(minutes=10),
                             description="Re-read window before the last cursor.",
                             examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
+    max_response_size: Size = max_response_size_field()
 
     @field_validator("base_url")
     @classmethod

@@ -12,17 +12,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from connectors import http
 from connectors import woocommerce as connector
 from connectors.base import Record
 from connectors.settings import (
-    MAX_RESPONSE_DESCRIPTION,
     Period,
     Secret,
     Section,
     ShortName,
     SiteUrl,
     Size,
+    max_response_size_field,
 )
 from connectors.system import ANONYMISE, DELETE, KEEP, Opening, RecordType, System, Unit
 from vocabulary import CUSTOMER, ORDER, WOOCOMMERCE, Category, Link, period_words, quiet
@@ -77,8 +76,7 @@ class WooCommerceSettings(Section):
                             description="Incremental syncs re-read this much before the last "
                                         "cursor, so that nothing modified during a run is missed.",
                             examples=["10min"])
-    max_response_size: Size = Field(default=http.DEFAULT_MAX_RESPONSE_SIZE,
-                                    description=MAX_RESPONSE_DESCRIPTION, examples=["64MiB"])
+    max_response_size: Size = max_response_size_field()
 
     @field_validator("quiet_hours")
     @classmethod
