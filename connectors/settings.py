@@ -18,10 +18,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     SecretStr,
     ValidationInfo,
 )
 
+from connectors.http import DEFAULT_MAX_RESPONSE_SIZE
 from vocabulary import parse_duration
 
 
