@@ -10,6 +10,7 @@ key; `estate`: every configured section by system): this package never imports t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -96,6 +97,10 @@ class RecordType:
     # out of the title.
     id_is_personal: bool = False
 
+
+# A configured address links only if it is a plain http(s) URL that cannot break out of an
+# attribute or a line.
+PLAIN_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^]+")
 
 LinkMaker = Callable[[str, str | None, str, str, str | None], tuple[Link, ...]]
 

@@ -23,7 +23,16 @@ from connectors.settings import (
     Size,
     max_response_size_field,
 )
-from connectors.system import ANONYMISE, DELETE, KEEP, Opening, RecordType, System, Unit
+from connectors.system import (
+    ANONYMISE,
+    DELETE,
+    KEEP,
+    PLAIN_URL,
+    Opening,
+    RecordType,
+    System,
+    Unit,
+)
 from vocabulary import CUSTOMER, ORDER, WOOCOMMERCE, Category, Link, period_words, quiet
 
 # WordPress users who run the shop: deleting one could lock the owner out.
@@ -185,9 +194,7 @@ def _order_purpose(record: Record | None, retention: Any) -> tuple[str, str]:
             "about it.", f"{period_words(period)} after the order, then deleted.")
 
 
-# A configured address links only if it is a plain http(s) URL that cannot break out of an
-# attribute or a line; an id only if it has WooCommerce's shape.
-PLAIN_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^]+")
+# An id links only if it has WooCommerce's shape.
 _WOO_ID = re.compile(r"[1-9][0-9]{0,19}")
 
 

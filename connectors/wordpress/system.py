@@ -16,13 +16,21 @@ from pydantic import Field
 from connectors import wordpress as connector
 from connectors.base import Record
 from connectors.settings import Period, Secret, Section, ShortName, SiteUrl
-from connectors.system import ANONYMISE, DELETE, KEEP, Opening, RecordType, System, Unit
+from connectors.system import (
+    ANONYMISE,
+    DELETE,
+    KEEP,
+    PLAIN_URL,
+    Opening,
+    RecordType,
+    System,
+    Unit,
+)
 from vocabulary import COMMENT, USER, WOOCOMMERCE, WORDPRESS, Link, period_words
 
 # Comments nobody reads: nothing to keep them for once erased.
 UNPUBLISHED = frozenset({"spam", "trash"})
 _WP_ID = re.compile(r"[1-9][0-9]{0,19}")
-_PLAIN_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^]+")
 
 
 class WordPressSettings(Section):
@@ -130,7 +138,7 @@ def _user_purpose(record: Record | None, retention: Any) -> tuple[str, str]:
 
 def _links(site: WordPressSettings) -> Any:
     admin = f"{site.url.rstrip('/')}/wp-admin"
-    plain = _PLAIN_URL.fullmatch(site.url.rstrip("/")) is not None
+    plain = PLAIN_URL.fullmatch(site.url.rstrip("/")) is not None
 
     def links(source: str, label: str | None, record_type: str, external_id: str,
               parent_id: str | None) -> tuple[Link, ...]:
