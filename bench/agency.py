@@ -4,8 +4,9 @@ orders each, 50 ms a request), synced in one full round by 1, 2 and 4 daemons
 
 Prints per daemon count: the wall time of the round, requests per source (each source
 synced exactly once: one successful run each, and the same requests as with one daemon)
-and the peak RSS of each daemon. Targets: 4 daemons ≤ 0.35 × the wall of 1; every source
-once; ≤ 150 MB each.
+the peak RSS and CPU seconds of each daemon, and how busy the machine's cores were (a round
+that keeps every core busy is bound by CPU, not by the shops' latency). Targets: 4 daemons
+≤ 0.35 × the wall of 1; every source once; ≤ 150 MB each.
 
     .venv/bin/python bench/agency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     .venv/bin/python bench/agency.py --pg … --shops 20 --scale 0.1     # a smaller estate
@@ -128,8 +129,17 @@ def runs_per_source(url: str) -> dict[str, list[str]]:
     return found
 
 
+def busy_cores() -> tuple[float, float]:
+    """(seconds the machine's cores were busy, seconds they were idle) since boot."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / hertz, idle / hertz
+
+
 def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
-               parallel: int) -> tuple[float, list[float], dict[str, list[str]], dict[str, int]]:
+               parallel: int) -> tuple[float, list[float], list[float], float,
+                                       dict[str, list[str]], dict[str, int]]:
     url = fresh_schema(pg)
     from daemon.ledger import Ledger
 
@@ -138,12 +148,13 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
     before = fleet.requests()
     program = Path(sys.executable).parent / "privacy-ledger"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    busy_before, idle_before = busy_cores()
     started = time.perf_counter()
     processes = [subprocess.Popen([str(program), "--config", str(config), "run", "--once"],  # noqa: S603
                                   cwd=ROOT, env=env, stderr=subprocess.STDOUT,
                                   stdout=(folder / f"d{daemons}-{n}.err").open("wb"))
                  for n in range(daemons)]
-    rss = []
+    rss, cpu = [], []
     for n, process in enumerate(processes):
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -152,9 +163,14 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
                 errors="replace").splitlines() if '"error"' in line)[-3000:]
             raise RuntimeError(f"a daemon exited {process.returncode}:\n{said}")
         rss.append(usage.ru_maxrss / 1024)
+        cpu.append(usage.ru_utime + usage.ru_stime)
     wall = time.perf_counter() - started
+    busy, idle = busy_cores()
+    # The share of the machine's cores that were busy (daemons, twins and PostgreSQL alike).
+    load = (busy - busy_before) / max(1e-9, (busy - busy_before) + (idle - idle_before))
     after = fleet.requests()
-    return wall, rss, runs_per_source(url), {n: after[n] - before[n] for n in after}
+    return (wall, rss, cpu, load, runs_per_source(url),
+            {n: after[n] - before[n] for n in after})
 
 
 def main() -> None:
@@ -178,7 +194,8 @@ def main() -> None:
               f"{args.latency * 1000:g} ms a request, one PostgreSQL ledger, "
               f"parallel_syncs {args.parallel} a daemon\n")
     out.write(f"  {'daemons':>7} {'wall':>8} {'× 1':>6} {'requests/source':>16} "
-              f"{'runs/source':>12} {'peak RSS each (MB)':>20}\n")
+              f"{'runs/source':>12} {'peak RSS each (MB)':>20} {'CPU s each':>16} "
+              f"{'cores busy':>10}\n")
     out.flush()
     with tempfile.TemporaryDirectory(prefix="bench-agency-") as name, \
             ShopFleet(specs, args.twin_processes) as fleet:
@@ -186,7 +203,7 @@ def main() -> None:
         first_wall = None
         first_requests = None
         for count in (int(n) for n in args.daemons.split(",")):
-            wall, rss, runs, requests = round_with(count, fleet, Path(name), args.pg,
+            wall, rss, cpu, load, runs, requests = round_with(count, fleet, Path(name), args.pg,
                                                    args.parallel)
             first_wall = first_wall or wall
             first_requests = first_requests or requests
@@ -199,7 +216,9 @@ def main() -> None:
             out.write(f"  {count:7} {wall:7.1f}s {wall / first_wall:6.2f} "
                       f"{spread + (' (=)' if same else ' (≠)'):>16} "
                       f"{'1 each' if once else 'NOT once':>12} "
-                      f"{', '.join(f'{r:.0f}' for r in rss):>20}\n")
+                      f"{', '.join(f'{r:.0f}' for r in rss):>20} "
+                      f"{', '.join(f'{c:.0f}' for c in cpu):>16} "
+                      f"{load * 100:9.0f}%\n")
             out.flush()
 
 

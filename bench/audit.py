@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,24 +251,51 @@ def load_postgresql(url: str, estate: Estate) -> None:
     engine.dispose()
 
 
-def measure(name: str, url: str, runs: int) -> None:
+def measure(name: str, url: str, runs: int, holdings: int, size: Callable[[], int]) -> None:
+    from daemon.report import render_digest
+
     ledger = Ledger.open(url)
     try:
-        times = []
+        times, nights = [], []
         for index in range(runs):
             # Each run a day later, so that the first inserts and the others update.
-            result = run_audit(ledger, POLICY, now=NOW + timedelta(days=index), actor="bench")
+            now = NOW + timedelta(days=index)
+            result = run_audit(ledger, POLICY, now=now, actor="bench")
+            started = time.perf_counter()
+            # The morning email's queries: what the nightly job runs after the audit.
+            email = render_digest(ledger, None, now=now)
+            rendered = time.perf_counter() - started
             times.append(result.seconds)
-            print(f"  {name} run {index + 1}: {result.seconds:.2f}s — {result.current:,} "
+            nights.append(result.seconds + rendered)
+            print(f"  {name} run {index + 1}: audit {result.seconds:.2f}s + email "
+                  f"{rendered:.2f}s ({len(email.html) // 1024} KB) — {result.current:,} "
                   f"findings ({result.new:,} new, {result.ongoing:,} ongoing, "
                   f"{result.resolved:,} resolved)")
         per_rule = ", ".join(f"{rule} {counts.current:,}"
                              for rule, counts in result.per_rule.items())
         print(f"  {name} findings by rule: {per_rule}")
-        print(f"{name}: median of {runs} full audits: {statistics.median(times):.2f}s")
+        print(f"{name}: median of {runs} full audits: {statistics.median(times):.2f}s; "
+              f"audit and email together: {statistics.median(nights):.2f}s")
+        ledger.close()
+        print(f"{name}: ledger size {size() / 2**20:,.0f} MB, "
+              f"{size() / 2**20 / (holdings / 1e6):,.0f} MB per million holdings")
+        ledger = Ledger.open(url)
         measure_promises(name, ledger, runs, statistics.median(times))
     finally:
         ledger.close()
+
+
+def _postgresql_size(url: str) -> int:
+    """Bytes of the ledger's tables, their indexes and TOAST."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.scalar(text(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind = 'r'")) or 0)
+    finally:
+        engine.dispose()
 
 
 def _shop_setup(ledger: Ledger) -> None:
@@ -331,7 +358,9 @@ def main() -> None:
         started = time.perf_counter()
         load_sqlite(url, estate)
         print(f"SQLite: loaded in {time.perf_counter() - started:.1f}s")
-        measure("SQLite", url, args.runs)
+        database = Path(directory) / "ledger.db"
+        measure("SQLite", url, args.runs, len(estate.holdings),
+                lambda: database.stat().st_size)
 
     if args.sqlite_only:
         return
@@ -348,7 +377,8 @@ def main() -> None:
         started = time.perf_counter()
         load_postgresql(url, estate)
         print(f"PostgreSQL: loaded in {time.perf_counter() - started:.1f}s")
-        measure("PostgreSQL", url, args.runs)
+        measure("PostgreSQL", url, args.runs, len(estate.holdings),
+                lambda: _postgresql_size(url))
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

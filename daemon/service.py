@@ -6,7 +6,8 @@ stops between batches, SIGHUP reloads the config.
 What ran, and when, is ledger data, never scheduler state: jobs live in APScheduler's memory
 store, and each job asks the ledger whether its tick was already done (by this daemon before
 a restart, or by another daemon on the same PostgreSQL ledger). On SQLite one daemon holds a
-lock file for its whole life; on PostgreSQL every job holds an advisory lock while it runs.
+lock file for its whole life; on PostgreSQL every job holds an advisory lock while it runs, and
+a job that finds it held waits: it takes over when the holder died, skips when it finished.
 """
 
 from __future__ import annotations
@@ -283,11 +284,15 @@ def _safe_text(value: object, limit: int = 300) -> str:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One scheduled job: its id, what it locks and what it runs."""
+    """One scheduled job: its id, what it locks and what it runs. `wait`: how long the job
+    waits for its lock when another run holds it (None: it is skipped at once). A run that
+    ends without finishing — its daemon died and PostgreSQL dropped its lock — is taken over;
+    one that finished leaves its record, and the job then finds its tick already done."""
 
     id: str
     lock: str
     run: Callable[[], str]
+    wait: timedelta | None = None
 
 
 class Daemon:
@@ -383,25 +388,51 @@ class Daemon:
         outcome = "failed"
         with self._status_lock:
             self._active.add(spec.id)
+        deadline = time.monotonic() + (spec.wait.total_seconds() if spec.wait else 0.0)
+        # How often a waiting job tries the lock again: a dead daemon's lock is gone at once.
+        poll = min(30.0, max(0.2, self.settings.schedule.claim_lease.total_seconds() / 4))
+        waited = False
         try:
-            with self.locks.hold(spec.lock) as got:
-                if not got:
+            while True:
+                with self.locks.hold(spec.lock) as got:
+                    if got:
+                        outcome = spec.run()
+                        return
+                left = deadline - time.monotonic()
+                if left <= 0:
                     log.info("job.skipped", reason="running elsewhere (this daemon or "
                                                    "another on the same ledger)")
                     outcome = "skipped"
                     return
-                outcome = spec.run()
+                if not waited:
+                    waited = True
+                    log.info("job.waiting", reason="running elsewhere; taken over if that "
+                                                   "run ends without finishing",
+                             wait_s=round(left))
+                if self.stopping.wait(min(poll, left)):
+                    outcome = "stopped"
+                    return
         finally:
             self._finished(spec.id, outcome)
 
     def _sync_job(self, name: str, full: bool, *, claimed: bool = False) -> None:
+        plan = self.settings.schedule
+        fired = utcnow()
+        # A claimed sync is the round's own; a scheduled one waits for a run elsewhere, at
+        # most until its tick is past (half an interval; the weekly one, misfire_grace).
+        wait = None if claimed else (plan.misfire_grace if full
+                                     else plan.sync_interval * TICK_FRACTION)
         self._run(JobSpec(f"{'full' if full else 'sync'}:{name}", f"sync:{name}",
-                          lambda: self._sync(name, full, claimed=claimed)), source=name)
+                          lambda: self._sync(name, full, claimed=claimed, now=fired), wait),
+                  source=name)
 
-    def _sync(self, name: str, full: bool, *, claimed: bool = False) -> str:
+    def _sync(self, name: str, full: bool, *, claimed: bool = False,
+              now: datetime | None = None) -> str:
+        """`now`: when the job fired (a job that waited for a run elsewhere judges its tick
+        by that moment)."""
         from daemon.sources import BUSY, sync_configured
 
-        now = utcnow()
+        now = now or utcnow()
         if full:
             plan = self.settings.schedule
             hour, minute = plan.full_sync_time
@@ -464,7 +495,8 @@ class Daemon:
             raise StopWaiting
 
     def _nightly_job(self, catch_up: bool) -> None:
-        self._run(JobSpec(NIGHTLY, NIGHTLY, lambda: self._nightly(catch_up)))
+        self._run(JobSpec(NIGHTLY, NIGHTLY, lambda: self._nightly(catch_up),
+                          self.settings.schedule.misfire_grace))
 
     def _nightly(self, catch_up: bool) -> str:
         now = utcnow()
@@ -534,19 +566,28 @@ class Daemon:
         claims = Claims(self.ledger, lease=plan.claim_lease)
         log.info("round.shared", cycle=cycle, holder=claims.holder, sources=len(names))
 
+        # Set when one of this daemon's workers finishes a source: the others look again at
+        # once rather than at their next poll (which is for other daemons' claims and leases).
+        progressed = threading.Event()
+        poll = min(1.0, max(0.2, plan.claim_lease.total_seconds() / 8))
+
         def work() -> None:
             while not self.stopping.is_set():
                 name = claims.claim_next(names, cycle)
                 if name is None:
                     if claims.unfinished(names, cycle) == 0:
                         return
-                    # Held by other daemons: wait for them to finish or their lease to end.
-                    self.stopping.wait(min(5.0, max(0.5, plan.claim_lease.total_seconds() / 4)))
+                    # Held by live daemons: wait for one to finish or for a lease to end.
+                    progressed.wait(poll)
+                    progressed.clear()
                     continue
                 job = f"{'full' if fulls[name] else 'sync'}:{name}"
-                with claims.holding(name, cycle):
-                    self._isolated(job, lambda name=name: self._sync_job(
-                        name, fulls[name], claimed=True))
+                try:
+                    with claims.holding(name, cycle):
+                        self._isolated(job, lambda name=name: self._sync_job(
+                            name, fulls[name], claimed=True))
+                finally:
+                    progressed.set()
 
         workers = [threading.Thread(target=contextvars.copy_context().run,
                                     args=(self._isolated, "round", work),

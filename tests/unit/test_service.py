@@ -426,3 +426,112 @@ def test_a_sync_job_is_skipped_while_another_sync_holds_the_source(ledger: Ledge
         assert session.scalars(select(SyncRun)).all() == []
     with RunLock(ledger, "stripe"):
         pass  # released with its holder
+
+
+# A process that holds a job's advisory lock, as another daemon running that job would.
+HOLDER = """
+import sys, time
+from daemon.ledger import Ledger
+from daemon.service import JobLocks
+ledger = Ledger.open(sys.argv[1])
+locks = JobLocks(ledger)
+with locks.hold(sys.argv[2]) as got:
+    print("held" if got else "refused", flush=True)
+    time.sleep(60)
+"""
+
+
+def _hold_elsewhere(url: str, lock: str) -> object:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, lock],  # noqa: S603
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_scheduled_sync_takes_over_from_a_daemon_killed_mid_run(pg_url: str) -> None:
+    """Another daemon holds stripe's sync and is SIGKILLed: PostgreSQL drops its lock, and
+    the job waiting here runs the sync (no source answers on port 9: a failed run is
+    recorded, which shows the sync ran)."""
+    import signal
+    import threading
+
+    ledger = Ledger.open(pg_url)
+    daemon = Daemon(Path("config.toml"), settings_for(
+        pg_url, schedule={"sync_interval": "1h", "claim_lease": "1s"},
+        stripe={"api_key": "env:KEY", "base_url": "http://127.0.0.1:9/v1"}), ledger,
+        notifier=Notifier({}))
+    holder = _hold_elsewhere(pg_url, "sync:stripe")
+    try:
+        job = threading.Thread(target=daemon._sync_job, args=("stripe", False))
+        job.start()
+        time.sleep(1.0)
+        assert job.is_alive(), "the job waits while the other daemon's run holds the lock"
+        with ledger.sessions() as session:
+            assert session.scalars(select(SyncRun)).all() == []
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        job.join(timeout=30)
+        assert not job.is_alive()
+        assert daemon._last["sync:stripe"].startswith("failed at ")
+        with ledger.sessions() as session:
+            assert [run.status for run in session.scalars(select(SyncRun))] == ["failed"]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        daemon.locks.close()
+        ledger.close()
+
+
+def test_a_scheduled_sync_finished_elsewhere_is_not_run_again(pg_url: str) -> None:
+    """The other daemon's run finishes (its run recorded, its lock released): the job that
+    waited finds this tick done and skips."""
+    import threading
+
+    ledger = Ledger.open(pg_url)
+    daemon = Daemon(Path("config.toml"), settings_for(
+        pg_url, schedule={"sync_interval": "1h", "claim_lease": "1s"},
+        stripe={"api_key": "env:KEY", "base_url": "http://127.0.0.1:9/v1"}), ledger,
+        notifier=Notifier({}))
+    holder = _hold_elsewhere(pg_url, "sync:stripe")
+    try:
+        job = threading.Thread(target=daemon._sync_job, args=("stripe", False))
+        job.start()
+        time.sleep(0.6)
+        add_run(ledger, "stripe", started=utcnow() - timedelta(seconds=30))
+        holder.terminate()
+        holder.wait(timeout=10)
+        job.join(timeout=30)
+        assert daemon._last["sync:stripe"].startswith("skipped at ")
+        with ledger.sessions() as session:
+            assert [run.status for run in session.scalars(select(SyncRun))] == ["success"]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        daemon.locks.close()
+        ledger.close()
+
+
+def test_a_scheduled_sync_held_past_its_tick_is_skipped(ledger_url: str,
+                                                        ledger: Ledger) -> None:
+    """A run of the same source in this daemon outlasts half the interval: the waiting tick
+    gives up, says so, and runs nothing."""
+    daemon = Daemon(Path("config.toml"), settings_for(
+        ledger_url, schedule={"sync_interval": "2s", "sync_jitter": "0s",
+                              "claim_lease": "1s"},
+        stripe={"api_key": "env:KEY", "base_url": "http://127.0.0.1:9/v1"}), ledger,
+        notifier=Notifier({}))
+    try:
+        started = time.monotonic()
+        with daemon.locks.hold("sync:stripe") as got:
+            assert got
+            daemon._sync_job("stripe", False)
+        assert 0.9 <= time.monotonic() - started < 5
+        assert daemon._last["sync:stripe"].startswith("skipped at ")
+        with ledger.sessions() as session:
+            assert session.scalars(select(SyncRun)).all() == []
+    finally:
+        daemon.locks.close()
