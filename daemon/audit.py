@@ -293,24 +293,15 @@ def _processor_copy_orphaned(policy: Any, now: datetime, dialect: str | None) ->
                   else_=_text("held by Mailchimp")) + _text(
         f", but by no shop for more than {format_period(period)}")
     query = _holding_rows(detail)
-    if dialect == "sqlite":
-        # SQLite has no hash join: one grouped pass over the shops' holdings is several times
-        # faster than a probe per copy. Same meaning as the EXISTS shape below.
-        shop_people = (select(shop.subject_id.label("subject_id"),
-                              func.max(case((held_lately, 1), else_=0)).label("lately"))
-                       .where(shop.source_id.in_(shops), shop.subject_id.is_not(None))
-                       .group_by(shop.subject_id).subquery("shop_people"))
-        query = query.outerjoin(shop_people, shop_people.c.subject_id == Holding.subject_id)
-        not_held_lately = func.coalesce(shop_people.c.lately, 0) == 0
-        held_before: ColumnElement[bool] = shop_people.c.subject_id.is_not(None)
-    else:
-        # PostgreSQL plans these as hash (anti) joins.
-        def shop_holding(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-            return exists().where(shop.subject_id == Holding.subject_id,
-                                  shop.source_id.in_(shops), *conditions)
 
-        not_held_lately = ~shop_holding(held_lately)
-        held_before = shop_holding()
+    # Planned as hash (anti) joins on PostgreSQL, index probes on SQLite (which has the
+    # statistics for it: the audit refreshes them first).
+    def shop_holding(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+        return exists().where(shop.subject_id == Holding.subject_id,
+                              shop.source_id.in_(shops), *conditions)
+
+    not_held_lately = ~shop_holding(held_lately)
+    held_before = shop_holding()
     payment = aliased(Holding)
     payments = select(Source.id).where(Source.kind == STRIPE, Source.gone_at.is_(None))
     # Evidence the person was a shop's customer (not only a newsletter subscriber): a shop
@@ -596,6 +587,7 @@ def run_audit(ledger: Ledger, policy: RetentionSettings, *, now: datetime | None
     rule_ids = [rule.id for rule in selected]
     f = Finding.__table__
     c = _current
+    ledger.refresh_statistics()
     with ledger.session() as session:
         _lock(session)
         # Subjects get their keyed hash first: erased-person-reappeared joins on it.

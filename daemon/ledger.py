@@ -128,6 +128,10 @@ class Holding(Base):
         Index("ix_holdings_source_seen", "source_id", "record_type", "last_seen"),
         # The audit finds a customer's orders and charges by their parent id.
         Index("ix_holdings_parent", "source_id", "record_type", "parent_id"),
+        # The email's matrix and the card-number rule read the live holdings from this
+        # index alone (migration 0009): many times faster than the table at 10 M holdings.
+        Index("ix_holdings_live", "source_id", "categories", "subject_id",
+              sqlite_where=text("gone_at IS NULL"), postgresql_where=text("gone_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -380,7 +384,7 @@ def make_engine(url: str) -> Engine:
 
 
 # The newest migration's revision (a test checks it against daemon/migrations).
-SCHEMA_REVISION = "0008_claims"
+SCHEMA_REVISION = "0009_live_holdings"
 
 
 
@@ -455,6 +459,27 @@ class Ledger:
         """A session whose transaction commits on success and rolls back on error."""
         with self.sessions() as session, session.begin():
             yield session
+
+    def refresh_statistics(self) -> bool:
+        """SQLite plans joins by the statistics ANALYZE leaves in sqlite_stat1, which nothing
+        else keeps up to date (PostgreSQL's autovacuum does): without them the audit scans
+        every holding for each rule. Analyzed when the holdings have none, or have grown by
+        a tenth since (autovacuum's own threshold). True when it analyzed."""
+        if self.dialect != "sqlite":
+            return False
+        with self.engine.connect() as connection:
+            analyzed = connection.execute(text(
+                "SELECT stat FROM sqlite_master m JOIN sqlite_stat1 s ON s.tbl = m.name "
+                "WHERE m.name = 'holdings' LIMIT 1")).scalar() \
+                if connection.execute(text("SELECT 1 FROM sqlite_master WHERE "
+                                           "name = 'sqlite_stat1'")).scalar() else None
+            rows = connection.execute(text("SELECT max(rowid) FROM holdings")).scalar() or 0
+            then = int(str(analyzed).split()[0]) if analyzed else None
+            if then is not None and rows <= then * 1.1:
+                return False
+            connection.execute(text("ANALYZE"))
+            connection.commit()
+        return True
 
     def source(self, session: Session, name: str, kind: str) -> Source:
         """The source row of that name, created on first use."""

@@ -179,6 +179,47 @@ def test_matrix_counts_people_per_category_and_leaves_out_gone_holdings(estate: 
     assert digest.matrix_max == 2
 
 
+def test_matrix_agrees_with_counting_each_person_by_hand(estate: Estate) -> None:
+    """A random estate (people with several holdings of different categories in one source,
+    holdings without a person, gone holdings, a gone source): the matrix's records, people
+    and people per category are what counting person by person gives."""
+    import random
+
+    rng = random.Random(20261203)
+    pool = ("email", "name", "phone", "billing_address", "ip_address", "account",
+            "card_number")
+    for name in ("woo:a", "woo:b", "stripe", "mailchimp:old"):
+        estate.source(name)
+    held: list[tuple[str, str | None, frozenset[str], bool]] = []
+    for number in range(120):
+        source = rng.choice(("woo:a", "woo:b", "stripe", "mailchimp:old"))
+        email = None if rng.random() < 0.1 else f"p{rng.randrange(25)}@example.com"
+        categories = frozenset(rng.sample(pool, rng.randint(1, 4)))
+        gone = rng.random() < 0.15
+        estate.holding(source, "order", str(number), email, tuple(sorted(categories)),
+                       gone=gone)
+        held.append((source, email, categories, gone))
+    with estate.ledger.session() as session:
+        session.get(Source, estate.sources["mailchimp:old"]).gone_at = NOW - DAY
+
+    digest = _digest(estate)
+
+    rows = {row.source: row for row in digest.matrix}
+    assert set(rows) == {"woo:a", "woo:b", "stripe"}
+    for name, row in rows.items():
+        live = [(email, categories) for source, email, categories, gone in held
+                if source == name and not gone]
+        assert row.records == len(live)
+        assert row.people == len({email for email, _ in live if email})
+        expected = {category: len({email for email, categories in live
+                                   if email and category in categories})
+                    for category in digest.categories}
+        assert dict(zip(digest.categories, row.counts, strict=True)) == expected
+    assert {c for c in pool if any(c in cats for s, e, cats, g in held
+                                   if s != "mailchimp:old" and not g and e)} \
+        <= set(digest.categories)
+
+
 def test_new_findings_are_capped_per_rule_with_the_rest_counted_and_the_command(
         estate: Estate) -> None:
     estate.source("woo:allmyink")
