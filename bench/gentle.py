@@ -91,9 +91,42 @@ def settings_for(twin: RunningTwin, ledger_url: str, *, adaptive: bool, concurre
     return parse_settings(raw, origin="bench", secrets=SecretSources(environ, None))
 
 
+class _Limiters:
+    """The limiters a pull makes, so that the bench can say what limit they kept."""
+
+    def __init__(self) -> None:
+        from connectors import limiter
+
+        self.made: list[Any] = []
+        self._class = limiter.Limiter
+        made, original = self.made, limiter.Limiter.__init__
+
+        def init(this: Any, *args: Any, **kwargs: Any) -> None:
+            original(this, *args, **kwargs)
+            made.append(this)
+
+        self._original = original
+        self._class.__init__ = init  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self._class.__init__ = self._original  # type: ignore[method-assign]
+
+    def mean_limit(self, until: float, spare: int) -> tuple[float, float]:
+        """The time-weighted mean limit of the busiest limiter, and the share of its time
+        above `spare` (the workers it may use)."""
+        limiter = max(self.made, key=lambda made: len(made.changes))
+        changes = [*limiter.changes, (until, limiter.limit)]
+        spans = [(b[0] - a[0], a[1]) for a, b in zip(changes, changes[1:], strict=False)]
+        total = sum(span for span, _ in spans) or 1.0
+        mean = sum(span * limit for span, limit in spans) / total
+        above = sum(span for span, limit in spans if limit > spare) / total
+        return mean, above
+
+
 def pull(twin: RunningTwin, folder: str, run: int, *, adaptive: bool, concurrency: int,
-         workers: int) -> tuple[float, float, float]:
-    """One full pull into a fresh ledger with the shopper browsing: (wall, bound, p95)."""
+         workers: int) -> tuple[float, float, float, float, float]:
+    """One full pull into a fresh ledger with the shopper browsing: (wall, bound, p95, the
+    limiter's mean limit, its share of time above W − 1)."""
     from daemon.ledger import Ledger
     from daemon.sources import sync_configured
 
@@ -101,20 +134,25 @@ def pull(twin: RunningTwin, folder: str, run: int, *, adaptive: bool, concurrenc
     ledger = Ledger.open(url)
     settings = settings_for(twin, url, adaptive=adaptive, concurrency=concurrency)
     before = twin.control("busy", method="GET")
-    with Shopper(twin.url) as shopper:
-        time.sleep(1.0)
-        started = time.perf_counter()
-        results = sync_configured(ledger, settings, full=True)
-        wall = time.perf_counter() - started
-        latencies = shopper.stop()
+    limiters = _Limiters()
+    try:
+        with Shopper(twin.url) as shopper:
+            time.sleep(1.0)
+            started = time.perf_counter()
+            results = sync_configured(ledger, settings, full=True)
+            wall = time.perf_counter() - started
+            latencies = shopper.stop()
+    finally:
+        limiters.close()
     ledger.close()
+    mean, above = limiters.mean_limit(time.monotonic(), workers - 1)
     failed = [f"{r.source}: {r.error}" for r in results if not r.ok]
     if failed:
         raise RuntimeError("the full pull failed: " + "; ".join(failed))
     after = twin.control("busy", method="GET")
     spent = sum(seconds - before.get(path, 0.0) for path, seconds in after.items()
                 if path != STOREFRONT)
-    return wall, spent / (workers - 1), p95(latencies)
+    return wall, spent / (workers - 1), p95(latencies), mean, above
 
 
 def main() -> None:
@@ -127,6 +165,8 @@ def main() -> None:
     parser.add_argument("--per-item", type=float, default=0.002,
                         help="seconds more per record on the page (0.002: 0.4 s a page)")
     parser.add_argument("--runs", type=int, default=3, help="pulls per mode (median; 3)")
+    parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also pull with a fixed concurrency of 4 (default: yes)")
     parser.add_argument("--idle", type=float, default=20.0,
                         help="seconds the shopper browses with privacy-ledger idle (20)")
     args = parser.parse_args()
@@ -152,15 +192,20 @@ def main() -> None:
                   f"{SHOPPER_EVERY * 1000:g} ms; median of {args.runs}\n")
         out.write(f"  shopper p95 with privacy-ledger idle: {idle * 1000:.0f} ms\n")
         out.write(f"  {'mode':22} {'wall':>8} {'bound':>8} {'wall/bound':>10} "
-                  f"{'shopper p95':>12} {'p95/idle':>9}\n")
-        for label, adaptive, concurrency in (("adaptive (AIMD, ≤ 8)", True, 8),
-                                             ("fixed concurrency 4", False, 4)):
+                  f"{'shopper p95':>12} {'p95/idle':>9} {'mean limit':>10} "
+                  f"{'time > W-1':>10}\n")
+        modes = [("adaptive (AIMD, ≤ 8)", True, 8), ("fixed concurrency 4", False, 4)]
+        for label, adaptive, concurrency in modes[:2 if args.fixed else 1]:
             runs = [pull(twin, folder, run, adaptive=adaptive, concurrency=concurrency,
                          workers=args.workers) for run in range(args.runs)]
-            wall, bound, tail = (median(r[i] for r in runs) for i in range(3))
+            wall, bound, tail, mean, above = (median(r[i] for r in runs) for i in range(5))
             target = "  (targets ≤ 1.25, ≤ 1.5)" if adaptive else ""
             out.write(f"  {label:22} {wall:7.1f}s {bound:7.1f}s {wall / bound:10.2f} "
-                      f"{tail * 1000:10.0f}ms {tail / idle:9.2f}{target}\n")
+                      f"{tail * 1000:10.0f}ms {tail / idle:9.2f} {mean:10.2f} "
+                      f"{above * 100:9.0f}%{target}\n")
+            for run, (w, b, p, m, a) in enumerate(runs, 1):
+                out.write(f"    run {run}: wall/bound {w / b:.2f}, p95 {p * 1000:.0f} ms, "
+                          f"mean limit {m:.2f}, {a * 100:.0f}% of the time above W − 1\n")
             out.flush()
 
 

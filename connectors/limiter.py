@@ -3,13 +3,16 @@
 Adaptive mode is delay-based AIMD (the additive-increase / multiplicative-decrease of
 Netflix's concurrency-limits `AIMDLimit`, driven by latency as TCP Vegas is):
 
-- start at `initial` (1) requests in flight; after each window (as many answers as the limit)
-  whose median latency stays within `tolerance` of the long-term latency (a moving average of
-  the windows', as Netflix's Gradient2 keeps), raise the limit by one, up to `maximum`;
-- when a window's median latency rises past that, the shop is queueing our requests: its
-  capacity is about limit × long-term ÷ latency (Little's law), and the limit drops to that
-  capacity less `headroom` (one worker left for the shop's own customers), never by less
-  than one;
+- start at `initial` (1) requests in flight; after each window (as many answers as the limit,
+  all sent since the limit last changed) whose mean latency stays within `tolerance` of the
+  long-term latency (a moving average of the windows', as Netflix's Gradient2 keeps), raise
+  the limit by one, up to `maximum`;
+- when a window's mean latency rises past that (and past three standard errors of the shop's
+  usual noise), the shop is queueing our requests: its capacity is about limit × long-term ÷
+  latency (Little's law, which holds for the mean: a median hides the one request in five
+  that waits a whole page for a worker), at most one less than the limit that rose, and the
+  limit drops to that capacity less `headroom` (one worker left for the shop's customers,
+  whose waits our own latency cannot show while we hold every worker but none queues);
 - a 429 or 503 halves the limit at once and holds every request to the source for its
   Retry-After;
 - once settled, it probes one step higher only every `probe_every` windows, so that a shop
@@ -70,7 +73,7 @@ class LimiterSettings:
     initial: int = 1
     minimum: int = 1
     rate: float | None = None
-    # A window's median latency this many times the no-load latency means queueing.
+    # A window's mean latency this many times the no-load latency means queueing.
     tolerance: float = 1.15
     headroom: int = 1
     probe_every: int = 200
@@ -93,10 +96,12 @@ class Limiter:
         self.limit = max(settings.minimum, min(settings.maximum, start))
         self.in_flight = 0
         self.peak = 0
-        # The usual latency of an answer per size class, and the last window's median ratio
-        # to it.
+        # The usual latency of an answer per size class, the last window's mean ratio to it,
+        # and the variance of the ratios of windows that did not rise (the shop's noise).
         self._usual: dict[int, float] = {}
+        self._seen: dict[int, int] = {}
         self.baseline: float | None = None
+        self._variance = 0.0
         self.backoffs = 0
         self._window: list[float] = []
         self._throttled = False
@@ -110,8 +115,10 @@ class Limiter:
         self._holds = 0
         self._served = threading.local()
         self._cond = threading.Condition()
-        # The limit after every window, for benchmarks and tests to read.
+        # The limit after every window, and (moment, limit) at every change, for benchmarks
+        # and tests to read.
         self.history: list[int] = [self.limit]
+        self.changes: list[tuple[float, int]] = [(clock(), self.limit)]
 
     # -- gate ---------------------------------------------------------------------------------
     def acquire(self) -> float:
@@ -152,7 +159,7 @@ class Limiter:
             if status in THROTTLED:
                 self._throttle()
             elif status is not None and status < 500 and started >= self._changed_at:
-                # Requests sent before the limit last fell say nothing of the new limit.
+                # Requests sent before the limit last changed say nothing of the new limit.
                 self._sample(latency, size)
             self._cond.notify_all()
 
@@ -191,21 +198,29 @@ class Limiter:
         # Raised only when the limit was used: a reader slower than the shop is no signal.
         saturated, self._busiest = self._busiest >= self.limit, self.in_flight
         ratios = [latency / self._usual.setdefault(kind, latency) for latency, kind in window]
-        ratio = statistics.median(ratios)
+        ratio = statistics.fmean(ratios)
         throttled, self._throttled = self._throttled, False
-        rising = ratio > self.settings.tolerance and self.limit > self.settings.minimum
+        # A noisy shop's windows differ by chance: a rise must also pass three standard errors.
+        noise = 3 * (self._variance / len(ratios)) ** 0.5
+        rising = ratio > max(self.settings.tolerance, 1 + noise) \
+            and self.limit > self.settings.minimum
+        if not rising:
+            spread = statistics.fmean((r - 1) ** 2 for r in ratios)
+            self._variance += 0.1 * (spread - self._variance)
         # The usual latency follows slowly while latency rises (a shop that got slower for
         # good), faster otherwise (as Netflix's Gradient2 keeps a long-term average).
         weight = 0.05 if rising else 0.2
         for latency, kind in window:
-            self._usual[kind] += weight * (latency - self._usual[kind])
+            # The first answers of a class are averaged plainly (one alone is a poor guess).
+            seen = self._seen[kind] = self._seen.get(kind, 0) + 1
+            self._usual[kind] += max(weight, 1 / seen) * (latency - self._usual[kind])
         self.baseline = ratio
         if throttled:
             self._set(self.limit, settled=True)
         elif rising:
             capacity = round(self.limit / ratio)
             self._set(max(self.settings.minimum,
-                          min(self.limit - 1, capacity - self.settings.headroom)), settled=True)
+                          min(self.limit - 1, capacity) - self.settings.headroom), settled=True)
         elif not saturated:
             self.history.append(self.limit)
         elif not self._settled or self._steady + 1 >= self.settings.probe_every:
@@ -218,8 +233,10 @@ class Limiter:
     def _set(self, limit: int, *, settled: bool) -> None:
         if limit < self.limit:
             self.backoffs += 1
+        if limit != self.limit:
             self._changed_at = self.clock()
             self._window = []
+            self.changes.append((self.clock(), limit))
         self.limit = limit
         self._settled = settled
         self._steady = 0

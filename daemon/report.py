@@ -390,10 +390,10 @@ def _previous_digest(session: Session, now: datetime) -> datetime | None:
 
 
 def _headline_counts(session: Session) -> tuple[int, int]:
+    live = select(Source.id).where(Source.gone_at.is_(None)).scalar_subquery()
     people = session.scalar(
         select(func.count(distinct(Holding.subject_id)))
-        .join(Source, Source.id == Holding.source_id)
-        .where(Holding.gone_at.is_(None), Source.gone_at.is_(None),
+        .where(Holding.gone_at.is_(None), Holding.source_id.in_(live),
                Holding.subject_id.is_not(None))) or 0
     systems = session.scalar(select(func.count(Source.id)).where(Source.gone_at.is_(None))) or 0
     return people, systems

@@ -144,3 +144,78 @@ def test_never_more_in_flight_than_the_limit_across_threads() -> None:
     for thread in threads:
         thread.join(timeout=10)
     assert limiter.peak == 3
+
+
+def test_one_answer_in_five_waiting_a_whole_page_is_a_rise() -> None:
+    # Five in flight on four workers that finish together: four answers take a page's time,
+    # the fifth waits for a worker and takes two. The median is flat; the mean is 6/5.
+    limiter, clock = make(maximum=8)
+    for _ in range(4):
+        window(limiter, clock, 0.1)
+    assert limiter.limit == 5
+    started = [limiter.acquire() for _ in range(5)]
+    clock.now += 0.1
+    for moment in started[:4]:
+        limiter.release(moment, 200, size=40_000)
+    clock.now += 0.1
+    limiter.release(started[4], 200, size=40_000)
+    assert limiter.limit == 3
+
+
+def shop_with_a_customer(workers: int, pages: int) -> tuple[Limiter, list[float], float]:
+    """A pull of `pages` pages through the limiter from a shop with `workers` PHP workers (a
+    page holds one for 0.4 s, requests beyond them queue in order) while a customer asks for
+    a 50 ms page every 200 ms: (the limiter, the customer's latencies, the share of the pull
+    the limit spent above workers − 1)."""
+    import heapq
+    import itertools
+
+    limiter, clock = make(maximum=8)
+    events: list[tuple[float, int, str, float]] = []
+    order = itertools.count()
+    queue: list[tuple[str, float]] = []
+    busy = sent = done = 0
+    waits: list[float] = []
+    above = 0.0
+
+    def arrive(kind: str, started: float) -> None:
+        nonlocal busy
+        if busy < workers:
+            busy += 1
+            service = 0.4 if kind == "page" else 0.05
+            heapq.heappush(events, (clock.now + service, next(order), kind, started))
+        else:
+            queue.append((kind, started))
+
+    heapq.heappush(events, (clock.now, next(order), "customer arrives", clock.now))
+    begun = last = clock.now
+    while done < pages:
+        while sent < pages and limiter.in_flight < limiter.limit:
+            sent += 1
+            arrive("page", limiter.acquire())
+        moment, _, kind, started = heapq.heappop(events)
+        if limiter.limit > workers - 1:
+            above += moment - last
+        clock.now = last = moment
+        if kind == "customer arrives":
+            arrive("customer", moment)
+            heapq.heappush(events, (moment + 0.2, next(order), kind, moment + 0.2))
+            continue
+        busy -= 1
+        if queue:
+            arrive(*queue.pop(0))
+        if kind == "page":
+            done += 1
+            limiter.release(started, 200, size=40_000)
+        else:
+            waits.append(moment - started)
+    return limiter, waits, above / (clock.now - begun)
+
+
+def test_a_shared_shop_settles_one_worker_below_its_capacity() -> None:
+    limiter, waits, above = shop_with_a_customer(workers=4, pages=1500)
+    # Probing past the knee costs a few windows; the rest of the pull leaves a worker free.
+    assert limiter.limit == 3
+    assert above < 0.05
+    waits.sort()
+    assert waits[int(len(waits) * 0.95)] == pytest.approx(0.05)
