@@ -137,6 +137,15 @@ def busy_cores() -> tuple[float, float]:
     return (sum(fields[:8]) - idle) / hertz, idle / hertz
 
 
+def _first_errors(log: Path, count: int = 5) -> str:
+    """The first errors a daemon logged (the round's summary names every job, not why)."""
+    errors = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"error"' in line and '"daemon.round_failed"' not in line:
+            errors.append(line[:1500])
+    return "\n".join(errors[:count]) or log.read_text(errors="replace")[-3000:]
+
+
 def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
                parallel: int) -> tuple[float, list[float], list[float], float,
                                        dict[str, list[str]], dict[str, int]]:
@@ -159,9 +168,8 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
-            said = "\n".join(line for line in (folder / f"d{daemons}-{n}.err").read_text(
-                errors="replace").splitlines() if '"error"' in line)[-3000:]
-            raise RuntimeError(f"a daemon exited {process.returncode}:\n{said}")
+            raise RuntimeError(f"a daemon exited {process.returncode}:\n"
+                               + _first_errors(folder / f"d{daemons}-{n}.err"))
         rss.append(usage.ru_maxrss / 1024)
         cpu.append(usage.ru_utime + usage.ru_stime)
     wall = time.perf_counter() - started
