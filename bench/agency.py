@@ -150,6 +150,25 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
                parallel: int) -> tuple[float, list[float], list[float], float,
                                        dict[str, list[str]], dict[str, int]]:
     url = fresh_schema(pg)
+    try:
+        return _round_in(url, daemons, fleet, folder, parallel)
+    finally:
+        drop_schema(pg, url)
+
+
+def drop_schema(pg: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    schema = url.rsplit("%3D", 1)[1]
+    engine = create_engine(pg, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def _round_in(url: str, daemons: int, fleet: ShopFleet, folder: Path,
+              parallel: int) -> tuple[float, list[float], list[float], float,
+                                      dict[str, list[str]], dict[str, int]]:
     from daemon.ledger import Ledger
 
     Ledger.open(url).close()  # the schema made before the clock starts, as in a running estate
@@ -164,14 +183,21 @@ def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
                                   stdout=(folder / f"d{daemons}-{n}.err").open("wb"))
                  for n in range(daemons)]
     rss, cpu = [], []
-    for n, process in enumerate(processes):
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            raise RuntimeError(f"a daemon exited {process.returncode}:\n"
-                               + _first_errors(folder / f"d{daemons}-{n}.err"))
-        rss.append(usage.ru_maxrss / 1024)
-        cpu.append(usage.ru_utime + usage.ru_stime)
+    try:
+        for n, process in enumerate(processes):
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode != 0:
+                raise RuntimeError(f"a daemon exited {process.returncode}:\n"
+                                   + _first_errors(folder / f"d{daemons}-{n}.err"))
+            rss.append(usage.ru_maxrss / 1024)
+            cpu.append(usage.ru_utime + usage.ru_stime)
+    finally:
+        # The others would hold the schema dropped next.
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                process.wait()
     wall = time.perf_counter() - started
     busy, idle = busy_cores()
     # The share of the machine's cores that were busy (daemons, twins and PostgreSQL alike).

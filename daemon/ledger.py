@@ -461,12 +461,14 @@ class Ledger:
             yield session
 
     def refresh_statistics(self) -> bool:
-        """SQLite plans joins by the statistics ANALYZE leaves in sqlite_stat1, which nothing
-        else keeps up to date (PostgreSQL's autovacuum does): without them the audit scans
-        every holding for each rule. Analyzed when the holdings have none, or have grown by
-        a tenth since (autovacuum's own threshold). True when it analyzed."""
-        if self.dialect != "sqlite":
-            return False
+        """The audit's plans rest on the statistics ANALYZE keeps: without them SQLite scans
+        every holding for each rule, and PostgreSQL plans nested loops over millions of rows
+        it believes are a few (an agency's first audit after its first full round ran for
+        minutes). SQLite keeps none by itself; PostgreSQL's autovacuum does, when it is on
+        and has caught up. Analyzed when a table has none, or has changed by a tenth since
+        (autovacuum's own threshold). True when it analyzed."""
+        if self.dialect == "postgresql":
+            return self._refresh_postgresql_statistics()
         with self.engine.connect() as connection:
             analyzed = connection.execute(text(
                 "SELECT stat FROM sqlite_master m JOIN sqlite_stat1 s ON s.tbl = m.name "
@@ -478,6 +480,20 @@ class Ledger:
             if then is not None and rows <= then * 1.1:
                 return False
             connection.execute(text("ANALYZE"))
+            connection.commit()
+        return True
+
+    def _refresh_postgresql_statistics(self) -> bool:
+        with self.engine.connect() as connection:
+            stale = connection.execute(text(
+                "SELECT relname FROM pg_stat_user_tables WHERE relid = ANY(ARRAY["
+                "'holdings'::regclass, 'subjects'::regclass, 'findings'::regclass, "
+                "'sources'::regclass]) AND (coalesce(last_analyze, last_autoanalyze) IS NULL "
+                "OR n_mod_since_analyze > 50 + n_live_tup / 10)")).scalars().all()
+            if not stale:
+                return False
+            # Names from the catalogue's answer to the four above, never a caller's text.
+            connection.execute(text(f"ANALYZE {', '.join(sorted(stale))}"))
             connection.commit()
         return True
 

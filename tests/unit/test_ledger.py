@@ -141,3 +141,42 @@ def test_daemons_opening_a_new_postgresql_ledger_together_migrate_in_turn(
     finally:
         for ledger in opened:
             ledger.close()
+
+
+def _add_people(ledger: Ledger, first: int, count: int) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with ledger.session() as session:
+        session.add_all(Subject(email=f"p{n}@example.com", first_seen=now, last_seen=now)
+                        for n in range(first, first + count))
+        session.flush()
+        source = ledger.source(session, "woo:shop", "woocommerce")
+        session.execute(text(
+            "INSERT INTO holdings (source_id, record_type, external_id, subject_id, categories,"
+            " anonymised, first_seen, last_seen) SELECT :source, 'customer', "
+            "CAST(id AS VARCHAR(20)), id, ',email,', :no, :now, :now FROM subjects "
+            "WHERE id > :after"), {"source": source.id, "no": False, "now": now,
+                                   "after": first - 1})
+
+
+def test_statistics_are_refreshed_when_missing_or_a_tenth_out_of_date(ledger_url: str) -> None:
+    ledger = Ledger.open(ledger_url)
+    try:
+        _add_people(ledger, 1, 200)
+    finally:
+        # PostgreSQL counts a backend's changes when it goes idle or away.
+        ledger.close()
+    ledger = Ledger.open(ledger_url)
+    try:
+        assert ledger.refresh_statistics() is True
+        assert ledger.refresh_statistics() is False
+        _add_people(ledger, 201, 10)
+        ledger.close()
+        ledger = Ledger.open(ledger_url)
+        # 10 more on 200: within a tenth.
+        assert ledger.refresh_statistics() is False
+        _add_people(ledger, 211, 100)
+        ledger.close()
+        ledger = Ledger.open(ledger_url)
+        assert ledger.refresh_statistics() is True
+    finally:
+        ledger.close()
