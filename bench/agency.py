@@ -99,7 +99,8 @@ def write_config(folder: Path, fleet: ShopFleet, ledger_url: str, parallel: int)
     return path
 
 
-def fresh_schema(pg: str) -> str:
+def fresh_schema(pg: str) -> tuple[str, str]:
+    """A new, empty schema: its name, and the ledger URL whose search_path it is."""
     from sqlalchemy import create_engine, text
 
     schema = f"bench_agency_{uuid.uuid4().hex[:10]}"
@@ -108,7 +109,7 @@ def fresh_schema(pg: str) -> str:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     engine.dispose()
     separator = "&" if "?" in pg else "?"
-    return f"{pg}{separator}options=-csearch_path%3D{schema}"
+    return schema, f"{pg}{separator}options=-csearch_path%3D{schema}"
 
 
 def runs_per_source(url: str) -> dict[str, list[str]]:
@@ -149,17 +150,16 @@ def _first_errors(log: Path, count: int = 5) -> str:
 def round_with(daemons: int, fleet: ShopFleet, folder: Path, pg: str,
                parallel: int) -> tuple[float, list[float], list[float], float,
                                        dict[str, list[str]], dict[str, int]]:
-    url = fresh_schema(pg)
+    schema, url = fresh_schema(pg)
     try:
         return _round_in(url, daemons, fleet, folder, parallel)
     finally:
-        drop_schema(pg, url)
+        drop_schema(pg, schema)
 
 
-def drop_schema(pg: str, url: str) -> None:
+def drop_schema(pg: str, schema: str) -> None:
     from sqlalchemy import create_engine, text
 
-    schema = url.rsplit("%3D", 1)[1]
     engine = create_engine(pg, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))

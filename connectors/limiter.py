@@ -236,7 +236,7 @@ class Limiter:
         if limit != self.limit:
             self._changed_at = self.clock()
             self._window = []
-            self.changes.append((self.clock(), limit))
+            self.changes.append((self._changed_at, limit))
         self.limit = limit
         self._settled = settled
         self._steady = 0
